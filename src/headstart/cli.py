@@ -1,0 +1,290 @@
+"""The command line: a thin layer over the library.
+
+Every command exits 0 on success; on bad input it prints one line, ``error: ...``, and
+exits 1 (2 for a malformed command line). ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .config import AUGMENTS, OPTIMIZERS, POOLINGS, PRECISIONS, RECIPES
+from .errors import DataError, HeadstartError
+
+log = logging.getLogger("headstart")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now, not the one at set-up time."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _setup_logging(quiet: bool) -> None:
+    root = logging.getLogger("headstart")
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    console = _StderrHandler()
+    console.setFormatter(logging.Formatter("%(message)s"))
+    console.setLevel(logging.WARNING if quiet else logging.INFO)
+    root.addHandler(console)
+
+
+def _infer_task(data: Path) -> str:
+    if data.is_dir():
+        return "image"
+    if data.suffix.lower() in (".csv", ".tsv"):
+        import csv
+
+        with open(data, newline="", encoding="utf-8-sig", errors="replace") as f:
+            header = [h.strip().lower() for h in next(csv.reader(f, delimiter="\t" if data.suffix.lower() == ".tsv" else ","), [])]
+        if {"path", "file", "filename", "image"} & set(header):
+            return "image"
+        return "text"
+    raise DataError(f"cannot tell the task of {str(data)!r}: pass a class folder of images, a CSV, or --task")
+
+
+def _new_run_dir(out: str | None, backbone: str) -> Path:
+    if out:
+        run = Path(out)
+        if run.exists() and (not run.is_dir() or any(run.iterdir())):
+            raise HeadstartError(
+                f"run directory {str(run)!r} already exists and is not empty; pass another --out "
+                "(nothing was overwritten)"
+            )
+        run.mkdir(parents=True, exist_ok=True)
+        return run
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{backbone.replace('/', '_')}-{stamp}"
+    run, n = base, 1
+    while run.exists():
+        n += 1
+        run = base.with_name(f"{base.name}-{n}")
+    run.mkdir(parents=True)
+    return run
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="headstart")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def cli(debug: bool) -> None:
+    """Transfer learning from pretrained backbones, offline by default.
+
+    \b
+      headstart train photos/                      # photos/<class>/*.jpg
+      headstart evaluate runs/<name>/model photos_test/
+      headstart predict runs/<name>/model some.jpg more/ --top-k 3
+      headstart backbones
+    """
+
+
+@cli.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--val", "val_data", type=click.Path(path_type=Path), help="Separate validation folder or CSV.")
+@click.option("--val-split", type=float, default=0.2, show_default=True, help="Validation fraction when --val is not given (stratified).")
+@click.option("--task", type=click.Choice(["image"]), help="Inferred from DATA when omitted (a folder of images is image).")
+@click.option("--backbone", default="efficientnet_lite0", show_default=True, help="Embedded name or any timm model name; see `headstart backbones`.")
+@click.option("--weights", help="Local .pth/.safetensors state dict for the backbone, or 'none' for random init.")
+@click.option("--recipe", type=click.Choice(RECIPES), default="fine-tune", show_default=True,
+              help="linear-probe: frozen backbone, head only. fine-tune: head, then the top blocks at a lower LR. full: everything.")
+@click.option("--epochs", type=int, help="Epochs of the main phase [linear-probe 30, fine-tune 4, full 8].")
+@click.option("--head-epochs", type=int, help="fine-tune: epochs of the head phase on cached features [20].")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--lr", type=float, help="Learning rate of the head [1e-3]; unfrozen blocks use lr x --finetune-lr-factor.")
+@click.option("--finetune-lr-factor", type=float, default=0.1, show_default=True)
+@click.option("--unfreeze-blocks", type=int, default=2, show_default=True, help="fine-tune: how many top backbone blocks to unfreeze.")
+@click.option("--layer-decay", type=float, help="full/fine-tune: multiply the LR by this per block going down.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", show_default=True)
+@click.option("--weight-decay", type=float, default=0.01, show_default=True)
+@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
+@click.option("--warmup-epochs", type=float, default=1.0, show_default=True)
+@click.option("--patience", type=int, default=5, show_default=True, help="Early-stopping patience in epochs (0 = never stop early).")
+@click.option("--augment", type=click.Choice(AUGMENTS), default="light", show_default=True,
+              help="classic = the Keras list (rotation 40, shifts 0.2, shear 0.2, zoom 0.2, flip, nearest fill).")
+@click.option("--class-weight", type=click.Choice(["balanced"]), help="Weight the loss by inverse class frequency.")
+@click.option("--hidden", type=int, multiple=True, help="Hidden dense layer width in the head (repeat for more).")
+@click.option("--dropout", type=float, default=0.2, show_default=True)
+@click.option("--pooling", type=click.Choice(POOLINGS), default="avg", show_default=True)
+@click.option("--cache-views", type=int, default=1, show_default=True, help="Feature-cache views per image for frozen phases (1 = eval view only).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--workers", type=int, help="DataLoader workers [a quarter of the cores, at least 1].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", help="Run directory [runs/<backbone>-<time>].")
+@click.option("--quiet", is_flag=True, help="Only warnings and the final result.")
+@click.option("--progress/--no-progress", default=None, help="Progress bars [on when stderr is a terminal].")
+def train(data, val_data, val_split, task, backbone, weights, recipe, epochs, head_epochs, batch_size, lr,
+          finetune_lr_factor, unfreeze_blocks, layer_decay, optimizer, weight_decay, label_smoothing,
+          warmup_epochs, patience, augment, class_weight, hidden, dropout, pooling, cache_views, precision,
+          device, workers, seed, out, quiet, progress):
+    """Train a classifier on DATA (a folder with one sub-folder per class, or a CSV of path,label)."""
+    from .backbones import resolve_spec
+    from .data import scan_folder
+    from .image import ImageClassifier
+
+    _setup_logging(quiet)
+    if not data.exists():
+        raise DataError(f"data path {str(data)!r} does not exist")
+    task = task or _infer_task(data)
+    if task != "image":
+        raise DataError(f"{str(data)!r} looks like a text table; this version trains image classifiers only")
+    # Check the data and the backbone before a run directory is made for them.
+    train_set = scan_folder(data)
+    val_set = scan_folder(val_data, classes=train_set.classes) if val_data else None
+    resolve_spec(backbone)
+    clf = ImageClassifier(
+        backbone, weights=weights, hidden=hidden, dropout=dropout, pooling=pooling,
+        progress=sys.stderr.isatty() if progress is None else progress,
+        recipe=recipe, epochs=epochs, head_epochs=head_epochs, batch_size=batch_size, lr=lr,
+        finetune_lr_factor=finetune_lr_factor, unfreeze_blocks=unfreeze_blocks, layer_decay=layer_decay,
+        optimizer=optimizer, weight_decay=weight_decay, label_smoothing=label_smoothing,
+        warmup_epochs=warmup_epochs, patience=patience or None, augment=augment, class_weight=class_weight,
+        cache_views=cache_views, val_split=val_split, seed=seed, precision=precision, device=device,
+        num_workers=workers,
+    )
+    run = _new_run_dir(out, backbone)
+    handler = logging.FileHandler(run / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    try:
+        log.info("headstart %s: run directory %s", __version__, run)
+        _write_json(run / "config.json", {
+            "task": task, "data": str(data), "val": str(val_data) if val_data else None, "backbone": backbone,
+            "weights": weights, "training": clf.config.to_dict(),
+            "resolved": {"epochs": clf.config.resolved_epochs, "head_epochs": clf.config.resolved_head_epochs, "lr": clf.config.resolved_lr},
+        })
+        clf.fit(train_set, val_set)
+        model_dir = clf.save(run / "model")
+        _write_json(run / "metrics.json", {
+            "history": clf.history_, "val": clf.val_metrics_, "data": clf.data_summary_,
+            "precision": clf.precision_, "train_seconds": round(clf.train_seconds_, 2),
+            "skipped": [{"path": p, "reason": r} for p, r in clf.skipped_],
+        })
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    m = clf.val_metrics_
+    click.echo(f"validation accuracy: {m['accuracy']:.4f}  macro F1: {m['macro_f1']:.4f}  (n={m['n']})")
+    click.echo(f"model saved to {model_dir}")
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def evaluate(model_dir, data, as_json):
+    """Evaluate a saved model on labelled DATA (class folder or CSV of path,label)."""
+    from .evaluation import format_metrics
+    from .image import ImageClassifier
+
+    metrics = ImageClassifier.load(model_dir).evaluate(data)
+    if as_json:
+        click.echo(json.dumps(metrics, ensure_ascii=False))
+    else:
+        click.echo(format_metrics(metrics))
+        if metrics["skipped"]:
+            click.echo(f"\n{len(metrics['skipped'])} file(s) skipped (see --json for the list)")
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON lines: {input, predictions: [{label, score}]}.")
+def predict(model_dir, inputs, top_k, as_json):
+    """Predict labels for image files or folders (folders are searched recursively)."""
+    from .image import ImageClassifier, expand_inputs, top_k as take_top
+
+    clf = ImageClassifier.load(model_dir)
+    items = expand_inputs(inputs)
+    probs, errors = clf.predict_proba_items(items)
+    failed = 0
+    for item, row, error in zip(items, probs, errors):
+        if error:
+            failed += 1
+            if as_json:
+                click.echo(json.dumps({"input": str(item), "error": error}, ensure_ascii=False))
+            else:
+                click.echo(f"error: cannot read {item}: {error}", err=True)
+            continue
+        preds = take_top(row, clf.classes_, top_k)
+        if as_json:
+            click.echo(json.dumps({"input": str(item), "predictions": [{"label": l, "score": round(s, 6)} for l, s in preds]}, ensure_ascii=False))
+        else:
+            click.echo(f"{item}\t" + "\t".join(f"{l} {s:.4f}" for l, s in preds))
+    if failed:
+        raise HeadstartError(f"{failed} of {len(items)} input(s) could not be read")
+
+
+@cli.command()
+@click.option("--all", "show_all", is_flag=True, help="Also list every timm architecture name.")
+@click.option("--json", "as_json", is_flag=True)
+def backbones(show_all, as_json):
+    """List the backbones: the embedded ones work offline."""
+    from .backbones import list_backbones
+
+    rows = [
+        {"name": s.name, "offline": s.offline, "input_size": s.preprocessing.input_size,
+         "weights": s.weights_source, "licence": s.licence, "description": s.description}
+        for s in list_backbones()
+    ]
+    if as_json:
+        click.echo(json.dumps(rows))
+    else:
+        click.echo(f"{'name':<20} {'offline':<8} {'size':>4}  description")
+        for r in rows:
+            click.echo(f"{r['name']:<20} {'yes' if r['offline'] else 'no':<8} {r['input_size']:>4}  {r['description']} ({r['weights']})")
+        click.echo("\nAny timm model name also works, with --weights FILE when there is no network"
+                   " (e.g. resnet50, vgg16, inception_v3); `headstart backbones --all` lists them.")
+    if show_all:
+        import timm
+
+        for name in timm.list_models():
+            click.echo(name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="headstart", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except HeadstartError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - one line for users, traceback with --debug
+        if debug:
+            raise
+        click.echo(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+        sys.exit(1)
+    sys.exit(0)

@@ -1,0 +1,313 @@
+"""Image data: class folders or a CSV of ``path,label`` -> paths, integer labels, class names.
+
+Images are read lazily, one at a time, by the DataLoader workers; a folder of 100k photos
+costs a list of paths in memory, not the pixels.
+"""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .errors import DataError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
+
+# A truncated JPEG must fail loudly, not decode as a grey half-image.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@dataclass
+class ImageSet:
+    """Paths with integer labels into ``classes``, plus what was left out and why."""
+
+    paths: list[Path]
+    labels: np.ndarray
+    classes: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> "ImageSet":
+        index = np.asarray(index, dtype=np.int64)
+        return ImageSet(
+            [self.paths[i] for i in index], self.labels[index], self.classes, [], self.source
+        )
+
+    def class_counts(self) -> dict[str, int]:
+        counts = Counter(self.labels.tolist())
+        return {c: counts.get(i, 0) for i, c in enumerate(self.classes)}
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _skip_reason(path: Path) -> str | None:
+    """A cheap header check: catches empty files, non-images and decompression bombs
+    without decoding pixels. Truncated files are caught later, at decode."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.size  # noqa: B018 - parses the header
+    except UnidentifiedImageError:
+        return "not an image"
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return "too many pixels (decompression bomb guard)"
+    except OSError as exc:
+        return f"unreadable ({exc})"
+    return None
+
+
+def scan_folder(root: str | Path, classes: Sequence[str] | None = None, check: bool = True) -> ImageSet:
+    """Read ``root/<class>/**/<image>``. Hidden and non-image files are skipped and counted."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"data path {str(root)!r} does not exist")
+    if root.is_file():
+        if root.suffix.lower() in (".csv", ".tsv"):
+            return read_csv(root, classes=classes, check=check)
+        raise DataError(
+            f"{str(root)!r} is a file; pass a folder with one sub-folder per class "
+            "or a CSV with columns path,label"
+        )
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DataError(
+            f"{str(root)!r} has no sub-folders; expected one sub-folder per class "
+            f"(e.g. {root}/cat/*.jpg, {root}/dog/*.jpg)"
+        )
+    skipped: list[tuple[str, str]] = [
+        (str(p), "hidden file" if p.name.startswith(".") else "not in a class folder")
+        for p in sorted(root.iterdir())
+        if p.is_file()
+    ]
+    found = [d.name for d in class_dirs]
+    if classes is None:
+        classes = found
+    else:
+        extra = sorted(set(found) - set(classes))
+        if extra:
+            raise DataError(
+                f"{str(root)!r} has class folder(s) the model does not know: {', '.join(extra)}; "
+                f"known classes are: {', '.join(classes)}"
+            )
+    index = {c: i for i, c in enumerate(classes)}
+    paths: list[Path] = []
+    labels: list[int] = []
+    for d in class_dirs:
+        for p in sorted(d.rglob("*")):
+            if not p.is_file():
+                continue
+            if not is_image_file(p):
+                skipped.append((str(p), "hidden file" if p.name.startswith(".") else "not an image file extension"))
+                continue
+            reason = _skip_reason(p) if check else None
+            if reason:
+                skipped.append((str(p), reason))
+                continue
+            paths.append(p)
+            labels.append(index[d.name])
+    if not paths:
+        raise DataError(f"no readable images found under {str(root)!r} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return ImageSet(paths, np.asarray(labels, dtype=np.int64), list(classes), skipped, str(root))
+
+
+def read_csv(path: str | Path, classes: Sequence[str] | None = None, check: bool = True) -> ImageSet:
+    """A CSV (or TSV) with a header naming a path column and a label column; relative paths
+    are resolved against the CSV's folder."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{str(path)!r} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    rows = list(csv.reader(text.splitlines(), delimiter=delimiter))
+    if not rows:
+        raise DataError(f"{str(path)!r} is empty; expected a header line such as 'path,label'")
+    header = [h.strip().lower() for h in rows[0]]
+    path_col = next((header.index(c) for c in ("path", "file", "filename", "image") if c in header), None)
+    label_col = next((header.index(c) for c in ("label", "class", "category") if c in header), None)
+    if path_col is None or label_col is None:
+        raise DataError(
+            f"{str(path)!r} needs a 'path' and a 'label' column; columns are: {', '.join(rows[0])}"
+        )
+    entries: list[tuple[Path, str]] = []
+    skipped: list[tuple[str, str]] = []
+    for lineno, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) <= max(path_col, label_col):
+            raise DataError(f"{str(path)!r} line {lineno}: expected {len(header)} fields, found {len(row)}")
+        file, label = row[path_col].strip(), row[label_col].strip()
+        if not label:
+            skipped.append((f"{path}:{lineno}", "empty label"))
+            continue
+        p = Path(file) if Path(file).is_absolute() else path.parent / file
+        if not p.is_file():
+            skipped.append((str(p), "file not found"))
+            continue
+        reason = _skip_reason(p) if check else None
+        if reason:
+            skipped.append((str(p), reason))
+            continue
+        entries.append((p, label))
+    if not entries:
+        raise DataError(f"no readable images listed in {str(path)!r}")
+    found = sorted({label for _, label in entries})
+    if classes is None:
+        classes = found
+    else:
+        extra = sorted(set(found) - set(classes))
+        if extra:
+            raise DataError(
+                f"{str(path)!r} has label(s) the model does not know: {', '.join(extra)}; "
+                f"known classes are: {', '.join(classes)}"
+            )
+    index = {c: i for i, c in enumerate(classes)}
+    return ImageSet(
+        [p for p, _ in entries],
+        np.asarray([index[label] for _, label in entries], dtype=np.int64),
+        list(classes),
+        skipped,
+        str(path),
+    )
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a stratified train/validation split, the same for the same seed."""
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(labels, minlength=len(classes))
+    present = [i for i, n in enumerate(counts) if n > 0]
+    if len(present) < 2:
+        raise DataError(
+            f"found only one class ({classes[present[0]]!r}); a classifier needs at least two "
+            "class folders with images"
+        )
+    small = [classes[i] for i, n in enumerate(counts) if 0 < n < 2]
+    if small:
+        raise DataError(
+            f"class(es) {', '.join(map(repr, small))} have a single image; a stratified split needs "
+            "at least 2 per class. Add images, or pass a separate validation set with --val"
+        )
+    n_val = int(np.ceil(val_fraction * len(labels)))
+    if n_val < len(present) or len(labels) - n_val < len(present):
+        raise DataError(
+            f"{len(labels)} images are too few for a {val_fraction:.0%} validation split over "
+            f"{len(present)} classes; add images, change --val-split, or pass --val"
+        )
+    index = np.arange(len(labels))
+    train, val = train_test_split(index, test_size=n_val, random_state=seed, stratify=labels)
+    return np.sort(train), np.sort(val)
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Decode any common image into 8-bit RGB, respecting EXIF orientation.
+
+    Transparent pixels are composited on white; 16-bit and float images are scaled to
+    8 bits by their value range, not clipped.
+    """
+    with Image.open(path) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, rgba)
+    return im.convert("RGB")
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Decodes one image per item; a file that fails to decode yields ``None`` so the
+    collate function can drop it and the caller can report it."""
+
+    def __init__(self, paths: Sequence[Path | str], labels: np.ndarray | None, transform: Callable, views: int = 1):
+        self.paths = list(paths)
+        self.labels = labels if labels is not None else np.full(len(self.paths), -1, dtype=np.int64)
+        self.transform = transform
+        self.views = views
+
+    def __len__(self) -> int:
+        return len(self.paths) * self.views
+
+    def __getitem__(self, i: int):
+        j = i % len(self.paths)
+        src = self.paths[j]
+        try:
+            image = src.convert("RGB") if isinstance(src, Image.Image) else load_image(src)
+        except Exception as exc:  # noqa: BLE001 - any decode failure skips the file
+            return (None, int(self.labels[j]), i, f"{type(exc).__name__}: {exc}")
+        return (self.transform(image), int(self.labels[j]), i, None)
+
+
+def collate(batch):
+    """Stack the decodable items; report the others as (index, reason)."""
+    good = [b for b in batch if b[0] is not None]
+    failed = [(b[2], b[3]) for b in batch if b[0] is None]
+    if good:
+        x = torch.stack([b[0] for b in good])
+        y = torch.tensor([b[1] for b in good], dtype=torch.long)
+        idx = torch.tensor([b[2] for b in good], dtype=torch.long)
+    else:
+        x = y = idx = None
+    return x, y, idx, failed
+
+
+def default_num_workers() -> int:
+    import os
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # Decoding competes with the model for the same cores: give it about a quarter, at least one.
+    return 0 if cpus <= 1 else min(8, max(1, cpus // 4))
+
+
+def make_loader(
+    dataset: ImageDataset,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    num_workers: int | None = None,
+) -> torch.utils.data.DataLoader:
+    workers = default_num_workers() if num_workers is None else num_workers
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        collate_fn=collate,
+        generator=generator,
+        worker_init_fn=_seed_worker,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Each worker's augmentation RNG follows from the loader's seed: same seed, same run.
+    import random
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)

@@ -1,0 +1,296 @@
+"""``ImageClassifier``: the scikit-learn style front for image transfer learning."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import __version__
+from .artifact import read_config, read_weights, save_model_dir
+from .backbones import BackboneSpec, Preprocessing, create_backbone, resolve_spec
+from .config import HeadConfig, TrainConfig
+from .data import IMAGE_EXTENSIONS, ImageDataset, ImageSet, is_image_file, scan_folder, stratified_split
+from .errors import DataError, HeadstartError, ModelDirError
+from .evaluation import classification_metrics
+from .model import ImageModel, feature_dim
+from .training import predict_logits, resolve_device, resolve_precision, run_recipe, seed_everything
+from .transforms import eval_transform
+
+log = logging.getLogger("headstart")
+
+ImageInput = Union[str, Path, Image.Image]
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given; folders searched recursively for image files, in sorted order."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
+            if not found:
+                raise DataError(f"folder {str(p)!r} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DataError(f"input {str(p)!r} does not exist")
+    return out
+
+
+class ImageClassifier:
+    """A pretrained image backbone with a new head, trained by a transfer recipe.
+
+    >>> clf = ImageClassifier(backbone="efficientnet_lite0").fit("photos/")
+    >>> clf.predict("some.jpg")
+    'tulip'
+
+    Learned attributes end in ``_``: ``classes_``, ``history_``, ``val_metrics_``,
+    ``skipped_``, ``model_``.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        *,
+        weights: str | None = None,
+        hidden: Sequence[int] = (),
+        dropout: float = 0.2,
+        pooling: str = "avg",
+        progress: bool = False,
+        **train: Any,
+    ):
+        self.backbone = backbone
+        self.weights = weights
+        self.head_config = HeadConfig(pooling=pooling, hidden=tuple(hidden), dropout=dropout)
+        self.config = TrainConfig(head=self.head_config, **train)
+        self.progress = progress
+
+    # ------------------------------------------------------------------ training
+
+    def _build(self, spec: BackboneSpec, num_classes: int, pretrained: bool) -> ImageModel:
+        backbone = create_backbone(spec, self.weights, pooling=self.head_config.pooling, pretrained=pretrained)
+        dim = feature_dim(backbone, spec.preprocessing.input_size)
+        return ImageModel(backbone, num_classes, self.head_config, dim)
+
+    def fit(self, data: str | Path | ImageSet, val: str | Path | ImageSet | None = None) -> "ImageClassifier":
+        """Train on a class folder (or CSV of path,label); validate on ``val`` or on a
+        stratified split of ``data`` (``val_split``, ``seed``)."""
+        cfg = self.config
+        full = data if isinstance(data, ImageSet) else scan_folder(data)
+        if val is None:
+            tr, va = stratified_split(full.labels, cfg.val_split, cfg.seed, full.classes)
+            train_set, val_set = full.subset(tr), full.subset(va)
+            train_set.skipped = full.skipped
+        else:
+            train_set = full
+            val_set = val if isinstance(val, ImageSet) else scan_folder(val, classes=full.classes)
+        present = np.unique(train_set.labels)
+        if len(present) < 2:
+            raise DataError("training data has a single class; a classifier needs at least two")
+        empty = [c for i, c in enumerate(full.classes) if i not in set(present.tolist())]
+        if empty:
+            raise DataError(
+                f"class folder(s) {', '.join(map(repr, empty))} have no training images; "
+                "add images or remove the folder"
+            )
+        spec = resolve_spec(self.backbone)
+        self.spec_ = spec
+        self.preprocessing_ = spec.preprocessing
+        self.classes_ = list(full.classes)
+        self.skipped_ = list(full.skipped) + (list(val_set.skipped) if val is not None else [])
+        log.info(
+            "data: %d training and %d validation images in %d classes; %d files skipped",
+            len(train_set), len(val_set), len(self.classes_), len(self.skipped_),
+        )
+        for path, reason in self.skipped_[:20]:
+            log.info("skipped %s (%s)", path, reason)
+        self.class_counts_ = {"train": train_set.class_counts(), "val": val_set.class_counts()}
+        seed_everything(cfg.seed)  # the new head's initial weights follow the seed too
+        self.model_ = self._build(spec, len(self.classes_), pretrained=True)
+        result = run_recipe(self.model_, train_set, val_set, cfg, spec.preprocessing, progress=self.progress)
+        self.history_ = result.history_dicts()
+        self.skipped_ += [(p, r) for p, r in result.failed]
+        self.val_metrics_ = classification_metrics(result.val_labels, result.val_probs, self.classes_)
+        self.train_seconds_ = result.seconds
+        self.precision_ = result.precision
+        self.data_summary_ = {
+            "train": {"source": train_set.source or str(data), "n": len(train_set), "per_class": self.class_counts_["train"]},
+            "val": {
+                "source": val_set.source if val is not None else f"{cfg.val_split:.0%} stratified split of train, seed {cfg.seed}",
+                "n": len(val_set),
+                "per_class": self.class_counts_["val"],
+            },
+            "skipped": len(self.skipped_),
+        }
+        log.info(
+            "validation accuracy %.4f, macro F1 %.4f (%d images); %.1fs",
+            self.val_metrics_["accuracy"], self.val_metrics_["macro_f1"], self.val_metrics_["n"], result.seconds,
+        )
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise HeadstartError("this ImageClassifier is not trained yet; call fit() or ImageClassifier.load()")
+
+    # ------------------------------------------------------------------ prediction
+
+    def _logits(self, items: list, batch_size: int | None = None) -> tuple[torch.Tensor, np.ndarray, list[tuple[int, str]]]:
+        self._check_fitted()
+        device = resolve_device(self.config.device)
+        precision = resolve_precision(self.config.precision, device)
+        # The memory format training used: the same convolution kernels, the same numbers.
+        self.model_.to(device, memory_format=torch.channels_last)
+        dataset = ImageDataset(items, None, eval_transform(self.preprocessing_))
+        return predict_logits(
+            self.model_, dataset, batch_size=batch_size or self.config.batch_size, device=device,
+            precision=precision, num_workers=self.config.num_workers if len(items) > 64 else 0,
+            progress=self.progress,
+        )
+
+    def _items(self, inputs: ImageInput | Sequence[ImageInput]) -> tuple[list, bool]:
+        self._check_fitted()
+        if isinstance(inputs, (str, Path, Image.Image)):
+            inputs, single = [inputs], True
+        else:
+            single = False
+        items: list = []
+        for item in inputs:
+            if isinstance(item, Image.Image):
+                items.append(item)
+            else:
+                items.extend(expand_inputs([item]))
+                single = single and not Path(item).is_dir()
+        return items, single
+
+    def predict_proba_items(self, items: list) -> tuple[np.ndarray, list[str | None]]:
+        """Probabilities for each item (rows of NaN where an item could not be decoded) and
+        the decode error of each item (None when it decoded)."""
+        logits, rows, failed = self._logits(items)
+        probs = np.full((len(items), len(self.classes_)), np.nan, dtype=np.float64)
+        if len(rows):
+            probs[rows] = torch.softmax(logits, 1).numpy()
+        errors: list[str | None] = [None] * len(items)
+        for i, reason in failed:
+            errors[i] = reason
+        return probs, errors
+
+    def predict_proba(self, inputs: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+        """Class probabilities, columns in ``classes_`` order. Folders expand to their images."""
+        items, single = self._items(inputs)
+        probs, errors = self.predict_proba_items(items)
+        bad = [f"{items[i]} ({e})" for i, e in enumerate(errors) if e]
+        if bad:
+            raise DataError(f"cannot read {len(bad)} image(s): {'; '.join(bad[:5])}")
+        return probs[0] if single else probs
+
+    def predict(self, inputs: ImageInput | Sequence[ImageInput]) -> str | list[str]:
+        """Label strings: one for one image, a list for a list or a folder."""
+        probs = self.predict_proba(inputs)
+        if probs.ndim == 1:
+            return self.classes_[int(probs.argmax())]
+        return [self.classes_[int(i)] for i in probs.argmax(1)]
+
+    def predict_top_k(self, inputs: ImageInput | Sequence[ImageInput], k: int = 3) -> list[list[tuple[str, float]]]:
+        probs = np.atleast_2d(self.predict_proba(inputs))
+        return [top_k(row, self.classes_, k) for row in probs]
+
+    def evaluate(self, data: str | Path | ImageSet) -> dict[str, Any]:
+        """Metrics on labelled data whose class names the model knows."""
+        self._check_fitted()
+        dataset = data if isinstance(data, ImageSet) else scan_folder(data, classes=self.classes_)
+        logits, rows, failed = self._logits(dataset.paths)
+        probs = torch.softmax(logits, 1).numpy()
+        metrics = classification_metrics(dataset.labels[rows], probs, self.classes_)
+        metrics["skipped"] = [{"path": p, "reason": r} for p, r in dataset.skipped] + [
+            {"path": str(dataset.paths[i]), "reason": r} for i, r in failed
+        ]
+        return metrics
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_config(self) -> dict[str, Any]:
+        self._check_fitted()
+        spec = self.spec_
+        cfg: dict[str, Any] = {
+            "task": "image",
+            "headstart_version": __version__,
+            "labels": self.classes_,
+            "backbone": {
+                "name": spec.name,
+                "arch": spec.arch,
+                "weights_source": str(self.weights) if self.weights else spec.weights_source,
+                "licence": spec.licence,
+                "create_kwargs": spec.create_kwargs,
+            },
+            "head": self.head_config.to_dict(),
+            "preprocessing": self.preprocessing_.to_dict(),
+            "training": self.config.to_dict(),
+        }
+        if hasattr(self, "val_metrics_"):
+            cfg["summary"] = {
+                "val_accuracy": self.val_metrics_["accuracy"],
+                "val_macro_f1": self.val_metrics_["macro_f1"],
+                "val_n": self.val_metrics_["n"],
+                "data": self.data_summary_,
+                "precision": self.precision_,
+                "train_seconds": round(self.train_seconds_, 2),
+                "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        return cfg
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model directory atomically (config.json + model.safetensors)."""
+        self._check_fitted()
+        return save_model_dir(path, self.to_config(), self.model_.state_dict())
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "auto", precision: str = "auto") -> "ImageClassifier":
+        """Load a model directory; needs no training data, no network, runs no stored code."""
+        config = read_config(path)
+        if config.get("task") != "image":
+            raise ModelDirError(f"{str(path)!r} holds a {config.get('task')!r} model, not an image model")
+        try:
+            bb = config["backbone"]
+            clf = cls(
+                backbone=bb["name"],
+                hidden=config["head"]["hidden"],
+                dropout=config["head"]["dropout"],
+                pooling=config["head"]["pooling"],
+                device=device,
+                precision=precision,
+            )
+            pre = Preprocessing.from_dict(config["preprocessing"])
+            labels = list(config["labels"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelDirError(f"{str(path)!r}/config.json is incomplete or malformed ({exc!r})") from None
+        spec = BackboneSpec(
+            name=bb["name"], arch=bb["arch"], preprocessing=pre,
+            weights_source=bb.get("weights_source", ""), licence=bb.get("licence", ""),
+            create_kwargs=dict(bb.get("create_kwargs", {})),
+        )
+        clf.spec_, clf.preprocessing_, clf.classes_ = spec, pre, labels
+        try:
+            clf.model_ = clf._build(spec, len(labels), pretrained=False)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelDirError(f"cannot build architecture {bb['arch']!r} of {str(path)!r} ({exc})") from None
+        try:
+            clf.model_.load_state_dict(read_weights(path), strict=True)
+        except RuntimeError as exc:
+            raise ModelDirError(
+                f"{str(path)!r}/model.safetensors does not match its config.json ({str(exc).splitlines()[0]})"
+            ) from None
+        clf.model_.eval()
+        clf.saved_config_ = config
+        return clf
+
+
+def top_k(row: np.ndarray, labels: Sequence[str], k: int) -> list[tuple[str, float]]:
+    order = np.argsort(-row, kind="stable")[: max(1, k)]
+    return [(labels[int(i)], float(row[i])) for i in order]

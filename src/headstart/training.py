@@ -1,0 +1,437 @@
+"""One training loop, and the transfer recipe built from it.
+
+``train_loop`` reads top to bottom: for each epoch, train over batches, evaluate, keep the
+best weights, stop early. ``run_recipe`` is the transfer recipe as one plain function:
+train the head on cached features of the frozen backbone, then (fine-tune) unfreeze the
+top blocks at a lower learning rate, or (full) train everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .data import ImageDataset, ImageSet, make_loader
+from .errors import HeadstartError
+from .model import ImageModel, freeze_batchnorm, set_trainable
+from .transforms import eval_transform, train_transform
+
+log = logging.getLogger("headstart")
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise HeadstartError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HeadstartError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AVX-512 BF16 or AMX: bf16 matmuls and convolutions run several times faster than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    if name == "fp16" and device.type == "cpu":
+        raise HeadstartError("fp16 autocast needs a GPU; on a CPU use --precision bf16 or fp32")
+    return name
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class EpochRecord:
+    phase: str
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+
+
+Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+Evaluate = Callable[[], tuple[float, float]]
+
+
+def param_groups(named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float) -> list[dict]:
+    """Decay weights, not biases and norm parameters (1-D tensors)."""
+    decay, no_decay = [], []
+    for _, p in named:
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = []
+    if decay:
+        groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay})
+    if no_decay:
+        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0})
+    return groups
+
+
+def make_optimizer(name: str, groups: list[dict]) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(groups)
+    if name == "adamw":
+        return torch.optim.AdamW(groups)
+    return torch.optim.SGD(groups, momentum=0.9, nesterov=True)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_loop(
+    module: nn.Module,
+    groups: list[dict],
+    batches: Batches,
+    steps_per_epoch: int,
+    evaluate: Evaluate,
+    *,
+    cfg: TrainConfig,
+    epochs: int,
+    phase: str,
+    device: torch.device,
+    precision: str,
+    loss_fn: nn.Module,
+    on_train_start: Callable[[], None] | None = None,
+    progress: bool = False,
+) -> list[EpochRecord]:
+    """Train ``module`` for up to ``epochs``; restore the weights of the best validation
+    epoch (highest accuracy, then lowest loss) before returning."""
+    optimizer = make_optimizer(cfg.optimizer, groups)
+    total = epochs * steps_per_epoch
+    scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * steps_per_epoch), total)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    history: list[EpochRecord] = []
+    best_key, best_state, stale = None, None, 0
+
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        module.train()
+        if on_train_start:
+            on_train_start()
+        seen, loss_sum, correct = 0, 0.0, 0
+        bar = tqdm(batches(epoch), total=steps_per_epoch, desc=f"{phase} {epoch}/{epochs}", leave=False, disable=not progress)
+        for x, y in bar:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast(device, precision):
+                logits = module(x)
+            loss = loss_fn(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise HeadstartError(
+                    f"the training loss became {loss.item()} in {phase} epoch {epoch}; "
+                    "lower the learning rate (--lr) or check the data"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            n = y.shape[0]
+            seen += n
+            loss_sum += loss.item() * n
+            correct += int((logits.argmax(1) == y).sum())
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+        val_loss, val_acc = evaluate()
+        record = EpochRecord(
+            phase, epoch, loss_sum / max(seen, 1), correct / max(seen, 1), val_loss, val_acc,
+            optimizer.param_groups[0]["lr"], time.perf_counter() - start,
+        )
+        history.append(record)
+        log.info(
+            "%s epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs",
+            phase, epoch, epochs, record.train_loss, record.train_accuracy, val_loss, val_acc, record.seconds,
+        )
+        key = (val_acc, -val_loss)
+        if best_key is None or key > best_key:
+            best_key, stale = key, 0
+            best_state = copy.deepcopy(module.state_dict())
+        else:
+            stale += 1
+            if cfg.patience is not None and stale >= cfg.patience and epoch < epochs:
+                log.info("%s: no better validation accuracy for %d epochs; stopping early", phase, stale)
+                break
+    if best_state is not None:
+        module.load_state_dict(best_state)
+        best = max(history, key=lambda r: (r.val_accuracy, -r.val_loss))
+        log.info("%s: restored the best epoch (%d, val acc %.4f)", phase, best.epoch, best.val_accuracy)
+    return history
+
+
+# --------------------------------------------------------------------------- features
+
+
+@torch.inference_mode()
+def extract_features(
+    backbone: nn.Module,
+    dataset: ImageDataset,
+    *,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    num_workers: int | None,
+    seed: int,
+    progress: bool = False,
+    desc: str = "features",
+) -> tuple[torch.Tensor, np.ndarray, list[tuple[int, str]]]:
+    """One forward pass of the frozen backbone per item. Returns (features[n_ok, d] in fp32,
+    item indices of the rows, failed (index, reason))."""
+    backbone.eval()
+    chunks, indices, failed = [], [], []
+    loader = make_loader(dataset, batch_size, seed=seed, num_workers=num_workers)
+    for x, _, idx, bad in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        failed.extend(bad)
+        if x is None:
+            continue
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            f = backbone(x)
+        chunks.append(f.flatten(1).float().cpu())
+        indices.append(idx.numpy())
+    if not chunks:
+        raise HeadstartError("no image could be decoded; check the files (see the skipped list in the log)")
+    return torch.cat(chunks), np.concatenate(indices), failed
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    dataset: ImageDataset,
+    *,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    num_workers: int | None,
+    progress: bool = False,
+) -> tuple[torch.Tensor, np.ndarray, list[tuple[int, str]]]:
+    model.eval()
+    chunks, indices, failed = [], [], []
+    for x, _, idx, bad in tqdm(
+        make_loader(dataset, batch_size, num_workers=num_workers), desc="predict", leave=False, disable=not progress
+    ):
+        failed.extend(bad)
+        if x is None:
+            continue
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            chunks.append(model(x).float().cpu())
+        indices.append(idx.numpy())
+    if not chunks:
+        return torch.empty(0, 0), np.empty(0, dtype=np.int64), failed
+    return torch.cat(chunks), np.concatenate(indices), failed
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+@dataclass
+class RecipeResult:
+    history: list[EpochRecord]
+    val_probs: np.ndarray
+    val_labels: np.ndarray
+    failed: list[tuple[str, str]]
+    seconds: float
+    precision: str
+
+    def history_dicts(self) -> list[dict]:
+        return [asdict(r) for r in self.history]
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> Batches:
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(len(y), generator=g)
+        for i in range(0, len(order), batch_size):
+            j = order[i : i + batch_size]
+            yield x[j], y[j]
+
+    return batches
+
+
+def run_recipe(
+    model: ImageModel,
+    train: ImageSet,
+    val: ImageSet,
+    cfg: TrainConfig,
+    preprocessing,
+    *,
+    progress: bool = False,
+) -> RecipeResult:
+    """Train ``model`` in place with ``cfg.recipe``; return the history and validation output."""
+    start = time.perf_counter()
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    log.info("device %s, precision %s, recipe %s", device, precision, cfg.recipe)
+    model.to(device).to(memory_format=torch.channels_last)
+    num_classes = len(train.classes)
+    weights = class_weights(train.labels, num_classes).to(device) if cfg.class_weight == "balanced" else None
+    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    eval_tf = eval_transform(preprocessing)
+    val_ds = ImageDataset(val.paths, val.labels, eval_tf)
+    history: list[EpochRecord] = []
+    failed: list[tuple[str, str]] = []
+    lr = cfg.resolved_lr
+    common = dict(batch_size=cfg.batch_size, device=device, precision=precision, num_workers=cfg.num_workers, progress=progress)
+
+    def note_failed(paths, bad):
+        for i, reason in bad:
+            failed.append((str(paths[i % len(paths)]), reason))
+
+    # Phase 1: the head on features of the frozen backbone, computed once.
+    head_epochs = cfg.resolved_epochs if cfg.recipe == "linear-probe" else cfg.resolved_head_epochs
+    val_feats = None
+    if cfg.recipe in ("linear-probe", "fine-tune") and head_epochs > 0:
+        set_trainable(model, 0)
+        feats, rows, bad = extract_features(model.backbone, ImageDataset(train.paths, train.labels, eval_tf), seed=cfg.seed, desc="train features", **common)
+        note_failed(train.paths, bad)
+        xs, ys = [feats], [torch.as_tensor(train.labels[rows])]
+        if cfg.cache_views > 1:
+            aug = ImageDataset(train.paths, train.labels, train_transform(preprocessing, cfg.augment), views=cfg.cache_views - 1)
+            f2, rows2, _ = extract_features(model.backbone, aug, seed=cfg.seed, desc="augmented views", **common)
+            xs.append(f2)
+            ys.append(torch.as_tensor(train.labels[rows2 % len(train)]))
+        x_train, y_train = torch.cat(xs), torch.cat(ys)
+        val_feats, val_rows, bad = extract_features(model.backbone, val_ds, seed=cfg.seed, desc="val features", **common)
+        note_failed(val.paths, bad)
+        y_val = torch.as_tensor(val.labels[val_rows]).to(device)
+        head = model.head
+        head_batch = max(cfg.batch_size, 64)
+
+        @torch.inference_mode()
+        def evaluate_head() -> tuple[float, float]:
+            head.eval()
+            logits = head(val_feats.to(device)).float()
+            return float(nn.functional.cross_entropy(logits, y_val)), float((logits.argmax(1) == y_val).float().mean())
+
+        log.info("training the head on %d cached feature vectors of width %d", len(y_train), x_train.shape[1])
+        history += train_loop(
+            head, param_groups(head.named_parameters(), lr, cfg.weight_decay),
+            _tensor_batches(x_train, y_train, head_batch, cfg.seed), math.ceil(len(y_train) / head_batch),
+            evaluate_head, cfg=cfg, epochs=head_epochs, phase="head", device=device,
+            precision="fp32", loss_fn=loss_fn, progress=False,
+        )
+
+    # Phase 2: unfreeze the top blocks (fine-tune) or everything (full) and train on images.
+    if cfg.recipe in ("fine-tune", "full"):
+        if cfg.recipe == "fine-tune":
+            names = set(set_trainable(model, cfg.unfreeze_blocks))
+            backbone_lr, head_lr = lr * cfg.finetune_lr_factor, lr * cfg.finetune_lr_factor
+            if head_epochs == 0:  # no head phase: the new head needs the full rate
+                head_lr = lr
+        else:
+            names = set(set_trainable(model, None))
+            backbone_lr, head_lr = lr * cfg.finetune_lr_factor, lr
+        groups = param_groups(model.head.named_parameters(), head_lr, cfg.weight_decay)
+        blocks = [g for g in _block_names(model) if names.intersection(g)]
+        for depth, block in enumerate(reversed(blocks)):
+            decay = cfg.layer_decay ** depth if cfg.layer_decay else 1.0
+            groups += param_groups(
+                ((n, p) for n, p in model.backbone.named_parameters() if n in block), backbone_lr * decay, cfg.weight_decay
+            )
+        n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("%s: %d trainable parameters in %d backbone blocks + head", cfg.recipe, n_trainable, len(blocks))
+        train_ds = ImageDataset(train.paths, train.labels, train_transform(preprocessing, cfg.augment))
+        steps = math.ceil(len(train_ds) / cfg.batch_size)
+
+        def image_batches(epoch: int):
+            loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed * 1_000_003 + epoch, num_workers=cfg.num_workers)
+            for x, y, _, bad in loader:
+                if epoch == 1:
+                    note_failed(train.paths, bad)
+                if x is not None:
+                    yield x.contiguous(memory_format=torch.channels_last), y
+
+        def evaluate_images() -> tuple[float, float]:
+            logits, rows, _ = predict_logits(model, val_ds, **common)
+            y = torch.as_tensor(val.labels[rows])
+            return float(nn.functional.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
+
+        def on_train_start() -> None:
+            freeze_batchnorm(model.backbone, all_bn=cfg.recipe == "fine-tune")
+
+        history += train_loop(
+            model, groups, image_batches, steps, evaluate_images, cfg=cfg,
+            epochs=cfg.resolved_epochs, phase=cfg.recipe, device=device, precision=precision,
+            loss_fn=loss_fn, on_train_start=on_train_start, progress=progress,
+        )
+        val_feats = None
+
+    # Final validation output of the restored best model.
+    if val_feats is not None:
+        with torch.inference_mode():
+            model.head.eval()
+            logits = model.head(val_feats.to(device)).float().cpu()
+    else:
+        logits, val_rows, _ = predict_logits(model, val_ds, **common)
+    set_trainable(model, None)
+    model.eval()
+    probs = torch.softmax(logits, dim=1).numpy()
+    return RecipeResult(history, probs, val.labels[val_rows], _unique(failed), time.perf_counter() - start, precision)
+
+
+def _block_names(model: ImageModel) -> list[set[str]]:
+    from .backbones import block_groups
+
+    return [set(g) for g in block_groups(model.backbone)]
+
+
+def _unique(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return list(dict.fromkeys(items))

@@ -1,0 +1,73 @@
+"""Shared fixtures: a tiny timm backbone at 32 px and tiny image folders made in the test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+from headstart import BackboneSpec, Preprocessing, register_backbone  # noqa: E402
+
+TINY = "tiny-cnn"
+register_backbone(
+    BackboneSpec(
+        name=TINY,
+        arch="test_efficientnet",
+        preprocessing=Preprocessing(input_size=32, crop_pct=1.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+        description="a 99k-parameter timm test network, for tests",
+    ),
+    overwrite=True,
+)
+
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def make_image(path: Path, rgb, size=(40, 36), seed=0, fmt=None) -> Path:
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.array(rgb)[None, None, :] + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format=fmt)
+    return path
+
+
+def make_folder(root: Path, per_class: int = 8, classes=("red", "green", "blue"), seed: int = 0) -> Path:
+    for ci, name in enumerate(classes):
+        for i in range(per_class):
+            make_image(root / name / f"{name}_{i}.png", COLORS[name], seed=seed * 1000 + ci * 100 + i)
+    return root
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return make_folder(tmp_path / "photos")
+
+
+@pytest.fixture
+def tiny_kwargs() -> dict:
+    return dict(
+        backbone=TINY, weights="none", epochs=2, head_epochs=3, batch_size=8,
+        precision="fp32", num_workers=0, seed=0, lr=3e-3,
+    )
+
+
+@pytest.fixture
+def trained(folder: Path, tiny_kwargs: dict):
+    from headstart import ImageClassifier
+
+    return ImageClassifier(**tiny_kwargs).fit(folder)
+
+
+def requires_shared(name: str) -> Path:
+    path = SHARED / name
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    return path

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from headstart.cli import main
+
+TINY_ARGS = ["--backbone", "tiny-cnn", "--weights", "none", "--epochs", "1", "--head-epochs", "2",
+             "--batch-size", "8", "--precision", "fp32", "--workers", "0"]
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+@pytest.fixture
+def run_dir(folder, tmp_path, capsys):
+    code, out, err = run(capsys, "train", folder, *TINY_ARGS, "--out", tmp_path / "run", "--quiet")
+    assert code == 0, err
+    assert "validation accuracy:" in out and "model saved to" in out
+    return tmp_path / "run"
+
+
+def test_train_writes_the_run_directory(run_dir):
+    names = sorted(p.name for p in run_dir.iterdir())
+    assert names == ["config.json", "metrics.json", "model", "train.log"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "phase", "epoch"} <= set(metrics["history"][0])
+    assert metrics["val"]["n"] == 5
+    resolved = json.loads((run_dir / "config.json").read_text())
+    assert resolved["training"]["recipe"] == "fine-tune" and resolved["resolved"]["head_epochs"] == 2
+    assert "head epoch 1/2" in (run_dir / "train.log").read_text()
+
+
+def test_train_refuses_a_non_empty_out(run_dir, folder, capsys):
+    code, _, err = run(capsys, "train", folder, *TINY_ARGS, "--out", run_dir)
+    assert code == 1 and err.startswith("error: run directory") and "nothing was overwritten" in err
+    assert (run_dir / "model" / "model.safetensors").is_file()
+
+
+def test_evaluate_json_and_text(run_dir, folder, capsys):
+    code, out, _ = run(capsys, "evaluate", run_dir / "model", folder, "--json")
+    assert code == 0
+    m = json.loads(out)
+    assert {"accuracy", "macro_f1", "per_class", "confusion_matrix", "labels", "n"} <= set(m)
+    assert m["n"] == 24 and m["labels"] == ["blue", "green", "red"]
+    assert set(m["per_class"]["red"]) == {"precision", "recall", "f1", "support"}
+    code, out, _ = run(capsys, "evaluate", run_dir / "model", folder)
+    assert code == 0 and "macro F1" in out and "confusion matrix" in out
+
+
+def test_predict_files_and_folders(run_dir, folder, capsys):
+    one = sorted((folder / "red").iterdir())[0]
+    code, out, _ = run(capsys, "predict", run_dir / "model", one, folder / "blue", "--top-k", "3", "--json")
+    assert code == 0
+    lines = [json.loads(l) for l in out.splitlines()]
+    assert len(lines) == 1 + 8
+    assert lines[0]["input"] == str(one) and len(lines[0]["predictions"]) == 3
+    assert abs(sum(p["score"] for p in lines[0]["predictions"]) - 1) < 1e-3
+    code, out, _ = run(capsys, "predict", run_dir / "model", one)
+    assert code == 0 and out.count("\n") == 1 and out.split("\t")[1].split()[0] in {"red", "green", "blue"}
+
+
+def test_predict_reports_unreadable_inputs_and_fails(run_dir, folder, tmp_path, capsys):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    one = sorted((folder / "red").iterdir())[0]
+    code, out, err = run(capsys, "predict", run_dir / "model", one, bad)
+    assert code == 1 and str(one) in out and "broken.png" in err and "1 of 2 input(s)" in err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "/nonexistent/photos"], "error: data path '/nonexistent/photos' does not exist"),
+        (["evaluate", "/nonexistent/model", "."], "error: model directory '/nonexistent/model' does not exist"),
+        (["predict", "/nonexistent/model", "x.jpg"], "error: model directory"),
+        (["train", ".", "--backbone", "nope-net", "--val-split", "0.5"], None),
+    ],
+)
+def test_bad_input_gives_one_line_error(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *argv)
+    assert code == 1
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    if message:
+        assert err.startswith(message)
+
+
+def test_usage_errors_exit_2(capsys):
+    code, _, err = run(capsys, "train", ".", "--recipe", "magic")
+    assert code == 2 and "Invalid value for '--recipe'" in err
+
+
+def test_backbones_lists_embedded(capsys):
+    code, out, _ = run(capsys, "backbones", "--json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert code == 0 and rows["efficientnet_lite0"]["offline"] is True
+
+
+def test_module_entry_point_no_traceback_without_debug(tmp_path):
+    cmd = [sys.executable, "-m", "headstart", "evaluate", str(tmp_path / "none"), str(tmp_path)]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    assert p.returncode == 1 and p.stderr.startswith("error:") and "Traceback" not in p.stderr
+    p = subprocess.run(cmd[:3] + ["--debug"] + cmd[3:], capture_output=True, text=True)
+    assert p.returncode == 1 and "Traceback" in p.stderr

@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from headstart import ImageClassifier, TrainConfig
+from headstart.backbones import block_groups
+from headstart.errors import HeadstartError
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before, after) -> set[str]:
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def _fit_and_diff(folder, tiny_kwargs, monkeypatch, **overrides):
+    """Train, capturing the backbone weights right after they are built."""
+    import headstart.image as image_mod
+
+    captured = {}
+    real = image_mod.run_recipe
+
+    def spy(model, *args, **kwargs):
+        captured["before"] = _snapshot(model.backbone)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(image_mod, "run_recipe", spy)
+    clf = ImageClassifier(**{**tiny_kwargs, **overrides}).fit(folder)
+    return clf, _changed(captured["before"], _snapshot(clf.model_.backbone))
+
+
+def test_linear_probe_really_freezes_the_backbone(folder, tiny_kwargs, monkeypatch):
+    clf, changed = _fit_and_diff(folder, tiny_kwargs, monkeypatch, recipe="linear-probe", epochs=3)
+    assert changed == set()
+    assert [r["phase"] for r in clf.history_] == ["head"] * 3
+
+
+def test_fine_tune_changes_only_the_top_blocks_and_keeps_bn_statistics(folder, tiny_kwargs, monkeypatch):
+    clf, changed = _fit_and_diff(folder, tiny_kwargs, monkeypatch, recipe="fine-tune", unfreeze_blocks=1, patience=None)
+    groups = block_groups(clf.model_.backbone)
+    top = set(groups[-1])
+    assert changed, "the top block must train"
+    assert {k for k in changed} <= top, f"frozen layers changed: {sorted(changed - top)[:5]}"
+    assert not any(k.endswith(("running_mean", "running_var")) for k in changed)
+    phases = [r["phase"] for r in clf.history_]
+    assert phases == ["head"] * 3 + ["fine-tune"] * 2
+
+
+def test_full_recipe_trains_the_lowest_layers_too(folder, tiny_kwargs, monkeypatch):
+    clf, changed = _fit_and_diff(folder, tiny_kwargs, monkeypatch, recipe="full", epochs=1)
+    assert set(block_groups(clf.model_.backbone)[0]) & changed
+
+
+def test_learns_and_reports_metrics(folder, tiny_kwargs):
+    # from random weights only training the whole network can learn; colours are easy
+    trained = ImageClassifier(**{**tiny_kwargs, "epochs": 10, "lr": 1e-2}, recipe="full", label_smoothing=0.0).fit(folder)
+    m = trained.val_metrics_
+    assert m["n"] == 5 and set(m) >= {"accuracy", "macro_f1", "per_class", "confusion_matrix", "labels"}
+    assert m["accuracy"] >= 0.8  # chance is 1/3
+    assert trained.classes_ == ["blue", "green", "red"]
+    assert sum(map(sum, m["confusion_matrix"])) == 5
+
+
+def test_same_seed_same_metrics(folder, tiny_kwargs):
+    a = ImageClassifier(**tiny_kwargs, augment="classic").fit(folder)
+    b = ImageClassifier(**tiny_kwargs, augment="classic").fit(folder)
+    assert a.history_ and [r["val_loss"] for r in a.history_] == [r["val_loss"] for r in b.history_]
+    assert a.val_metrics_["accuracy"] == b.val_metrics_["accuracy"]
+    pa, pb = a.predict_proba(folder), b.predict_proba(folder)
+    np.testing.assert_array_equal(pa, pb)
+
+
+def test_early_stopping_restores_best_epoch(folder, tiny_kwargs):
+    clf = ImageClassifier(**{**tiny_kwargs, "head_epochs": 0, "epochs": 30, "lr": 1e-6}, recipe="linear-probe", patience=2)
+    clf.fit(folder)
+    # 1e-6 learns nothing measurable: stops after patience epochs, well before 30
+    assert len(clf.history_) < 30
+    best = max(clf.history_, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+    assert clf.val_metrics_["accuracy"] == pytest.approx(best["val_accuracy"])
+
+
+def test_non_finite_loss_stops_with_a_message(folder, tiny_kwargs):
+    with pytest.raises(HeadstartError, match="lower the learning rate"):
+        ImageClassifier(**{**tiny_kwargs, "lr": 1e30}, optimizer="sgd", recipe="full").fit(folder)
+
+
+def test_class_weight_balanced_and_head_layers(folder, tiny_kwargs):
+    clf = ImageClassifier(**tiny_kwargs, class_weight="balanced", hidden=(16,), dropout=0.5, recipe="linear-probe")
+    clf.fit(folder)
+    linears = [m for m in clf.model_.head.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears][-1] == (16, 3)
+
+
+def test_cache_views_and_flatten_pooling(folder, tiny_kwargs):
+    clf = ImageClassifier(**{**tiny_kwargs, "epochs": 1}, cache_views=3, pooling="flatten", recipe="linear-probe")
+    clf.fit(folder)
+    assert clf.model_.backbone(torch.zeros(1, 3, 32, 32)).ndim == 4  # C x H x W, flattened by the head
+
+
+def test_separate_validation_folder(folder, tmp_path, tiny_kwargs):
+    from conftest import make_folder
+
+    val = make_folder(tmp_path / "val", per_class=2, seed=7)
+    clf = ImageClassifier(**tiny_kwargs).fit(folder, val)
+    assert clf.val_metrics_["n"] == 6 and clf.data_summary_["train"]["n"] == 24
+
+
+def test_single_class_and_empty_class_errors(tmp_path, tiny_kwargs):
+    from headstart.errors import DataError
+
+    from conftest import make_folder
+
+    one = make_folder(tmp_path / "one", per_class=6, classes=("red",))
+    with pytest.raises(DataError, match="only one class"):
+        ImageClassifier(**tiny_kwargs).fit(one)
+    two = make_folder(tmp_path / "two", per_class=6, classes=("red", "blue"))
+    (two / "green").mkdir()
+    with pytest.raises(DataError, match="'green'.*no training images"):
+        ImageClassifier(**tiny_kwargs).fit(two)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"recipe": "magic"}, "recipe must be one of"), ({"epochs": 0}, "epochs must be > 0"),
+     ({"augment": "heavy"}, "augment must be one of"), ({"val_split": 1.5}, "val_split"),
+     ({"dropout": 1.0}, "dropout"), ({"class_weight": "auto"}, "class_weight")],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(HeadstartError, match=match):
+        ImageClassifier(**kwargs)
+
+
+def test_config_round_trips_json():
+    import json
+
+    cfg = TrainConfig(recipe="full", epochs=3, head={"hidden": [8], "dropout": 0.1, "pooling": "avg"})
+    again = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    with pytest.raises(HeadstartError, match="unknown TrainConfig field"):
+        TrainConfig.from_dict({"epoch": 3})
