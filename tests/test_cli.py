@@ -111,3 +111,21 @@ def test_module_entry_point_no_traceback_without_debug(tmp_path):
     assert p.returncode == 1 and p.stderr.startswith("error:") and "Traceback" not in p.stderr
     p = subprocess.run(cmd[:3] + ["--debug"] + cmd[3:], capture_output=True, text=True)
     assert p.returncode == 1 and "Traceback" in p.stderr
+
+
+def test_train_from_csv_and_text_table_message(folder, tmp_path, capsys):
+    rows = ["path,label"] + [f"{p.relative_to(folder)},{p.parent.name}" for p in sorted(folder.rglob("*.png"))]
+    (folder / "train.csv").write_text("\n".join(rows) + "\n")
+    code, out, err = run(capsys, "train", folder / "train.csv", *TINY_ARGS, "--out", tmp_path / "r", "--quiet")
+    assert code == 0, err
+    (tmp_path / "reviews.csv").write_text("text,label\ngreat,pos\n")
+    code, _, err = run(capsys, "train", tmp_path / "reviews.csv")
+    assert code == 1 and "looks like a text table" in err
+
+
+def test_demo_data_is_a_real_class_folder(tmp_path):
+    from headstart.data import scan_folder
+    from headstart.demo import write_digits
+
+    s = scan_folder(write_digits(tmp_path / "digits"))
+    assert s.classes == [str(d) for d in range(10)] and len(s) == 1797 and not s.skipped

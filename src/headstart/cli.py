@@ -154,7 +154,7 @@ def train(data, val_data, val_split, task, backbone, weights, recipe, epochs, he
     val_set = scan_folder(val_data, classes=train_set.classes) if val_data else None
     resolve_spec(backbone)
     clf = ImageClassifier(
-        backbone, weights=weights, hidden=hidden, dropout=dropout, pooling=pooling,
+        backbone, weights=weights, hidden=hidden or (), dropout=dropout, pooling=pooling,
         progress=sys.stderr.isatty() if progress is None else progress,
         recipe=recipe, epochs=epochs, head_epochs=head_epochs, batch_size=batch_size, lr=lr,
         finetune_lr_factor=finetune_lr_factor, unfreeze_blocks=unfreeze_blocks, layer_decay=layer_decay,
@@ -187,6 +187,24 @@ def train(data, val_data, val_split, task, backbone, weights, recipe, epochs, he
     m = clf.val_metrics_
     click.echo(f"validation accuracy: {m['accuracy']:.4f}  macro F1: {m['macro_f1']:.4f}  (n={m['n']})")
     click.echo(f"model saved to {model_dir}")
+
+
+@cli.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".demo/digits"), show_default=True,
+              help="Where to write the demo images.")
+@click.option("--out", help="Run directory [runs/demo-<time>].")
+@click.option("--epochs", type=int, default=2, show_default=True, help="Fine-tune epochs.")
+@click.pass_context
+def demo(ctx, data_dir, out, epochs):
+    """Train on an offline sample: scikit-learn's handwritten digits as a folder of PNGs."""
+    from .demo import write_digits
+
+    root = write_digits(data_dir)
+    click.echo(f"demo data: {root} (scikit-learn's 1,797 handwritten digits, 10 classes)", err=True)
+    out = out or str(_new_run_dir(None, "demo"))
+    ctx.invoke(train, data=root, out=out, epochs=epochs, **{
+        p.name: p.default for p in train.params if p.name not in ("data", "out", "epochs")
+    })
 
 
 @cli.command()
