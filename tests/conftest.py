@@ -71,3 +71,45 @@ def requires_shared(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not present")
     return path
+
+
+POSITIVE = ["good", "great", "love", "excellent", "fun", "wonderful"]
+NEGATIVE = ["bad", "awful", "hate", "terrible", "boring", "poor"]
+FILLER = ["the", "movie", "was", "plot", "actors", "really", "a", "and", "it", "this"]
+
+
+def make_texts(n: int = 48, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Short 'reviews' whose sentiment a tiny model can learn from the words."""
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for i in range(n):
+        label = "positive" if i % 2 == 0 else "negative"
+        words = list(rng.choice(FILLER, size=rng.integers(3, 9)))
+        words += list(rng.choice(POSITIVE if label == "positive" else NEGATIVE, size=2))
+        rng.shuffle(words)
+        texts.append(" ".join(words))
+        labels.append(label)
+    return texts, labels
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT and a WordPiece tokenizer, built here, saved as a local
+    Hugging Face model directory."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    root = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER, "##s", "!", ",", "."]
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(str(root))
+    tokenizer.save_pretrained(str(root))
+    return root
+
+
+@pytest.fixture
+def text_kwargs(tiny_bert) -> dict:
+    return dict(backbone=str(tiny_bert), epochs=8, batch_size=8, lr=1e-2, backbone_lr=3e-3,
+                precision="fp32", seed=0, patience=0)

@@ -89,7 +89,7 @@ def test_split_is_stratified_and_seeded():
 def test_split_errors():
     with pytest.raises(DataError, match="only one class"):
         stratified_split(np.zeros(10, dtype=int), 0.2, 0, ["a"])
-    with pytest.raises(DataError, match="'b'.*single image"):
+    with pytest.raises(DataError, match="'b'.*single example"):
         stratified_split(np.array([0, 0, 0, 1]), 0.5, 0, ["a", "b"])
 
 

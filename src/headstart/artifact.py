@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -38,7 +38,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_model_dir(path: str | Path, config: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> Path:
+def save_model_dir(
+    path: str | Path,
+    config: dict[str, Any],
+    state_dict: dict[str, torch.Tensor],
+    extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` (and whatever ``extra`` writes into
+    the directory, e.g. tokenizer files) to ``path``, atomically."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ModelDirError(f"cannot save a model to {str(path)!r}: it is a file; pass a directory path")
@@ -60,9 +67,12 @@ def save_model_dir(path: str | Path, config: dict[str, Any], state_dict: dict[st
         with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2, ensure_ascii=False)
             f.write("\n")
-        for name in (WEIGHTS_FILE, CONFIG_FILE):
-            with open(tmp / name, "rb") as f:
-                os.fsync(f.fileno())
+        if extra is not None:
+            extra(tmp)
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb") as f:
+                    os.fsync(f.fileno())
         _fsync_dir(tmp)
         if path.exists():
             # Two renames: the old model stays loadable until the new one is complete.

@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 
 from . import __version__
-from .config import AUGMENTS, OPTIMIZERS, POOLINGS, PRECISIONS, RECIPES
+from .config import AUGMENTS, OPTIMIZERS, POOLINGS, PRECISIONS, RECIPES, SCHEDULES
 from .errors import DataError, HeadstartError
 
 log = logging.getLogger("headstart")
@@ -45,18 +46,26 @@ def _setup_logging(quiet: bool) -> None:
     root.addHandler(console)
 
 
-def _infer_task(data: Path) -> str:
+def _infer_task(data: Path, backbone: str | None) -> str:
+    from .encoders import is_encoder_name
+    from .textdata import looks_like_text_table
+
     if data.is_dir():
         return "image"
+    if backbone and is_encoder_name(backbone):
+        return "text"
     if data.suffix.lower() in (".csv", ".tsv"):
         import csv
 
         with open(data, newline="", encoding="utf-8-sig", errors="replace") as f:
             header = [h.strip().lower() for h in next(csv.reader(f, delimiter="\t" if data.suffix.lower() == ".tsv" else ","), [])]
-        if {"path", "file", "filename", "image"} & set(header):
-            return "image"
+        return "image" if {"path", "file", "filename", "image"} & set(header) else "text"
+    if looks_like_text_table(data):
         return "text"
-    raise DataError(f"cannot tell the task of {str(data)!r}: pass a class folder of images, a CSV, or --task")
+    raise DataError(
+        f"cannot tell the task of {str(data)!r}: pass a folder of class sub-folders (images), "
+        "a CSV / TSV / JSON Lines file, or --task"
+    )
 
 
 def _new_run_dir(out: str | None, backbone: str) -> Path:
@@ -101,80 +110,100 @@ def cli(debug: bool) -> None:
 
 @cli.command()
 @click.argument("data", type=click.Path(path_type=Path))
-@click.option("--val", "val_data", type=click.Path(path_type=Path), help="Separate validation folder or CSV.")
+@click.option("--val", "val_data", type=click.Path(path_type=Path), help="Separate validation data (folder, CSV, TSV, JSON Lines).")
 @click.option("--val-split", type=float, default=0.2, show_default=True, help="Validation fraction when --val is not given (stratified).")
-@click.option("--task", type=click.Choice(["image"]), help="Inferred from DATA when omitted (a folder of images is image).")
-@click.option("--backbone", default="efficientnet_lite0", show_default=True, help="Embedded name or any timm model name; see `headstart backbones`.")
-@click.option("--weights", help="Local .pth/.safetensors state dict for the backbone, or 'none' for random init.")
-@click.option("--recipe", type=click.Choice(RECIPES), default="fine-tune", show_default=True,
-              help="linear-probe: frozen backbone, head only. fine-tune: head, then the top blocks at a lower LR. full: everything.")
-@click.option("--epochs", type=int, help="Epochs of the main phase [linear-probe 30, fine-tune 4, full 8].")
+@click.option("--task", type=click.Choice(["image", "text"]), help="Inferred from DATA when omitted: a folder (or a CSV with a path column) is image, a table of texts is text.")
+@click.option("--backbone", help="Image: efficientnet_lite0 (default) or any timm name. Text: minilm-l6 (default), a local Hugging Face directory or a hub id. See `headstart backbones`.")
+@click.option("--weights", help="Image: local .pth/.safetensors state dict for the backbone, or 'none' for random init.")
+@click.option("--recipe", type=click.Choice(RECIPES), help="linear-probe: frozen backbone, head only. fine-tune: head, then the top blocks. full: everything. [image fine-tune, text full]")
+@click.option("--epochs", type=int, help="Epochs of the main phase [image: linear-probe 30, fine-tune 4, full 8; text: 30, 3, 3].")
 @click.option("--head-epochs", type=int, help="fine-tune: epochs of the head phase on cached features [20].")
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--lr", type=float, help="Learning rate of the head [1e-3]; unfrozen blocks use lr x --finetune-lr-factor.")
-@click.option("--finetune-lr-factor", type=float, default=0.1, show_default=True)
-@click.option("--unfreeze-blocks", type=int, default=2, show_default=True, help="fine-tune: how many top backbone blocks to unfreeze.")
-@click.option("--layer-decay", type=float, help="full/fine-tune: multiply the LR by this per block going down.")
+@click.option("--lr", type=float, help="Learning rate of the new head [1e-3].")
+@click.option("--backbone-lr", type=float, help="Learning rate of the unfrozen pretrained weights [image lr/10, text 2e-5].")
+@click.option("--unfreeze-blocks", type=int, default=2, show_default=True, help="fine-tune: how many top backbone blocks (text: layers) to unfreeze.")
+@click.option("--layer-decay", type=float, help="Multiply the backbone LR by this per block going down.")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", show_default=True)
 @click.option("--weight-decay", type=float, default=0.01, show_default=True)
-@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
-@click.option("--warmup-epochs", type=float, default=1.0, show_default=True)
-@click.option("--patience", type=int, default=5, show_default=True, help="Early-stopping patience in epochs (0 = never stop early).")
-@click.option("--augment", type=click.Choice(AUGMENTS), default="light", show_default=True,
-              help="classic = the Keras list (rotation 40, shifts 0.2, shear 0.2, zoom 0.2, flip, nearest fill).")
+@click.option("--label-smoothing", type=float, help="[image 0.1, text 0]")
+@click.option("--schedule", type=click.Choice(SCHEDULES), help="Decay after warmup [image cosine, text linear].")
+@click.option("--warmup-epochs", type=float, help="Linear warmup length in epochs [image 1, text 0.3].")
+@click.option("--patience", type=int, help="Early-stopping patience in epochs, 0 = never stop early [image 5, text 2].")
+@click.option("--augment", type=click.Choice(AUGMENTS), help="Image augmentation [light]. classic = the Keras list (rotation 40, shifts 0.2, shear 0.2, zoom 0.2, flip, nearest fill).")
 @click.option("--class-weight", type=click.Choice(["balanced"]), help="Weight the loss by inverse class frequency.")
 @click.option("--hidden", type=int, multiple=True, help="Hidden dense layer width in the head (repeat for more).")
-@click.option("--dropout", type=float, default=0.2, show_default=True)
-@click.option("--pooling", type=click.Choice(POOLINGS), default="avg", show_default=True)
-@click.option("--cache-views", type=int, default=1, show_default=True, help="Feature-cache views per image for frozen phases (1 = eval view only).")
+@click.option("--dropout", type=float, help="Dropout in the head [image 0.2, text 0.1].")
+@click.option("--pooling", type=click.Choice(POOLINGS["image"] + POOLINGS["text"]), help="Image avg|flatten [avg]; text mean|cls [the encoder's own].")
+@click.option("--cache-views", type=int, default=1, show_default=True, help="Image: feature-cache views per image for frozen phases (1 = eval view only).")
+@click.option("--text-column", help="Text: the column holding the texts [auto: text, sentence, review, content].")
+@click.option("--label-column", help="Label column [auto: label, labels, category, sentiment, class].")
+@click.option("--max-length", type=int, help="Text: token limit; longer texts are truncated and counted [the encoder's, 256 for minilm-l6].")
+@click.option("--encoding", help="Text: file encoding when not UTF-8 (e.g. latin-1).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--workers", type=int, help="DataLoader workers [a quarter of the cores, at least 1].")
+@click.option("--workers", type=int, help="Image: DataLoader workers [a quarter of the cores, at least 1].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", help="Run directory [runs/<backbone>-<time>].")
 @click.option("--quiet", is_flag=True, help="Only warnings and the final result.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars [on when stderr is a terminal].")
 def train(data, val_data, val_split, task, backbone, weights, recipe, epochs, head_epochs, batch_size, lr,
-          finetune_lr_factor, unfreeze_blocks, layer_decay, optimizer, weight_decay, label_smoothing,
-          warmup_epochs, patience, augment, class_weight, hidden, dropout, pooling, cache_views, precision,
-          device, workers, seed, out, quiet, progress):
-    """Train a classifier on DATA (a folder with one sub-folder per class, or a CSV of path,label)."""
-    from .backbones import resolve_spec
-    from .data import scan_folder
-    from .image import ImageClassifier
+          backbone_lr, unfreeze_blocks, layer_decay, optimizer, weight_decay, label_smoothing, schedule,
+          warmup_epochs, patience, augment, class_weight, hidden, dropout, pooling, cache_views, text_column,
+          label_column, max_length, encoding, precision, device, workers, seed, out, quiet, progress):
+    """Train a classifier on DATA: a folder with one sub-folder per class (or a CSV of
+    path,label) for images; a CSV, TSV or JSON Lines table of texts and labels for text."""
+    from .data import require_two_classes
 
     _setup_logging(quiet)
     if not data.exists():
         raise DataError(f"data path {str(data)!r} does not exist")
-    task = task or _infer_task(data)
-    if task != "image":
-        raise DataError(f"{str(data)!r} looks like a text table; this version trains image classifiers only")
-    # Check the data and the backbone before a run directory is made for them.
-    train_set = scan_folder(data)
-    val_set = scan_folder(val_data, classes=train_set.classes) if val_data else None
-    resolve_spec(backbone)
-    clf = ImageClassifier(
-        backbone, weights=weights, hidden=hidden or (), dropout=dropout, pooling=pooling,
-        progress=sys.stderr.isatty() if progress is None else progress,
-        recipe=recipe, epochs=epochs, head_epochs=head_epochs, batch_size=batch_size, lr=lr,
-        finetune_lr_factor=finetune_lr_factor, unfreeze_blocks=unfreeze_blocks, layer_decay=layer_decay,
-        optimizer=optimizer, weight_decay=weight_decay, label_smoothing=label_smoothing,
-        warmup_epochs=warmup_epochs, patience=patience or None, augment=augment, class_weight=class_weight,
-        cache_views=cache_views, val_split=val_split, seed=seed, precision=precision, device=device,
-        num_workers=workers,
+    task = task or _infer_task(data, backbone)
+    common = dict(
+        recipe=recipe, epochs=epochs, head_epochs=head_epochs, batch_size=batch_size, lr=lr, backbone_lr=backbone_lr,
+        unfreeze_blocks=unfreeze_blocks, layer_decay=layer_decay, optimizer=optimizer, weight_decay=weight_decay,
+        label_smoothing=label_smoothing, schedule=schedule, warmup_epochs=warmup_epochs, patience=patience,
+        class_weight=class_weight, val_split=val_split, seed=seed, precision=precision, device=device,
+        hidden=hidden or (), progress=sys.stderr.isatty() if progress is None else progress,
     )
-    run = _new_run_dir(out, backbone)
+    if dropout is not None:
+        common["dropout"] = dropout
+    # Check the data and the backbone before a run directory is made for them.
+    if task == "image":
+        from .backbones import resolve_spec
+        from .data import scan_folder
+        from .image import ImageClassifier
+
+        backbone = backbone or "efficientnet_lite0"
+        train_set = scan_folder(data)
+        val_set = scan_folder(val_data, classes=train_set.classes) if val_data else None
+        resolve_spec(backbone)
+        clf = ImageClassifier(backbone, weights=weights, pooling=pooling or "avg", augment=augment,
+                              cache_views=cache_views, num_workers=workers, **common)
+        fit = lambda: clf.fit(train_set, val_set)  # noqa: E731
+    else:
+        from .text import TextClassifier
+
+        if weights:
+            raise HeadstartError("--weights is for image backbones; for text pass a model directory as --backbone")
+        backbone = backbone or "minilm-l6"
+        clf = TextClassifier(backbone, pooling=pooling, max_length=max_length, text_column=text_column,
+                             label_column=label_column, encoding=encoding, **common)
+        train_set = clf._read(data)
+        val_set = clf._read(val_data, classes=train_set.classes) if val_data else None
+        fit = lambda: clf.fit(train_set, val=val_set)  # noqa: E731
+    require_two_classes(train_set.labels, train_set.classes)
+    run = _new_run_dir(out, Path(backbone).name if task == "text" else backbone)
     handler = logging.FileHandler(run / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(handler)
     try:
         log.info("headstart %s: run directory %s", __version__, run)
+        resolved = clf.config.resolved()
         _write_json(run / "config.json", {
             "task": task, "data": str(data), "val": str(val_data) if val_data else None, "backbone": backbone,
-            "weights": weights, "training": clf.config.to_dict(),
-            "resolved": {"epochs": clf.config.resolved_epochs, "head_epochs": clf.config.resolved_head_epochs, "lr": clf.config.resolved_lr},
+            "weights": weights, "training": resolved.to_dict(),
         })
-        clf.fit(train_set, val_set)
+        fit()
         model_dir = clf.save(run / "model")
         _write_json(run / "metrics.json", {
             "history": clf.history_, "val": clf.val_metrics_, "data": clf.data_summary_,
@@ -211,18 +240,34 @@ def demo(ctx, data_dir, out, epochs):
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def evaluate(model_dir, data, as_json):
-    """Evaluate a saved model on labelled DATA (class folder or CSV of path,label)."""
+@click.option("--text-column", help="Text models: the text column [the one used in training, else auto].")
+@click.option("--label-column", help="The label column [auto].")
+@click.option("--encoding", help="Text models: file encoding when not UTF-8.")
+def evaluate(model_dir, data, as_json, text_column, label_column, encoding):
+    """Evaluate a saved model on labelled DATA (image folder / CSV of path,label, or a text table)."""
+    from .classifier import load
     from .evaluation import format_metrics
-    from .image import ImageClassifier
 
-    metrics = ImageClassifier.load(model_dir).evaluate(data)
+    clf = load(model_dir)
+    if clf.task == "text":
+        clf.text_column = text_column or clf.text_column
+        clf.label_column = label_column or clf.label_column
+        clf.encoding = encoding
+    metrics = clf.evaluate(data)
     if as_json:
         click.echo(json.dumps(metrics, ensure_ascii=False))
     else:
         click.echo(format_metrics(metrics))
         if metrics["skipped"]:
-            click.echo(f"\n{len(metrics['skipped'])} file(s) skipped (see --json for the list)")
+            click.echo(f"\n{len(metrics['skipped'])} input(s) skipped (see --json for the list)")
+
+
+def _emit(as_json: bool, item: str, preds: list[tuple[str, float]]) -> None:
+    if as_json:
+        click.echo(json.dumps({"input": item, "predictions": [{"label": l, "score": round(s, 6)} for l, s in preds]}, ensure_ascii=False))
+    else:
+        shown = item if "\n" not in item and "\t" not in item else json.dumps(item, ensure_ascii=False)
+        click.echo(f"{shown}\t" + "\t".join(f"{l} {s:.4f}" for l, s in preds))
 
 
 @cli.command()
@@ -231,10 +276,23 @@ def evaluate(model_dir, data, as_json):
 @click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="JSON lines: {input, predictions: [{label, score}]}.")
 def predict(model_dir, inputs, top_k, as_json):
-    """Predict labels for image files or folders (folders are searched recursively)."""
-    from .image import ImageClassifier, expand_inputs, top_k as take_top
+    """Predict labels. Image models: files or folders (searched recursively). Text models:
+    texts as arguments; '-' reads one text per line from standard input."""
+    from .classifier import load, top_k as take_top
 
-    clf = ImageClassifier.load(model_dir)
+    clf = load(model_dir)
+    if clf.task == "text":
+        texts: list[str] = []
+        for item in inputs:
+            texts += [line for line in sys.stdin.read().splitlines() if line.strip()] if item == "-" else [item]
+        if not texts:
+            raise DataError("no text to classify: standard input was empty")
+        probs = np.atleast_2d(clf.predict_proba(texts))
+        for text, row in zip(texts, probs):
+            _emit(as_json, text, take_top(row, clf.classes_, top_k))
+        return
+    from .image import expand_inputs
+
     items = expand_inputs(inputs)
     probs, errors = clf.predict_proba_items(items)
     failed = 0
@@ -246,11 +304,7 @@ def predict(model_dir, inputs, top_k, as_json):
             else:
                 click.echo(f"error: cannot read {item}: {error}", err=True)
             continue
-        preds = take_top(row, clf.classes_, top_k)
-        if as_json:
-            click.echo(json.dumps({"input": str(item), "predictions": [{"label": l, "score": round(s, 6)} for l, s in preds]}, ensure_ascii=False))
-        else:
-            click.echo(f"{item}\t" + "\t".join(f"{l} {s:.4f}" for l, s in preds))
+        _emit(as_json, str(item), take_top(row, clf.classes_, top_k))
     if failed:
         raise HeadstartError(f"{failed} of {len(items)} input(s) could not be read")
 
@@ -261,20 +315,27 @@ def predict(model_dir, inputs, top_k, as_json):
 def backbones(show_all, as_json):
     """List the backbones: the embedded ones work offline."""
     from .backbones import list_backbones
+    from .encoders import list_encoders
 
     rows = [
-        {"name": s.name, "offline": s.offline, "input_size": s.preprocessing.input_size,
+        {"name": s.name, "task": "image", "offline": s.offline, "input": f"{s.preprocessing.input_size} px",
          "weights": s.weights_source, "licence": s.licence, "description": s.description}
         for s in list_backbones()
+    ] + [
+        {"name": s.name, "task": "text", "offline": s.offline, "input": f"{s.max_length} tokens",
+         "weights": s.weights_source, "licence": s.licence, "description": s.description}
+        for s in list_encoders()
     ]
     if as_json:
         click.echo(json.dumps(rows))
     else:
-        click.echo(f"{'name':<20} {'offline':<8} {'size':>4}  description")
+        click.echo(f"{'name':<20} {'task':<6} {'offline':<8} {'input':<11} description")
         for r in rows:
-            click.echo(f"{r['name']:<20} {'yes' if r['offline'] else 'no':<8} {r['input_size']:>4}  {r['description']} ({r['weights']})")
-        click.echo("\nAny timm model name also works, with --weights FILE when there is no network"
-                   " (e.g. resnet50, vgg16, inception_v3); `headstart backbones --all` lists them.")
+            click.echo(f"{r['name']:<20} {r['task']:<6} {'yes' if r['offline'] else 'no':<8} {r['input']:<11} {r['description']} ({r['weights']})")
+        click.echo("\nImages: any timm model name also works, with --weights FILE when there is no network"
+                   " (e.g. resnet50, vgg16, inception_v3); `headstart backbones --all` lists them."
+                   "\nText: any local Hugging Face model directory, or a hub id when the network allows"
+                   " (bert-base-uncased, distilbert-base-uncased, ...).")
     if show_all:
         import timm
 

@@ -12,17 +12,30 @@ from typing import Any
 
 from .errors import HeadstartError
 
+TASKS = ("image", "text")
 RECIPES = ("linear-probe", "fine-tune", "full")
 AUGMENTS = ("none", "light", "classic", "strong")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-POOLINGS = ("avg", "flatten")
+SCHEDULES = ("cosine", "linear")
+POOLINGS = {"image": ("avg", "flatten"), "text": ("mean", "cls")}
 
-# Epochs of the trainable phases when the user gives none: the head trains on cached
-# features (seconds per epoch), the unfrozen backbone on images (minutes per epoch on a CPU).
-DEFAULT_EPOCHS = {"linear-probe": 30, "fine-tune": 4, "full": 8}
+# What a field left as None becomes, per task. Images follow the Keras recipe (a new head
+# first, then the top blocks at a lower rate); text follows the Hugging Face one (everything
+# at 2e-5 with linear warmup and decay, a few epochs).
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "image": {
+        "recipe": "fine-tune", "lr": 1e-3, "schedule": "cosine", "warmup_epochs": 1.0,
+        "label_smoothing": 0.1, "augment": "light", "patience": 5,
+        "epochs": {"linear-probe": 30, "fine-tune": 4, "full": 8},
+    },
+    "text": {
+        "recipe": "full", "lr": 1e-3, "backbone_lr": 2e-5, "schedule": "linear", "warmup_epochs": 0.3,
+        "label_smoothing": 0.0, "augment": "none", "patience": 2,
+        "epochs": {"linear-probe": 30, "fine-tune": 3, "full": 3},
+    },
+}
 DEFAULT_HEAD_EPOCHS = 20
-DEFAULT_LR = {"linear-probe": 1e-3, "fine-tune": 1e-3, "full": 3e-4}
 
 
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
@@ -54,14 +67,17 @@ class _JsonMixin:
 
 @dataclass
 class HeadConfig(_JsonMixin):
-    """The new layers on top of the backbone: pool, [dense + ReLU + dropout]*, linear."""
+    """The new layers on top of the backbone: pool, [dense + ReLU + dropout]*, linear.
+
+    ``pooling``: images ``avg`` | ``flatten``; text ``mean`` (over tokens) | ``cls``.
+    """
 
     pooling: str = "avg"
     hidden: tuple[int, ...] = ()
     dropout: float = 0.2
 
     def __post_init__(self) -> None:
-        _choice("pooling", self.pooling, POOLINGS)
+        _choice("pooling", self.pooling, POOLINGS["image"] + POOLINGS["text"])
         self.hidden = tuple(int(h) for h in self.hidden)
         for h in self.hidden:
             _positive("hidden layer width", h)
@@ -71,22 +87,29 @@ class HeadConfig(_JsonMixin):
 
 @dataclass
 class TrainConfig(_JsonMixin):
-    """How to train: the recipe and its knobs. ``None`` means "the recipe's default"."""
+    """How to train: the recipe and its knobs. ``None`` means "the task's default"
+    (``TASK_DEFAULTS``); :meth:`resolved` fills them in.
 
-    recipe: str = "fine-tune"
+    ``lr`` is the new head's learning rate; ``backbone_lr`` that of the pretrained weights
+    being trained (default: images ``lr / 10``, text 2e-5).
+    """
+
+    task: str = "image"
+    recipe: str | None = None
     epochs: int | None = None
     head_epochs: int | None = None
     batch_size: int = 32
     lr: float | None = None
-    finetune_lr_factor: float = 0.1
+    backbone_lr: float | None = None
     unfreeze_blocks: int = 2
     layer_decay: float | None = None
     optimizer: str = "adamw"
     weight_decay: float = 0.01
-    label_smoothing: float = 0.1
-    warmup_epochs: float = 1.0
-    patience: int | None = 5
-    augment: str = "light"
+    label_smoothing: float | None = None
+    schedule: str | None = None
+    warmup_epochs: float | None = None
+    patience: int | None = None
+    augment: str | None = None
     class_weight: str | None = None
     cache_views: int = 1
     val_split: float = 0.2
@@ -99,10 +122,16 @@ class TrainConfig(_JsonMixin):
     def __post_init__(self) -> None:
         if isinstance(self.head, dict):
             self.head = HeadConfig.from_dict(self.head)
-        _choice("recipe", self.recipe, RECIPES)
-        _choice("augment", self.augment, AUGMENTS)
+        _choice("task", self.task, TASKS)
+        if self.recipe is not None:
+            _choice("recipe", self.recipe, RECIPES)
+        if self.augment is not None:
+            _choice("augment", self.augment, AUGMENTS)
+        if self.schedule is not None:
+            _choice("schedule", self.schedule, SCHEDULES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("precision", self.precision, PRECISIONS)
+        _choice(f"pooling for {self.task}", self.head.pooling, POOLINGS[self.task])
         if self.class_weight not in (None, "balanced"):
             raise HeadstartError(f"class_weight must be None or 'balanced'; got {self.class_weight!r}")
         for name in ("epochs", "head_epochs"):
@@ -110,35 +139,39 @@ class TrainConfig(_JsonMixin):
             if value is not None:
                 _positive(name, value, allow_zero=(name == "head_epochs"))
         _positive("batch_size", self.batch_size)
-        if self.lr is not None:
-            _positive("lr", self.lr)
-        if not 0.0 < self.finetune_lr_factor <= 1.0:
-            raise HeadstartError(f"finetune_lr_factor must be in (0, 1]; got {self.finetune_lr_factor}")
+        for name in ("lr", "backbone_lr"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
         _positive("unfreeze_blocks", self.unfreeze_blocks)
         if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
             raise HeadstartError(f"layer_decay must be in (0, 1]; got {self.layer_decay}")
         _positive("weight_decay", self.weight_decay, allow_zero=True)
-        if not 0.0 <= self.label_smoothing < 1.0:
+        if self.label_smoothing is not None and not 0.0 <= self.label_smoothing < 1.0:
             raise HeadstartError(f"label_smoothing must be in [0, 1); got {self.label_smoothing}")
-        _positive("warmup_epochs", self.warmup_epochs, allow_zero=True)
+        if self.warmup_epochs is not None:
+            _positive("warmup_epochs", self.warmup_epochs, allow_zero=True)
         if self.patience is not None:
-            _positive("patience", self.patience)
+            _positive("patience", self.patience, allow_zero=True)
         _positive("cache_views", self.cache_views)
         if not 0.0 < self.val_split < 1.0:
             raise HeadstartError(f"val_split must be in (0, 1); got {self.val_split}")
         if self.num_workers is not None:
             _positive("num_workers", self.num_workers, allow_zero=True)
 
-    @property
-    def resolved_epochs(self) -> int:
-        return self.epochs if self.epochs is not None else DEFAULT_EPOCHS[self.recipe]
-
-    @property
-    def resolved_head_epochs(self) -> int:
-        if self.recipe != "fine-tune":
-            return 0
-        return self.head_epochs if self.head_epochs is not None else DEFAULT_HEAD_EPOCHS
-
-    @property
-    def resolved_lr(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.recipe]
+    def resolved(self) -> "TrainConfig":
+        """A copy with every task default filled in. ``patience=0`` never stops early."""
+        d = TASK_DEFAULTS[self.task]
+        out = dataclasses.replace(self)
+        out.recipe = self.recipe or d["recipe"]
+        out.epochs = self.epochs if self.epochs is not None else d["epochs"][out.recipe]
+        if out.recipe != "fine-tune":
+            out.head_epochs = 0
+        elif self.head_epochs is None:
+            out.head_epochs = DEFAULT_HEAD_EPOCHS
+        out.lr = self.lr if self.lr is not None else d["lr"]
+        if self.backbone_lr is None:
+            out.backbone_lr = d.get("backbone_lr", out.lr / 10)
+        for name in ("schedule", "warmup_epochs", "label_smoothing", "augment", "patience"):
+            if getattr(out, name) is None:
+                setattr(out, name, d[name])
+        return out

@@ -187,27 +187,31 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None, check: bool
     )
 
 
+def require_two_classes(labels: np.ndarray, classes: Sequence[str]) -> None:
+    present = np.unique(labels)
+    if len(present) < 2:
+        raise DataError(
+            f"found only one class ({classes[int(present[0])]!r}); a classifier needs examples of at least two"
+        )
+
+
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Indices of a stratified train/validation split, the same for the same seed."""
     from sklearn.model_selection import train_test_split
 
+    require_two_classes(labels, classes)
     counts = np.bincount(labels, minlength=len(classes))
     present = [i for i, n in enumerate(counts) if n > 0]
-    if len(present) < 2:
-        raise DataError(
-            f"found only one class ({classes[present[0]]!r}); a classifier needs at least two "
-            "class folders with images"
-        )
     small = [classes[i] for i, n in enumerate(counts) if 0 < n < 2]
     if small:
         raise DataError(
-            f"class(es) {', '.join(map(repr, small))} have a single image; a stratified split needs "
-            "at least 2 per class. Add images, or pass a separate validation set with --val"
+            f"class(es) {', '.join(map(repr, small))} have a single example; a stratified split needs "
+            "at least 2 per class. Add examples, or pass a separate validation set with --val"
         )
     n_val = int(np.ceil(val_fraction * len(labels)))
     if n_val < len(present) or len(labels) - n_val < len(present):
         raise DataError(
-            f"{len(labels)} images are too few for a {val_fraction:.0%} validation split over "
+            f"{len(labels)} examples are too few for a {val_fraction:.0%} validation split over "
             f"{len(present)} classes; add images, change --val-split, or pass --val"
         )
     index = np.arange(len(labels))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -11,12 +10,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import __version__
-from .artifact import read_config, read_weights, save_model_dir
+from .artifact import read_weights
 from .backbones import BackboneSpec, Preprocessing, create_backbone, resolve_spec
-from .config import HeadConfig, TrainConfig
-from .data import IMAGE_EXTENSIONS, ImageDataset, ImageSet, is_image_file, scan_folder, stratified_split
-from .errors import DataError, HeadstartError, ModelDirError
+from .classifier import Classifier
+from .data import IMAGE_EXTENSIONS, ImageDataset, ImageSet, is_image_file, require_two_classes, scan_folder, stratified_split
+from .errors import DataError, ModelDirError
 from .evaluation import classification_metrics
 from .model import ImageModel, feature_dim
 from .training import predict_logits, resolve_device, resolve_precision, run_recipe, seed_everything
@@ -44,16 +42,20 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return out
 
 
-class ImageClassifier:
+class ImageClassifier(Classifier):
     """A pretrained image backbone with a new head, trained by a transfer recipe.
 
     >>> clf = ImageClassifier(backbone="efficientnet_lite0").fit("photos/")
     >>> clf.predict("some.jpg")
     'tulip'
 
+    Keyword arguments other than the head's (``hidden``, ``dropout``, ``pooling``) are
+    :class:`~headstart.config.TrainConfig` fields (``recipe``, ``epochs``, ``lr``, ...).
     Learned attributes end in ``_``: ``classes_``, ``history_``, ``val_metrics_``,
     ``skipped_``, ``model_``.
     """
+
+    task = "image"
 
     def __init__(
         self,
@@ -66,11 +68,9 @@ class ImageClassifier:
         progress: bool = False,
         **train: Any,
     ):
+        super().__init__(hidden=hidden, dropout=dropout, pooling=pooling, progress=progress, **train)
         self.backbone = backbone
         self.weights = weights
-        self.head_config = HeadConfig(pooling=pooling, hidden=tuple(hidden), dropout=dropout)
-        self.config = TrainConfig(head=self.head_config, **train)
-        self.progress = progress
 
     # ------------------------------------------------------------------ training
 
@@ -82,28 +82,24 @@ class ImageClassifier:
     def fit(self, data: str | Path | ImageSet, val: str | Path | ImageSet | None = None) -> "ImageClassifier":
         """Train on a class folder (or CSV of path,label); validate on ``val`` or on a
         stratified split of ``data`` (``val_split``, ``seed``)."""
-        cfg = self.config
+        cfg = self.config.resolved()
         full = data if isinstance(data, ImageSet) else scan_folder(data)
         if val is None:
             tr, va = stratified_split(full.labels, cfg.val_split, cfg.seed, full.classes)
             train_set, val_set = full.subset(tr), full.subset(va)
-            train_set.skipped = full.skipped
         else:
             train_set = full
             val_set = val if isinstance(val, ImageSet) else scan_folder(val, classes=full.classes)
-        present = np.unique(train_set.labels)
-        if len(present) < 2:
-            raise DataError("training data has a single class; a classifier needs at least two")
-        empty = [c for i, c in enumerate(full.classes) if i not in set(present.tolist())]
+        require_two_classes(train_set.labels, full.classes)
+        present = set(np.unique(train_set.labels).tolist())
+        empty = [c for i, c in enumerate(full.classes) if i not in present]
         if empty:
             raise DataError(
                 f"class folder(s) {', '.join(map(repr, empty))} have no training images; "
                 "add images or remove the folder"
             )
         spec = resolve_spec(self.backbone)
-        self.spec_ = spec
-        self.preprocessing_ = spec.preprocessing
-        self.classes_ = list(full.classes)
+        self.spec_, self.preprocessing_, self.classes_ = spec, spec.preprocessing, list(full.classes)
         self.skipped_ = list(full.skipped) + (list(val_set.skipped) if val is not None else [])
         log.info(
             "data: %d training and %d validation images in %d classes; %d files skipped",
@@ -111,37 +107,23 @@ class ImageClassifier:
         )
         for path, reason in self.skipped_[:20]:
             log.info("skipped %s (%s)", path, reason)
-        self.class_counts_ = {"train": train_set.class_counts(), "val": val_set.class_counts()}
         seed_everything(cfg.seed)  # the new head's initial weights follow the seed too
         self.model_ = self._build(spec, len(self.classes_), pretrained=True)
         result = run_recipe(self.model_, train_set, val_set, cfg, spec.preprocessing, progress=self.progress)
-        self.history_ = result.history_dicts()
-        self.skipped_ += [(p, r) for p, r in result.failed]
-        self.val_metrics_ = classification_metrics(result.val_labels, result.val_probs, self.classes_)
-        self.train_seconds_ = result.seconds
-        self.precision_ = result.precision
-        self.data_summary_ = {
-            "train": {"source": train_set.source or str(data), "n": len(train_set), "per_class": self.class_counts_["train"]},
-            "val": {
-                "source": val_set.source if val is not None else f"{cfg.val_split:.0%} stratified split of train, seed {cfg.seed}",
-                "n": len(val_set),
-                "per_class": self.class_counts_["val"],
-            },
-            "skipped": len(self.skipped_),
-        }
-        log.info(
-            "validation accuracy %.4f, macro F1 %.4f (%d images); %.1fs",
-            self.val_metrics_["accuracy"], self.val_metrics_["macro_f1"], self.val_metrics_["n"], result.seconds,
+        self.config = cfg
+        self.skipped_ += result.failed
+        val_source = val_set.source if val is not None else f"{cfg.val_split:.0%} stratified split of train, seed {cfg.seed}"
+        self._record_fit(
+            result,
+            {"source": train_set.source or str(data), "n": len(train_set), "per_class": train_set.class_counts()},
+            {"source": val_source, "n": len(val_set), "per_class": val_set.class_counts()},
+            len(self.skipped_),
         )
         return self
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "model_"):
-            raise HeadstartError("this ImageClassifier is not trained yet; call fit() or ImageClassifier.load()")
-
     # ------------------------------------------------------------------ prediction
 
-    def _logits(self, items: list, batch_size: int | None = None) -> tuple[torch.Tensor, np.ndarray, list[tuple[int, str]]]:
+    def _logits(self, items: list) -> tuple[torch.Tensor, np.ndarray, list[tuple[int, str]]]:
         self._check_fitted()
         device = resolve_device(self.config.device)
         precision = resolve_precision(self.config.precision, device)
@@ -149,9 +131,8 @@ class ImageClassifier:
         self.model_.to(device, memory_format=torch.channels_last)
         dataset = ImageDataset(items, None, eval_transform(self.preprocessing_))
         return predict_logits(
-            self.model_, dataset, batch_size=batch_size or self.config.batch_size, device=device,
-            precision=precision, num_workers=self.config.num_workers if len(items) > 64 else 0,
-            progress=self.progress,
+            self.model_, dataset, batch_size=self.config.batch_size, device=device, precision=precision,
+            num_workers=self.config.num_workers if len(items) > 64 else 0, progress=self.progress,
         )
 
     def _items(self, inputs: ImageInput | Sequence[ImageInput]) -> tuple[list, bool]:
@@ -190,17 +171,6 @@ class ImageClassifier:
             raise DataError(f"cannot read {len(bad)} image(s): {'; '.join(bad[:5])}")
         return probs[0] if single else probs
 
-    def predict(self, inputs: ImageInput | Sequence[ImageInput]) -> str | list[str]:
-        """Label strings: one for one image, a list for a list or a folder."""
-        probs = self.predict_proba(inputs)
-        if probs.ndim == 1:
-            return self.classes_[int(probs.argmax())]
-        return [self.classes_[int(i)] for i in probs.argmax(1)]
-
-    def predict_top_k(self, inputs: ImageInput | Sequence[ImageInput], k: int = 3) -> list[list[tuple[str, float]]]:
-        probs = np.atleast_2d(self.predict_proba(inputs))
-        return [top_k(row, self.classes_, k) for row in probs]
-
     def evaluate(self, data: str | Path | ImageSet) -> dict[str, Any]:
         """Metrics on labelled data whose class names the model knows."""
         self._check_fitted()
@@ -215,13 +185,9 @@ class ImageClassifier:
 
     # ------------------------------------------------------------------ persistence
 
-    def to_config(self) -> dict[str, Any]:
-        self._check_fitted()
+    def _config(self) -> dict[str, Any]:
         spec = self.spec_
-        cfg: dict[str, Any] = {
-            "task": "image",
-            "headstart_version": __version__,
-            "labels": self.classes_,
+        return {
             "backbone": {
                 "name": spec.name,
                 "arch": spec.arch,
@@ -229,55 +195,26 @@ class ImageClassifier:
                 "licence": spec.licence,
                 "create_kwargs": spec.create_kwargs,
             },
-            "head": self.head_config.to_dict(),
             "preprocessing": self.preprocessing_.to_dict(),
-            "training": self.config.to_dict(),
         }
-        if hasattr(self, "val_metrics_"):
-            cfg["summary"] = {
-                "val_accuracy": self.val_metrics_["accuracy"],
-                "val_macro_f1": self.val_metrics_["macro_f1"],
-                "val_n": self.val_metrics_["n"],
-                "data": self.data_summary_,
-                "precision": self.precision_,
-                "train_seconds": round(self.train_seconds_, 2),
-                "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }
-        return cfg
-
-    def save(self, path: str | Path) -> Path:
-        """Write the model directory atomically (config.json + model.safetensors)."""
-        self._check_fitted()
-        return save_model_dir(path, self.to_config(), self.model_.state_dict())
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str = "auto", precision: str = "auto") -> "ImageClassifier":
-        """Load a model directory; needs no training data, no network, runs no stored code."""
-        config = read_config(path)
-        if config.get("task") != "image":
-            raise ModelDirError(f"{str(path)!r} holds a {config.get('task')!r} model, not an image model")
+    def _from_config(cls, config: dict[str, Any], path: Path, **kwargs: Any) -> "ImageClassifier":
+        clf = cls._init_from_config(config, path, **kwargs)
         try:
             bb = config["backbone"]
-            clf = cls(
-                backbone=bb["name"],
-                hidden=config["head"]["hidden"],
-                dropout=config["head"]["dropout"],
-                pooling=config["head"]["pooling"],
-                device=device,
-                precision=precision,
-            )
             pre = Preprocessing.from_dict(config["preprocessing"])
-            labels = list(config["labels"])
+            spec = BackboneSpec(
+                name=bb["name"], arch=bb["arch"], preprocessing=pre,
+                weights_source=bb.get("weights_source", ""), licence=bb.get("licence", ""),
+                create_kwargs=dict(bb.get("create_kwargs", {})),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelDirError(f"{str(path)!r}/config.json is incomplete or malformed ({exc!r})") from None
-        spec = BackboneSpec(
-            name=bb["name"], arch=bb["arch"], preprocessing=pre,
-            weights_source=bb.get("weights_source", ""), licence=bb.get("licence", ""),
-            create_kwargs=dict(bb.get("create_kwargs", {})),
-        )
-        clf.spec_, clf.preprocessing_, clf.classes_ = spec, pre, labels
+        clf.backbone, clf.weights = spec.name, None
+        clf.spec_, clf.preprocessing_ = spec, pre
         try:
-            clf.model_ = clf._build(spec, len(labels), pretrained=False)
+            clf.model_ = clf._build(spec, len(clf.classes_), pretrained=False)
         except Exception as exc:  # noqa: BLE001
             raise ModelDirError(f"cannot build architecture {bb['arch']!r} of {str(path)!r} ({exc})") from None
         try:
@@ -287,10 +224,4 @@ class ImageClassifier:
                 f"{str(path)!r}/model.safetensors does not match its config.json ({str(exc).splitlines()[0]})"
             ) from None
         clf.model_.eval()
-        clf.saved_config_ = config
         return clf
-
-
-def top_k(row: np.ndarray, labels: Sequence[str], k: int) -> list[tuple[str, float]]:
-    order = np.argsort(-row, kind="stable")[: max(1, k)]
-    return [(labels[int(i)], float(row[i])) for i in order]

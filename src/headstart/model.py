@@ -37,6 +37,9 @@ class ImageModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
+    def block_groups(self) -> list[list[str]]:
+        return block_groups(self.backbone)
+
 
 def feature_dim(backbone: nn.Module, input_size: int) -> int:
     """Width of the backbone's output, flattened (probed once with a dummy image)."""
@@ -48,10 +51,10 @@ def feature_dim(backbone: nn.Module, input_size: int) -> int:
     return int(out.flatten(1).shape[1])
 
 
-def set_trainable(model: ImageModel, top_blocks: int | None) -> list[str]:
-    """Freeze the backbone except its top ``top_blocks`` blocks (None = all trainable,
-    0 = frozen). The head is always trainable. Returns the trainable backbone names."""
-    groups = block_groups(model.backbone)
+def set_trainable(model: nn.Module, top_blocks: int | None) -> list[str]:
+    """Freeze ``model.backbone`` except its top ``top_blocks`` blocks (None = all trainable,
+    0 = frozen). ``model.head`` is always trainable. Returns the trainable backbone names."""
+    groups = model.block_groups()
     if top_blocks is None:
         names = [n for g in groups for n in g]
     else:

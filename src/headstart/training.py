@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -95,7 +95,14 @@ class EpochRecord:
     seconds: float
 
 
-Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+Batches = Callable[[int], Iterable[tuple[Any, torch.Tensor]]]
+
+
+def to_device(x: Any, device: torch.device) -> Any:
+    """A tensor, or a dict of tensors (tokenised text), on ``device``."""
+    if isinstance(x, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in x.items()}
+    return x.to(device, non_blocking=True)
 Evaluate = Callable[[], tuple[float, float]]
 
 
@@ -121,12 +128,14 @@ def make_optimizer(name: str, groups: list[dict]) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, momentum=0.9, nesterov=True)
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, decay: str):
+    """Linear warmup, then cosine or linear decay to zero at ``total_steps``."""
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress)) if decay == "cosine" else 1.0 - progress
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -151,7 +160,7 @@ def train_loop(
     epoch (highest accuracy, then lowest loss) before returning."""
     optimizer = make_optimizer(cfg.optimizer, groups)
     total = epochs * steps_per_epoch
-    scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * steps_per_epoch), total)
+    scheduler = warmup_schedule(optimizer, int(cfg.warmup_epochs * steps_per_epoch), total, cfg.schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     history: list[EpochRecord] = []
     best_key, best_state, stale = None, None, 0
@@ -164,7 +173,7 @@ def train_loop(
         seen, loss_sum, correct = 0, 0.0, 0
         bar = tqdm(batches(epoch), total=steps_per_epoch, desc=f"{phase} {epoch}/{epochs}", leave=False, disable=not progress)
         for x, y in bar:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = to_device(x, device), y.to(device, non_blocking=True)
             with autocast(device, precision):
                 logits = module(x)
             loss = loss_fn(logits.float(), y)
@@ -199,7 +208,7 @@ def train_loop(
             best_state = copy.deepcopy(module.state_dict())
         else:
             stale += 1
-            if cfg.patience is not None and stale >= cfg.patience and epoch < epochs:
+            if cfg.patience and stale >= cfg.patience and epoch < epochs:
                 log.info("%s: no better validation accuracy for %d epochs; stopping early", phase, stale)
                 break
     if best_state is not None:
@@ -305,6 +314,67 @@ def _tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int
     return batches
 
 
+def recipe_setup(model: nn.Module, train_labels: np.ndarray, num_classes: int, cfg: TrainConfig):
+    """Seed, pick device and precision, move the model, build the loss."""
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    log.info("device %s, precision %s, recipe %s", device, precision, cfg.recipe)
+    model.to(device)
+    weights = class_weights(train_labels, num_classes).to(device) if cfg.class_weight == "balanced" else None
+    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    return device, precision, loss_fn
+
+
+def train_head(
+    head: nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    *,
+    cfg: TrainConfig,
+    epochs: int,
+    device: torch.device,
+    loss_fn: nn.Module,
+) -> list[EpochRecord]:
+    """Phase 1 of a transfer recipe: the new head on cached features of the frozen backbone."""
+    y_val = y_val.to(device)
+    batch = max(cfg.batch_size, 64)
+
+    @torch.inference_mode()
+    def evaluate() -> tuple[float, float]:
+        head.eval()
+        logits = head(x_val.to(device)).float()
+        return float(nn.functional.cross_entropy(logits, y_val)), float((logits.argmax(1) == y_val).float().mean())
+
+    log.info("training the head on %d cached feature vectors of width %d", len(y_train), x_train.shape[1])
+    return train_loop(
+        head, param_groups(head.named_parameters(), cfg.lr, cfg.weight_decay),
+        _tensor_batches(x_train, y_train, batch, cfg.seed), math.ceil(len(y_train) / batch),
+        evaluate, cfg=cfg, epochs=epochs, phase="head", device=device, precision="fp32", loss_fn=loss_fn,
+    )
+
+
+def unfreeze(model: nn.Module, cfg: TrainConfig, head_trained: bool) -> list[dict]:
+    """Phase 2: make the top blocks (fine-tune) or everything (full) trainable and return
+    the optimizer's parameter groups: the head at ``lr`` (or ``backbone_lr`` when it was
+    trained in phase 1), each unfrozen block at ``backbone_lr`` x ``layer_decay``^depth."""
+    groups_by_block = model.block_groups()
+    top = cfg.unfreeze_blocks if cfg.recipe == "fine-tune" else None
+    names = set(set_trainable(model, top))
+    head_lr = cfg.backbone_lr if head_trained else cfg.lr
+    groups = param_groups(model.head.named_parameters(), head_lr, cfg.weight_decay)
+    blocks = [set(g) for g in groups_by_block if names.intersection(g)]
+    params = dict(model.backbone.named_parameters())
+    for depth, block in enumerate(reversed(blocks)):
+        decay = cfg.layer_decay**depth if cfg.layer_decay else 1.0
+        groups += param_groups(((n, params[n]) for n in block), cfg.backbone_lr * decay, cfg.weight_decay)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("%s: %d trainable parameters in %d backbone blocks + head", cfg.recipe, n_trainable, len(blocks))
+    return groups
+
+
 def run_recipe(
     model: ImageModel,
     train: ImageSet,
@@ -314,21 +384,15 @@ def run_recipe(
     *,
     progress: bool = False,
 ) -> RecipeResult:
-    """Train ``model`` in place with ``cfg.recipe``; return the history and validation output."""
+    """Train an image ``model`` in place with ``cfg.recipe`` (a resolved config); return the
+    history and the validation output."""
     start = time.perf_counter()
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    log.info("device %s, precision %s, recipe %s", device, precision, cfg.recipe)
-    model.to(device).to(memory_format=torch.channels_last)
-    num_classes = len(train.classes)
-    weights = class_weights(train.labels, num_classes).to(device) if cfg.class_weight == "balanced" else None
-    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    device, precision, loss_fn = recipe_setup(model, train.labels, len(train.classes), cfg)
+    model.to(memory_format=torch.channels_last)
     eval_tf = eval_transform(preprocessing)
     val_ds = ImageDataset(val.paths, val.labels, eval_tf)
     history: list[EpochRecord] = []
     failed: list[tuple[str, str]] = []
-    lr = cfg.resolved_lr
     common = dict(batch_size=cfg.batch_size, device=device, precision=precision, num_workers=cfg.num_workers, progress=progress)
 
     def note_failed(paths, bad):
@@ -336,9 +400,9 @@ def run_recipe(
             failed.append((str(paths[i % len(paths)]), reason))
 
     # Phase 1: the head on features of the frozen backbone, computed once.
-    head_epochs = cfg.resolved_epochs if cfg.recipe == "linear-probe" else cfg.resolved_head_epochs
+    head_epochs = cfg.epochs if cfg.recipe == "linear-probe" else cfg.head_epochs
     val_feats = None
-    if cfg.recipe in ("linear-probe", "fine-tune") and head_epochs > 0:
+    if head_epochs:
         set_trainable(model, 0)
         feats, rows, bad = extract_features(model.backbone, ImageDataset(train.paths, train.labels, eval_tf), seed=cfg.seed, desc="train features", **common)
         note_failed(train.paths, bad)
@@ -348,46 +412,16 @@ def run_recipe(
             f2, rows2, _ = extract_features(model.backbone, aug, seed=cfg.seed, desc="augmented views", **common)
             xs.append(f2)
             ys.append(torch.as_tensor(train.labels[rows2 % len(train)]))
-        x_train, y_train = torch.cat(xs), torch.cat(ys)
         val_feats, val_rows, bad = extract_features(model.backbone, val_ds, seed=cfg.seed, desc="val features", **common)
         note_failed(val.paths, bad)
-        y_val = torch.as_tensor(val.labels[val_rows]).to(device)
-        head = model.head
-        head_batch = max(cfg.batch_size, 64)
-
-        @torch.inference_mode()
-        def evaluate_head() -> tuple[float, float]:
-            head.eval()
-            logits = head(val_feats.to(device)).float()
-            return float(nn.functional.cross_entropy(logits, y_val)), float((logits.argmax(1) == y_val).float().mean())
-
-        log.info("training the head on %d cached feature vectors of width %d", len(y_train), x_train.shape[1])
-        history += train_loop(
-            head, param_groups(head.named_parameters(), lr, cfg.weight_decay),
-            _tensor_batches(x_train, y_train, head_batch, cfg.seed), math.ceil(len(y_train) / head_batch),
-            evaluate_head, cfg=cfg, epochs=head_epochs, phase="head", device=device,
-            precision="fp32", loss_fn=loss_fn, progress=False,
+        history += train_head(
+            model.head, torch.cat(xs), torch.cat(ys), val_feats, torch.as_tensor(val.labels[val_rows]),
+            cfg=cfg, epochs=head_epochs, device=device, loss_fn=loss_fn,
         )
 
     # Phase 2: unfreeze the top blocks (fine-tune) or everything (full) and train on images.
     if cfg.recipe in ("fine-tune", "full"):
-        if cfg.recipe == "fine-tune":
-            names = set(set_trainable(model, cfg.unfreeze_blocks))
-            backbone_lr, head_lr = lr * cfg.finetune_lr_factor, lr * cfg.finetune_lr_factor
-            if head_epochs == 0:  # no head phase: the new head needs the full rate
-                head_lr = lr
-        else:
-            names = set(set_trainable(model, None))
-            backbone_lr, head_lr = lr * cfg.finetune_lr_factor, lr
-        groups = param_groups(model.head.named_parameters(), head_lr, cfg.weight_decay)
-        blocks = [g for g in _block_names(model) if names.intersection(g)]
-        for depth, block in enumerate(reversed(blocks)):
-            decay = cfg.layer_decay ** depth if cfg.layer_decay else 1.0
-            groups += param_groups(
-                ((n, p) for n, p in model.backbone.named_parameters() if n in block), backbone_lr * decay, cfg.weight_decay
-            )
-        n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        log.info("%s: %d trainable parameters in %d backbone blocks + head", cfg.recipe, n_trainable, len(blocks))
+        groups = unfreeze(model, cfg, head_trained=bool(head_epochs))
         train_ds = ImageDataset(train.paths, train.labels, train_transform(preprocessing, cfg.augment))
         steps = math.ceil(len(train_ds) / cfg.batch_size)
 
@@ -409,7 +443,7 @@ def run_recipe(
 
         history += train_loop(
             model, groups, image_batches, steps, evaluate_images, cfg=cfg,
-            epochs=cfg.resolved_epochs, phase=cfg.recipe, device=device, precision=precision,
+            epochs=cfg.epochs, phase=cfg.recipe, device=device, precision=precision,
             loss_fn=loss_fn, on_train_start=on_train_start, progress=progress,
         )
         val_feats = None
@@ -425,12 +459,6 @@ def run_recipe(
     model.eval()
     probs = torch.softmax(logits, dim=1).numpy()
     return RecipeResult(history, probs, val.labels[val_rows], _unique(failed), time.perf_counter() - start, precision)
-
-
-def _block_names(model: ImageModel) -> list[set[str]]:
-    from .backbones import block_groups
-
-    return [set(g) for g in block_groups(model.backbone)]
 
 
 def _unique(items: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -1,0 +1,148 @@
+"""What image and text classifiers share: the scikit-learn style front, the summary of a
+fit, saving, and loading any model directory by its task."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import __version__
+from .artifact import read_config, save_model_dir
+from .config import HeadConfig, TrainConfig
+from .errors import HeadstartError, ModelDirError
+from .evaluation import classification_metrics
+
+log = logging.getLogger("headstart")
+
+
+def top_k(row: np.ndarray, labels: Sequence[str], k: int) -> list[tuple[str, float]]:
+    order = np.argsort(-row, kind="stable")[: max(1, k)]
+    return [(labels[int(i)], float(row[i])) for i in order]
+
+
+class Classifier:
+    """Base of :class:`ImageClassifier` and :class:`TextClassifier`.
+
+    Subclasses implement ``fit``, ``predict_proba``, ``evaluate``, ``_state`` (tensors to
+    save), ``_config`` (task-specific config entries), ``_from_config`` and optionally
+    ``_write_files`` (extra files such as a tokenizer).
+    """
+
+    task = ""
+
+    def __init__(self, *, hidden: Sequence[int] = (), dropout: float = 0.2, pooling: str, progress: bool = False, **train: Any):
+        self.head_config = HeadConfig(pooling=pooling, hidden=tuple(hidden), dropout=dropout)
+        self.config = TrainConfig(task=self.task, head=self.head_config, **train)
+        self.progress = progress
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise HeadstartError(
+                f"this {type(self).__name__} is not trained yet; call fit() or {type(self).__name__}.load()"
+            )
+
+    def predict_proba(self, inputs: Any) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def predict(self, inputs: Any) -> str | list[str]:
+        """Label strings: one for one input, a list for a list."""
+        probs = self.predict_proba(inputs)
+        if probs.ndim == 1:
+            return self.classes_[int(probs.argmax())]
+        return [self.classes_[int(i)] for i in probs.argmax(1)]
+
+    def predict_top_k(self, inputs: Any, k: int = 3) -> list[list[tuple[str, float]]]:
+        """The ``k`` most likely labels with their probabilities, for each input."""
+        probs = np.atleast_2d(self.predict_proba(inputs))
+        return [top_k(row, self.classes_, k) for row in probs]
+
+    def _record_fit(self, result, train_summary: dict, val_summary: dict, skipped: int) -> None:
+        self.history_ = result.history_dicts()
+        self.val_metrics_ = classification_metrics(result.val_labels, result.val_probs, self.classes_)
+        self.train_seconds_ = result.seconds
+        self.precision_ = result.precision
+        self.data_summary_ = {"train": train_summary, "val": val_summary, "skipped": skipped}
+        log.info(
+            "validation accuracy %.4f, macro F1 %.4f (%d examples); %.1fs",
+            self.val_metrics_["accuracy"], self.val_metrics_["macro_f1"], self.val_metrics_["n"], result.seconds,
+        )
+
+    def to_config(self) -> dict[str, Any]:
+        self._check_fitted()
+        cfg: dict[str, Any] = {
+            "task": self.task,
+            "headstart_version": __version__,
+            "labels": list(self.classes_),
+            **self._config(),
+            "head": self.head_config.to_dict(),
+            "training": self.config.to_dict(),
+        }
+        if hasattr(self, "val_metrics_"):
+            cfg["summary"] = {
+                "val_accuracy": self.val_metrics_["accuracy"],
+                "val_macro_f1": self.val_metrics_["macro_f1"],
+                "val_n": self.val_metrics_["n"],
+                "data": self.data_summary_,
+                "precision": self.precision_,
+                "train_seconds": round(self.train_seconds_, 2),
+                "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        return cfg
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model directory atomically (config.json + model.safetensors + extras)."""
+        self._check_fitted()
+        return save_model_dir(path, self.to_config(), self.model_.state_dict(), extra=self._write_files)
+
+    def _write_files(self, directory: Path) -> None:
+        """Extra files for the model directory (written before it is renamed into place)."""
+
+    def _config(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def _init_from_config(cls, config: dict[str, Any], path: Path, **kwargs: Any):
+        """A bare instance with the head and training settings of a saved config."""
+        try:
+            head = config["head"]
+            training = {k: v for k, v in config.get("training", {}).items() if k not in ("head", "task")}
+            training.update(kwargs)
+            clf = cls.__new__(cls)
+            Classifier.__init__(clf, hidden=head["hidden"], dropout=head["dropout"], pooling=head["pooling"], **training)
+            clf.classes_ = list(config["labels"])
+        except (KeyError, TypeError, ValueError, HeadstartError) as exc:
+            raise ModelDirError(f"{str(path)!r}/config.json is incomplete or malformed ({exc})") from None
+        clf.saved_config_ = config
+        return clf
+
+    @classmethod
+    def load(cls, path: str | Path, **kwargs: Any):
+        """Load a model directory: JSON + safetensors (+ tokenizer files), no training data,
+        no network, no stored code executed."""
+        config = read_config(path)
+        if cls.task and config.get("task") != cls.task:
+            raise ModelDirError(f"{str(path)!r} holds a {config.get('task')!r} model, not a {cls.task!r} model")
+        return cls._from_config(config, Path(path), **kwargs)
+
+    @classmethod
+    def _from_config(cls, config: dict[str, Any], path: Path, **kwargs: Any):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def load(path: str | Path, **kwargs: Any) -> Classifier:
+    """Load any headstart model directory as the classifier of its task."""
+    config = read_config(path)
+    task = config.get("task")
+    if task == "image":
+        from .image import ImageClassifier
+
+        return ImageClassifier._from_config(config, Path(path), **kwargs)
+    if task == "text":
+        from .text import TextClassifier
+
+        return TextClassifier._from_config(config, Path(path), **kwargs)
+    raise ModelDirError(f"{str(path)!r} holds a model of unknown task {task!r}; upgrade headstart")

@@ -1,0 +1,364 @@
+"""``TextClassifier``: a pretrained BERT-family encoder with a new head, trained by the
+Hugging Face recipe (or a linear probe / layer-wise fine-tune), with dynamic padding and
+length-grouped batches."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .artifact import read_weights
+from .classifier import Classifier
+from .config import TrainConfig
+from .encoders import EncoderSpec, encoder_block_groups, load_encoder, quiet_transformers, resolve_encoder
+from .errors import DataError, HeadstartError, ModelDirError
+from .evaluation import classification_metrics
+from .model import Head, set_trainable
+from .textdata import TextSet, read_table
+from .training import (
+    EpochRecord, RecipeResult, autocast, recipe_setup, resolve_device, resolve_precision, seed_everything,
+    train_head, train_loop, unfreeze,
+)
+
+log = logging.getLogger("headstart")
+
+
+class TextModel(nn.Module):
+    """encoder -> mean or [CLS] pooling -> head."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, head_cfg):
+        super().__init__()
+        self.backbone = encoder
+        self.pooling = head_cfg.pooling
+        self.head = Head(encoder.config.hidden_size, num_classes, head_cfg)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.embed(batch["input_ids"], batch["attention_mask"]))
+
+    def block_groups(self) -> list[list[str]]:
+        return encoder_block_groups(self.backbone)
+
+
+# --------------------------------------------------------------------------- tokens and batches
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], int]:
+    """Token ids (with special tokens, truncated to ``max_length``) and how many texts were
+    truncated. Only texts that reach the limit are tokenised a second time, to tell."""
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    at_limit = [i for i, seq in enumerate(ids) if len(seq) >= max_length]
+    truncated = 0
+    if at_limit:
+        full = tokenizer([texts[i] for i in at_limit], truncation=False)["input_ids"]
+        truncated = sum(len(seq) > max_length for seq in full)
+    return ids, truncated
+
+
+def pad(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad to the longest sequence of this batch, not to a fixed length."""
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        input_ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def length_grouped(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group: int = 50) -> list[np.ndarray]:
+    """Random batches of similar length: shuffle, sort within windows of ``group`` batches,
+    cut, shuffle the batches. Little padding, still random."""
+    order = rng.permutation(len(lengths))
+    window = batch_size * group
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = order[start : start + window]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def by_length(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Deterministic batches of similar length, for inference."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.inference_mode()
+def run_batches(fn, ids: list[list[int]], pad_id: int, batch_size: int, device, precision, progress=False, desc="") -> torch.Tensor:
+    """``fn(batch)`` over all sequences in length order; rows back in input order (fp32)."""
+    lengths = np.array([len(s) for s in ids])
+    out: torch.Tensor | None = None
+    for index in tqdm(by_length(lengths, batch_size), desc=desc, leave=False, disable=not progress):
+        batch = {k: v.to(device) for k, v in pad([ids[i] for i in index], pad_id).items()}
+        with autocast(device, precision):
+            y = fn(batch).float().cpu()
+        if out is None:
+            out = torch.empty((len(ids), y.shape[1]), dtype=torch.float32)
+        out[torch.as_tensor(index)] = y
+    assert out is not None
+    return out
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+def run_text_recipe(
+    model: TextModel, tokenizer, train: TextSet, val: TextSet, cfg: TrainConfig, max_length: int, *, progress: bool = False
+) -> tuple[RecipeResult, dict[str, int]]:
+    start = time.perf_counter()
+    device, precision, loss_fn = recipe_setup(model, train.labels, len(train.classes), cfg)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    train_ids, train_trunc = tokenize(tokenizer, train.texts, max_length)
+    val_ids, val_trunc = tokenize(tokenizer, val.texts, max_length)
+    if train_trunc or val_trunc:
+        log.info("truncated to %d tokens: %d training and %d validation texts", max_length, train_trunc, val_trunc)
+    y_train, y_val = torch.as_tensor(train.labels), torch.as_tensor(val.labels)
+    history: list[EpochRecord] = []
+    eval_batch = max(cfg.batch_size, 64)
+
+    def embed(batch):
+        return model.embed(batch["input_ids"], batch["attention_mask"])
+
+    head_epochs = cfg.epochs if cfg.recipe == "linear-probe" else cfg.head_epochs
+    val_feats = None
+    if head_epochs:
+        set_trainable(model, 0)
+        model.eval()
+        x_train = run_batches(embed, train_ids, pad_id, eval_batch, device, precision, progress, "train embeddings")
+        val_feats = run_batches(embed, val_ids, pad_id, eval_batch, device, precision, progress, "val embeddings")
+        history += train_head(
+            model.head, x_train, y_train, val_feats, y_val, cfg=cfg, epochs=head_epochs, device=device, loss_fn=loss_fn
+        )
+
+    if cfg.recipe in ("fine-tune", "full"):
+        groups = unfreeze(model, cfg, head_trained=bool(head_epochs))
+        lengths = np.array([len(s) for s in train_ids])
+        steps = math.ceil(len(train_ids) / cfg.batch_size)
+
+        def batches(epoch: int) -> Iterator[tuple[dict, torch.Tensor]]:
+            rng = np.random.default_rng([cfg.seed, epoch])
+            for index in length_grouped(lengths, cfg.batch_size, rng):
+                yield pad([train_ids[i] for i in index], pad_id), y_train[torch.as_tensor(index)]
+
+        def evaluate() -> tuple[float, float]:
+            model.eval()
+            logits = run_batches(model, val_ids, pad_id, eval_batch, device, precision)
+            return float(nn.functional.cross_entropy(logits, y_val)), float((logits.argmax(1) == y_val).float().mean())
+
+        history += train_loop(
+            model, groups, batches, steps, evaluate, cfg=cfg, epochs=cfg.epochs, phase=cfg.recipe,
+            device=device, precision=precision, loss_fn=loss_fn, progress=progress,
+        )
+        val_feats = None
+
+    model.eval()
+    if val_feats is not None:
+        with torch.inference_mode():
+            logits = model.head(val_feats.to(device)).float().cpu()
+    else:
+        logits = run_batches(model, val_ids, pad_id, eval_batch, device, precision)
+    set_trainable(model, None)
+    probs = torch.softmax(logits, 1).numpy()
+    truncation = {"train": train_trunc, "val": val_trunc, "max_length": max_length}
+    return RecipeResult(history, probs, val.labels, [], time.perf_counter() - start, precision), truncation
+
+
+# --------------------------------------------------------------------------- the front
+
+
+class TextClassifier(Classifier):
+    """A pretrained text encoder with a new classification head.
+
+    >>> clf = TextClassifier().fit(texts, labels)          # or .fit("reviews.csv")
+    >>> clf.predict(["This product is great!"])
+    ['positive']
+
+    ``backbone``: ``minilm-l6`` (embedded, offline), a local Hugging Face model directory,
+    or a hub id. ``pooling``: ``mean`` or ``cls`` (default: the encoder's own).
+    """
+
+    task = "text"
+
+    def __init__(
+        self,
+        backbone: str = "minilm-l6",
+        *,
+        max_length: int | None = None,
+        pooling: str | None = None,
+        hidden: Sequence[int] = (),
+        dropout: float = 0.1,
+        text_column: str | None = None,
+        label_column: str | None = None,
+        encoding: str | None = None,
+        progress: bool = False,
+        **train: Any,
+    ):
+        self.backbone = backbone
+        self._spec, self._source = None, None
+        if pooling is None:
+            self._spec, self._source = resolve_encoder(backbone)
+            pooling = self._spec.pooling
+        super().__init__(hidden=hidden, dropout=dropout, pooling=pooling, progress=progress, **train)
+        if max_length is not None and max_length < 2:
+            raise HeadstartError(f"max_length must be at least 2; got {max_length}")
+        self.max_length = max_length
+        self.text_column, self.label_column, self.encoding = text_column, label_column, encoding
+
+    def _read(self, data: Any, labels: Sequence[Any] | None = None, classes: Sequence[str] | None = None) -> TextSet:
+        if isinstance(data, TextSet):
+            return data
+        return read_table(
+            data, labels, text_column=self.text_column, label_column=self.label_column,
+            encoding=self.encoding, classes=classes,
+        )
+
+    def fit(self, data: Any, labels: Sequence[Any] | None = None, *, val: Any = None, val_labels: Sequence[Any] | None = None) -> "TextClassifier":
+        """Train on a CSV / TSV / JSON Lines file, a DataFrame, or ``texts, labels``;
+        validate on ``val`` (same kinds) or on a stratified split (``val_split``, ``seed``)."""
+        from .data import require_two_classes, stratified_split
+
+        cfg = self.config.resolved()
+        full = self._read(data, labels)
+        if val is None:
+            tr, va = stratified_split(full.labels, cfg.val_split, cfg.seed, full.classes)
+            train_set, val_set = full.subset(tr), full.subset(va)
+        else:
+            train_set, val_set = full, self._read(val, val_labels, classes=full.classes)
+        require_two_classes(train_set.labels, full.classes)
+        if self._spec is None:
+            self._spec, self._source = resolve_encoder(self.backbone)
+        self.classes_ = list(full.classes)
+        self.skipped_ = list(full.skipped) + (list(val_set.skipped) if val is not None else [])
+        log.info(
+            "data: %d training and %d validation texts, %d labels; %d rows skipped (empty text or label)",
+            len(train_set), len(val_set), len(self.classes_), len(self.skipped_),
+        )
+        seed_everything(cfg.seed)
+        encoder, self.tokenizer_ = load_encoder(self._source, self.backbone)
+        self.max_length_ = self._limit(encoder)
+        self.model_ = TextModel(encoder, len(self.classes_), self.head_config)
+        result, self.truncated_ = run_text_recipe(
+            self.model_, self.tokenizer_, train_set, val_set, cfg, self.max_length_, progress=self.progress
+        )
+        self.config = cfg
+        val_source = val_set.source if val is not None else f"{cfg.val_split:.0%} stratified split of train, seed {cfg.seed}"
+        self._record_fit(
+            result,
+            {"source": train_set.source, "n": len(train_set), "per_class": train_set.class_counts(), "truncated": self.truncated_["train"]},
+            {"source": val_source, "n": len(val_set), "per_class": val_set.class_counts(), "truncated": self.truncated_["val"]},
+            len(self.skipped_),
+        )
+        return self
+
+    def _limit(self, encoder) -> int:
+        """The token limit: asked for, else the encoder's own, never past its positions."""
+        positions = int(getattr(encoder.config, "max_position_embeddings", 512) or 512)
+        wanted = self.max_length or (self._spec.max_length if self._spec else 512)
+        if self.max_length and self.max_length > positions:
+            raise HeadstartError(f"max_length {self.max_length} exceeds what the encoder supports ({positions})")
+        return min(wanted, positions)
+
+    # ------------------------------------------------------------------ prediction
+
+    def _texts(self, inputs: str | Sequence[str]) -> tuple[list[str], bool]:
+        self._check_fitted()
+        if isinstance(inputs, str):
+            return [inputs], True
+        texts = [str(t) for t in inputs]
+        empty = [i for i, t in enumerate(texts) if not t.strip()]
+        if empty:
+            raise DataError(f"text {empty[0] + 1} of {len(texts)} is empty; there is nothing to classify")
+        return texts, False
+
+    def _logits(self, texts: list[str]) -> torch.Tensor:
+        device = resolve_device(self.config.device)
+        precision = resolve_precision(self.config.precision, device)
+        self.model_.to(device).eval()
+        ids, _ = tokenize(self.tokenizer_, texts, self.max_length_)
+        pad_id = self.tokenizer_.pad_token_id if self.tokenizer_.pad_token_id is not None else 0
+        return run_batches(self.model_, ids, pad_id, max(64, self.config.batch_size), device, precision, self.progress, "predict")
+
+    def predict_proba(self, inputs: str | Sequence[str]) -> np.ndarray:
+        """Class probabilities, columns in ``classes_`` order."""
+        texts, single = self._texts(inputs)
+        if single and not texts[0].strip():
+            raise DataError("the text is empty; there is nothing to classify")
+        probs = torch.softmax(self._logits(texts), 1).numpy().astype(np.float64)
+        return probs[0] if single else probs
+
+    def evaluate(self, data: Any, labels: Sequence[Any] | None = None) -> dict[str, Any]:
+        """Metrics on labelled data (file, DataFrame, or texts + labels)."""
+        self._check_fitted()
+        dataset = self._read(data, labels, classes=self.classes_)
+        probs = torch.softmax(self._logits(dataset.texts), 1).numpy()
+        metrics = classification_metrics(dataset.labels, probs, self.classes_)
+        metrics["skipped"] = [{"path": p, "reason": r} for p, r in dataset.skipped]
+        return metrics
+
+    # ------------------------------------------------------------------ persistence
+
+    def _config(self) -> dict[str, Any]:
+        spec = self._spec
+        return {
+            "encoder": {
+                "name": self.backbone,
+                "weights_source": spec.weights_source if spec else "",
+                "licence": spec.licence if spec else "",
+                "max_length": self.max_length_,
+                "model_config": self.model_.backbone.config.to_dict(),
+            },
+            "columns": {"text": self.text_column, "label": self.label_column},
+        }
+
+    def _write_files(self, directory: Path) -> None:
+        self.tokenizer_.save_pretrained(str(directory))
+
+    @classmethod
+    def _from_config(cls, config: dict[str, Any], path: Path, **kwargs: Any) -> "TextClassifier":
+        quiet_transformers()
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        clf = cls._init_from_config(config, path, **kwargs)
+        try:
+            enc = config["encoder"]
+            model_config = AutoConfig.for_model(**enc["model_config"])
+            clf.max_length_ = int(enc["max_length"])
+            clf.backbone = enc["name"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelDirError(f"{str(path)!r}/config.json is incomplete or malformed ({exc!r})") from None
+        clf._spec = EncoderSpec(name=enc["name"], pooling=clf.head_config.pooling, max_length=clf.max_length_,
+                                licence=enc.get("licence", ""), weights_source=enc.get("weights_source", ""))
+        clf._source = None
+        clf.max_length = clf.max_length_
+        columns = config.get("columns", {})
+        clf.text_column, clf.label_column, clf.encoding = columns.get("text"), columns.get("label"), None
+        try:
+            clf.tokenizer_ = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        except (OSError, ValueError) as exc:
+            raise ModelDirError(f"{str(path)!r} has no usable tokenizer files ({exc})") from None
+        encoder = AutoModel.from_config(model_config)
+        clf.model_ = TextModel(encoder, len(clf.classes_), clf.head_config)
+        try:
+            clf.model_.load_state_dict(read_weights(path), strict=True)
+        except RuntimeError as exc:
+            raise ModelDirError(
+                f"{str(path)!r}/model.safetensors does not match its config.json ({str(exc).splitlines()[0]})"
+            ) from None
+        clf.model_.eval()
+        return clf

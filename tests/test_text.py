@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from headstart import TextClassifier
+from headstart.errors import DataError, HeadstartError, ModelDirError
+from headstart.text import by_length, length_grouped, pad, tokenize
+from headstart.textdata import read_table
+
+from conftest import make_texts
+
+
+@pytest.fixture
+def texts():
+    return make_texts(48, seed=0)
+
+
+@pytest.fixture
+def trained_text(texts, text_kwargs):
+    return TextClassifier(**text_kwargs).fit(*texts)
+
+
+def test_fits_lists_and_learns(trained_text):
+    m = trained_text.val_metrics_
+    assert trained_text.classes_ == ["negative", "positive"]
+    assert m["n"] == 10 and m["accuracy"] >= 0.8
+    assert [r["phase"] for r in trained_text.history_] == ["full"] * 8
+    assert trained_text.predict("a great and wonderful movie") == "positive"
+    assert trained_text.predict(["awful , boring plot", "i love it"]) == ["negative", "positive"]
+
+
+def test_save_load_identical_predictions_without_the_source(trained_text, tmp_path, tiny_bert):
+    import shutil
+
+    out = trained_text.save(tmp_path / "model")
+    names = sorted(p.name for p in out.iterdir())
+    assert "config.json" in names and "model.safetensors" in names and "tokenizer.json" in names
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["task"] == "text" and cfg["head"]["pooling"] == "cls" and cfg["encoder"]["max_length"] == 64
+    probe = ["great fun", "terrible , bad and boring plot !", "unknownword movie"]
+    before = trained_text.predict_proba(probe)
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(out, moved)
+    loaded = TextClassifier.load(moved)
+    np.testing.assert_array_equal(loaded.predict_proba(probe), before)
+
+
+def test_pooling_mean_is_saved(texts, text_kwargs, tmp_path):
+    clf = TextClassifier(**{**text_kwargs, "epochs": 1}, pooling="mean").fit(*texts)
+    again = TextClassifier.load(clf.save(tmp_path / "m"))
+    assert again.head_config.pooling == "mean" and again.model_.pooling == "mean"
+
+
+def test_linear_probe_freezes_the_encoder(texts, text_kwargs):
+    clf = TextClassifier(**{**text_kwargs, "epochs": 3}, recipe="linear-probe")
+    before = None
+    import headstart.text as text_mod
+
+    real = text_mod.run_text_recipe
+    captured = {}
+
+    def spy(model, *a, **k):
+        captured["before"] = {k2: v.clone() for k2, v in model.backbone.state_dict().items()}
+        return real(model, *a, **k)
+
+    text_mod.run_text_recipe = spy
+    try:
+        clf.fit(*texts)
+    finally:
+        text_mod.run_text_recipe = real
+    after = clf.model_.backbone.state_dict()
+    assert all(torch.equal(captured["before"][k], after[k]) for k in after)
+    assert before is None and [r["phase"] for r in clf.history_] == ["head"] * 3
+
+
+def test_fine_tune_trains_only_the_top_layer(texts, text_kwargs):
+    import headstart.text as text_mod
+
+    real = text_mod.run_text_recipe
+    captured = {}
+
+    def spy(model, *a, **k):
+        captured["before"] = {k2: v.clone() for k2, v in model.backbone.state_dict().items()}
+        return real(model, *a, **k)
+
+    text_mod.run_text_recipe = spy
+    try:
+        clf = TextClassifier(**{**text_kwargs, "epochs": 1, "head_epochs": 2}, recipe="fine-tune", unfreeze_blocks=1).fit(*texts)
+    finally:
+        text_mod.run_text_recipe = real
+    after = clf.model_.backbone.state_dict()
+    changed = {k for k in after if not torch.equal(captured["before"][k], after[k])}
+    assert changed and all(k.startswith(("encoder.layer.1.", "pooler.")) for k in changed), sorted(changed)[:4]
+
+
+def test_dynamic_padding_and_length_groups(tiny_bert):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert))
+    ids, truncated = tokenize(tok, ["good", "the movie was really good and the plot was great"], 8)
+    assert truncated == 1 and len(ids[1]) == 8 and ids[1][-1] == tok.sep_token_id
+    batch = pad(ids, tok.pad_token_id)
+    assert batch["input_ids"].shape == (2, 8) and batch["attention_mask"][0].tolist() == [1, 1, 1] + [0] * 5
+    lengths = np.array([5, 50, 6, 49, 7, 48, 8, 47])
+    groups = length_grouped(lengths, 2, np.random.default_rng(0), group=4)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(8))
+    assert all(abs(lengths[g[0]] - lengths[g[-1]]) <= 3 for g in groups)
+    assert [lengths[g].tolist() for g in by_length(lengths, 4)] == [[50, 49, 48, 47], [8, 7, 6, 5]]
+
+
+def test_truncation_is_counted(text_kwargs):
+    long = ["the movie was really " * 30 + "good"] * 6 + ["bad"] * 6
+    clf = TextClassifier(**{**text_kwargs, "epochs": 1}, max_length=16).fit(long, ["p"] * 6 + ["n"] * 6)
+    assert clf.truncated_["train"] + clf.truncated_["val"] == 6
+    assert clf.data_summary_["train"]["truncated"] == clf.truncated_["train"]
+
+
+def test_evaluate_file_and_unknown_label(trained_text, tmp_path):
+    (tmp_path / "dev.csv").write_text('review,sentiment\n"great, great fun",positive\n"awful\nbad",negative\n', encoding="utf-8")
+    m = trained_text.evaluate(tmp_path / "dev.csv")
+    assert m["n"] == 2 and set(m) >= {"accuracy", "macro_f1", "per_class", "confusion_matrix"}
+    (tmp_path / "bad.csv").write_text("text,label\ngood,neutral\n")
+    with pytest.raises(DataError, match="'neutral'.*never appear in the training data"):
+        trained_text.evaluate(tmp_path / "bad.csv")
+
+
+def test_empty_text_predict_is_an_error(trained_text):
+    with pytest.raises(DataError, match="empty"):
+        trained_text.predict(["good", "  "])
+
+
+def test_unloadable_encoder_says_how_to_fix(monkeypatch, texts):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HeadstartError, match="local Hugging Face model directory"):
+        TextClassifier("no-such-org/no-such-model", pooling="cls", epochs=1).fit(*texts)
+
+
+def test_text_model_dir_is_not_an_image_model(trained_text, tmp_path):
+    from headstart import ImageClassifier
+
+    out = trained_text.save(tmp_path / "m")
+    with pytest.raises(ModelDirError, match="not a 'image' model"):
+        ImageClassifier.load(out)
+
+
+# ----------------------------------------------------------------------------- reading tables
+
+
+def test_column_detection_and_formats(tmp_path):
+    (tmp_path / "a.csv").write_bytes('\ufeffReview,Stars,Sentiment\n"one, with comma",5,pos\n"two\nlines",1,neg\n'.encode("utf-8"))
+    s = read_table(tmp_path / "a.csv")
+    assert s.texts == ["one, with comma", "two\nlines"] and s.classes == ["neg", "pos"]
+    (tmp_path / "b.tsv").write_text('label\tsentence\n1\t"quoted" start\n0\tplain\n10\tx\n2\ty\n')
+    s = read_table(tmp_path / "b.tsv")
+    assert s.texts[0] == '"quoted" start' and s.classes == ["0", "1", "2", "10"]
+    (tmp_path / "c.jsonl").write_text('{"text": "hi", "label": 1}\n\n{"text": "", "label": 0}\n{"text": "yo", "label": 0}\n')
+    s = read_table(tmp_path / "c.jsonl")
+    assert s.texts == ["hi", "yo"] and s.skipped == [(str(tmp_path / "c.jsonl") + " row 2", "empty text")]
+
+
+def test_column_errors_list_columns_and_flags(tmp_path):
+    (tmp_path / "x.csv").write_text("body,stars\nhello,5\n")
+    with pytest.raises(DataError, match="no text column found.*columns are: body, stars. Pass --text-column NAME"):
+        read_table(tmp_path / "x.csv")
+    with pytest.raises(DataError, match="no label column.*Pass --label-column"):
+        read_table(tmp_path / "x.csv", text_column="body")
+    assert read_table(tmp_path / "x.csv", text_column="body", label_column="stars").classes == ["5"]
+
+
+def test_encoding_errors_and_override(tmp_path):
+    (tmp_path / "l.csv").write_bytes("text,label\ncaf\xe9 bien,pos\nmal,neg\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8.*--encoding"):
+        read_table(tmp_path / "l.csv")
+    assert read_table(tmp_path / "l.csv", encoding="latin-1").texts[0] == "café bien"
+
+
+def test_malformed_rows_are_named(tmp_path):
+    (tmp_path / "m.csv").write_text("text,label\nfine,a\ntoo,many,fields\n")
+    with pytest.raises(DataError, match="line 3: expected 2 fields"):
+        read_table(tmp_path / "m.csv")
+    (tmp_path / "j.jsonl").write_text('{"text": "a", "label": 1}\n{oops\n')
+    with pytest.raises(DataError, match="line 2 is not valid JSON"):
+        read_table(tmp_path / "j.jsonl")
+
+
+def test_dataframe_and_list_inputs():
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"content": ["a", None, "c"], "category": [1.0, 2.0, float("nan")]})
+    s = read_table(df)
+    assert s.texts == ["a"] and s.classes == ["1"] and len(s.skipped) == 2
+    with pytest.raises(DataError, match="3 texts but 2 labels"):
+        read_table(["a", "b", "c"], ["x", "y"])
