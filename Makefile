@@ -30,6 +30,7 @@ test-fast: install
 
 bench: install
 	$(PY) bench/image_recipes.py
+	$(PY) bench/text_recipes.py
 
 clean:
 	rm -rf $(VENV) .demo runs build *.egg-info

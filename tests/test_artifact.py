@@ -89,3 +89,14 @@ def test_load_errors(trained, tmp_path):
 def test_unfitted_classifier_says_so():
     with pytest.raises(HeadstartError, match="not trained yet"):
         ImageClassifier().predict("x.jpg")
+
+
+def test_saved_files_follow_the_umask(trained, tmp_path):
+    import os
+    import stat
+
+    out = trained.save(tmp_path / "m")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
+    assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o666 & ~mask

@@ -127,3 +127,47 @@ def test_demo_data_is_a_real_class_folder(tmp_path):
 
     s = scan_folder(write_digits(tmp_path / "digits"))
     assert s.classes == [str(d) for d in range(10)] and len(s) == 1797 and not s.skipped
+
+
+@pytest.fixture
+def text_run(tiny_bert, tmp_path, capsys):
+    from conftest import make_texts
+
+    texts, labels = make_texts(48)
+    rows = ["review,sentiment"] + [f'"{t}",{l}' for t, l in zip(texts, labels)]
+    (tmp_path / "reviews.csv").write_text("\n".join(rows) + "\n")
+    code, out, err = run(capsys, "train", tmp_path / "reviews.csv", "--backbone", tiny_bert, "--epochs", "8",
+                         "--lr", "1e-2", "--backbone-lr", "3e-3", "--batch-size", "8", "--precision", "fp32",
+                         "--out", tmp_path / "run", "--quiet")
+    assert code == 0, err
+    return tmp_path
+
+
+def test_text_train_evaluate_predict(text_run, capsys, monkeypatch):
+    import io
+
+    model = text_run / "run" / "model"
+    metrics = json.loads((text_run / "run" / "metrics.json").read_text())
+    assert metrics["val"]["labels"] == ["negative", "positive"] and metrics["data"]["train"]["truncated"] == 0
+    code, out, _ = run(capsys, "evaluate", model, text_run / "reviews.csv", "--json")
+    m = json.loads(out)
+    assert code == 0 and m["n"] == 48 and m["accuracy"] >= 0.8
+    code, out, _ = run(capsys, "predict", model, "a great and wonderful movie", "--top-k", "2")
+    assert code == 0 and out.startswith("a great and wonderful movie\tpositive ")
+    monkeypatch.setattr("sys.stdin", io.StringIO("i hate this awful plot\n\nso much fun\n"))
+    code, out, _ = run(capsys, "predict", model, "-", "--json")
+    lines = [json.loads(l) for l in out.splitlines()]
+    assert code == 0 and [l["predictions"][0]["label"] for l in lines] == ["negative", "positive"]
+
+
+def test_text_bad_inputs_give_one_line_errors(tiny_bert, tmp_path, capsys):
+    (tmp_path / "x.csv").write_text("body,stars\nhello,5\n")
+    code, _, err = run(capsys, "train", tmp_path / "x.csv")
+    assert code == 1 and err == "error: no text column found (looked for text, sentence, review, content); columns are: body, stars. Pass --text-column NAME\n"
+    (tmp_path / "one.csv").write_text("text,label\na,x\nb,x\n")
+    code, _, err = run(capsys, "train", tmp_path / "one.csv", "--backbone", tiny_bert)
+    assert code == 1 and "only one class ('x')" in err
+    (tmp_path / "l.csv").write_bytes("text,label\ncaf\xe9,a\n".encode("latin-1"))
+    code, _, err = run(capsys, "train", tmp_path / "l.csv", "--backbone", tiny_bert)
+    assert code == 1 and "--encoding" in err
+    assert not (tmp_path / "runs").exists()

@@ -49,3 +49,29 @@ def test_linear_probe_on_real_flowers(tmp_path):
     again = ImageClassifier.load(out)
     np.testing.assert_allclose(again.predict_proba(sub.paths[:8]), clf.predict_proba(sub.paths[:8]), atol=1e-6)
     assert any(".DS_Store" in p for p, _ in full.skipped)
+
+
+def test_embedded_minilm_sentence_similarity_and_probe(tmp_path):
+    """The embedded encoder loads offline and gives meaningful mean-pooled embeddings; a
+    linear probe on 400 SST-2 sentences beats chance clearly."""
+    from headstart import TextClassifier
+    from headstart.encoders import load_encoder, resolve_encoder
+    from headstart.textdata import read_table
+
+    spec, path = resolve_encoder("minilm-l6")
+    model, tok = load_encoder(path, "minilm-l6")
+    batch = tok(["a cat sits on the mat", "a kitten is sitting on a rug", "stock markets fell sharply"], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        h = model(**batch).last_hidden_state
+    m = batch["attention_mask"].unsqueeze(-1)
+    e = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=1)
+    assert float(e[0] @ e[1]) > float(e[0] @ e[2]) + 0.3
+
+    root = requires_shared("sst2")
+    train = read_table(root / "train.tsv")
+    dev = read_table(root / "dev.tsv", classes=train.classes)
+    clf = TextClassifier(recipe="linear-probe", epochs=30).fit(train.subset(range(400)), val=dev.subset(range(200)))
+    assert clf.val_metrics_["accuracy"] >= 0.7
+    again = TextClassifier.load(clf.save(tmp_path / "m"))
+    probe = ["a wonderful , moving film", "dull and lifeless"]
+    np.testing.assert_allclose(again.predict_proba(probe), clf.predict_proba(probe), atol=1e-6)

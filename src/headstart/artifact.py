@@ -25,6 +25,12 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -58,6 +64,7 @@ def save_model_dir(
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a model directory is not
     except OSError as exc:
         raise ModelDirError(f"cannot write to {str(parent)!r}: {exc.strerror or exc}") from None
     try:
@@ -71,6 +78,7 @@ def save_model_dir(
             extra(tmp)
         for file in tmp.rglob("*"):
             if file.is_file():
+                os.chmod(file, 0o666 & ~_umask())
                 with open(file, "rb") as f:
                     os.fsync(f.fileno())
         _fsync_dir(tmp)
