@@ -75,3 +75,20 @@ def test_embedded_minilm_sentence_similarity_and_probe(tmp_path):
     again = TextClassifier.load(clf.save(tmp_path / "m"))
     probe = ["a wonderful , moving film", "dull and lifeless"]
     np.testing.assert_allclose(again.predict_proba(probe), clf.predict_proba(probe), atol=1e-6)
+
+
+def test_embedded_glove_on_sst2(tmp_path):
+    from headstart import TextClassifier
+    from headstart.textdata import read_table
+    from headstart.wordvec import load_word_vectors
+
+    wv = load_word_vectors("glove-6b-50d", None)
+    assert len(wv.words) == 400_000 and wv.dim == 50 and wv.words[:3] == ["the", ",", "."]
+    root = requires_shared("sst2")
+    train = read_table(root / "train.tsv")
+    dev = read_table(root / "dev.tsv", classes=train.classes)
+    clf = TextClassifier("glove-6b-50d", hidden=(64,), epochs=10).fit(train.subset(range(2000)), val=dev)
+    assert clf.val_metrics_["accuracy"] >= 0.7 and clf.oov_["val"]["rate"] < 0.05
+    probe = ["a sublime , heartfelt film", "an unbearably tedious mess"]
+    again = TextClassifier.load(clf.save(tmp_path / "m"))
+    np.testing.assert_array_equal(again.predict_proba(probe), clf.predict_proba(probe))

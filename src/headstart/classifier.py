@@ -119,6 +119,18 @@ class Classifier:
         clf.saved_config_ = config
         return clf
 
+    def _load_weights(self, path: Path) -> None:
+        """Load ``model.safetensors`` strictly into ``model_``, and switch to inference."""
+        from .artifact import read_weights
+
+        try:
+            self.model_.load_state_dict(read_weights(path), strict=True)
+        except RuntimeError as exc:
+            raise ModelDirError(
+                f"{str(path)!r}/model.safetensors does not match its config.json ({str(exc).splitlines()[0]})"
+            ) from None
+        self.model_.eval()
+
     @classmethod
     def load(cls, path: str | Path, **kwargs: Any):
         """Load a model directory: JSON + safetensors (+ tokenizer files), no training data,

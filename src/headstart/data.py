@@ -49,6 +49,17 @@ class ImageSet:
         return {c: counts.get(i, 0) for i, c in enumerate(self.classes)}
 
 
+def known_classes(found: Sequence[str], classes: Sequence[str] | None, where: str) -> list[str]:
+    """The class list: ``found`` for training data; for data scored by a trained model its
+    ``classes``, with any class it does not know named in the error."""
+    if classes is None:
+        return list(found)
+    extra = sorted(set(found) - set(classes))
+    if extra:
+        raise DataError(f"{where} the model does not know: {', '.join(extra)}; known classes are: {', '.join(classes)}")
+    return list(classes)
+
+
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
@@ -95,16 +106,7 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None, check: b
         for p in sorted(root.iterdir())
         if p.is_file()
     ]
-    found = [d.name for d in class_dirs]
-    if classes is None:
-        classes = found
-    else:
-        extra = sorted(set(found) - set(classes))
-        if extra:
-            raise DataError(
-                f"{str(root)!r} has class folder(s) the model does not know: {', '.join(extra)}; "
-                f"known classes are: {', '.join(classes)}"
-            )
+    classes = known_classes([d.name for d in class_dirs], classes, f"{str(root)!r} has class folder(s)")
     index = {c: i for i, c in enumerate(classes)}
     paths: list[Path] = []
     labels: list[int] = []
@@ -167,16 +169,7 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None, check: bool
         entries.append((p, label))
     if not entries:
         raise DataError(f"no readable images listed in {str(path)!r}")
-    found = sorted({label for _, label in entries})
-    if classes is None:
-        classes = found
-    else:
-        extra = sorted(set(found) - set(classes))
-        if extra:
-            raise DataError(
-                f"{str(path)!r} has label(s) the model does not know: {', '.join(extra)}; "
-                f"known classes are: {', '.join(classes)}"
-            )
+    classes = known_classes(sorted({label for _, label in entries}), classes, f"{str(path)!r} has label(s)")
     index = {c: i for i, c in enumerate(classes)}
     return ImageSet(
         [p for p, _ in entries],

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .artifact import read_weights
 from .backbones import BackboneSpec, Preprocessing, create_backbone, resolve_spec
 from .classifier import Classifier
 from .data import IMAGE_EXTENSIONS, ImageDataset, ImageSet, is_image_file, require_two_classes, scan_folder, stratified_split
@@ -217,11 +216,5 @@ class ImageClassifier(Classifier):
             clf.model_ = clf._build(spec, len(clf.classes_), pretrained=False)
         except Exception as exc:  # noqa: BLE001
             raise ModelDirError(f"cannot build architecture {bb['arch']!r} of {str(path)!r} ({exc})") from None
-        try:
-            clf.model_.load_state_dict(read_weights(path), strict=True)
-        except RuntimeError as exc:
-            raise ModelDirError(
-                f"{str(path)!r}/model.safetensors does not match its config.json ({str(exc).splitlines()[0]})"
-            ) from None
-        clf.model_.eval()
+        clf._load_weights(path)
         return clf

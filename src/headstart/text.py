@@ -15,7 +15,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .artifact import read_weights
 from .classifier import Classifier
 from .config import TrainConfig
 from .encoders import EncoderSpec, encoder_block_groups, load_encoder, quiet_transformers, resolve_encoder
@@ -437,13 +436,7 @@ class TextClassifier(Classifier):
             raise ModelDirError(f"{str(path)!r} has no usable tokenizer files ({exc})") from None
         encoder = AutoModel.from_config(model_config)
         clf.model_ = TextModel(encoder, len(clf.classes_), clf.head_config)
-        try:
-            clf.model_.load_state_dict(read_weights(path), strict=True)
-        except RuntimeError as exc:
-            raise ModelDirError(
-                f"{str(path)!r}/model.safetensors does not match its config.json ({str(exc).splitlines()[0]})"
-            ) from None
-        clf.model_.eval()
+        clf._load_weights(path)
         return clf
 
     @classmethod
@@ -469,11 +462,5 @@ class TextClassifier(Classifier):
             raise ModelDirError(f"{str(path)!r} has no usable vocabulary file ({exc})") from None
         clf.model_ = WordVectorModel(torch.zeros(shape), len(clf.classes_), clf.head_config,
                                      sequence_encoder=clf.sequence_encoder, hidden_size=clf.hidden_size)
-        try:
-            clf.model_.load_state_dict(read_weights(path), strict=True)
-        except RuntimeError as exc:
-            raise ModelDirError(
-                f"{str(path)!r}/model.safetensors does not match its config.json ({str(exc).splitlines()[0]})"
-            ) from None
-        clf.model_.eval()
+        clf._load_weights(path)
         return clf
