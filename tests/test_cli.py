@@ -104,6 +104,8 @@ def test_backbones_lists_embedded(capsys):
     code, out, _ = run(capsys, "backbones", "--json")
     rows = {r["name"]: r for r in json.loads(out)}
     assert code == 0 and rows["efficientnet_lite0"]["offline"] is True
+    assert rows["minilm-l6"]["task"] == "text" and rows["minilm-l6"]["offline"] is True
+    assert rows["glove-6b-50d"]["task"] == "text" and rows["glove-6b-50d"]["offline"] is True
 
 
 def test_module_entry_point_no_traceback_without_debug(tmp_path):

@@ -55,45 +55,31 @@ def test_pooling_mean_is_saved(texts, text_kwargs, tmp_path):
     assert again.head_config.pooling == "mean" and again.model_.pooling == "mean"
 
 
-def test_linear_probe_freezes_the_encoder(texts, text_kwargs):
+def _fit_and_diff(clf, texts, monkeypatch) -> set[str]:
+    """Fit, returning the encoder tensors that changed during training."""
+    import headstart.text as text_mod
+
+    real, captured = text_mod.run_text_recipe, {}
+
+    def spy(model, *a, **k):
+        captured["before"] = {name: v.clone() for name, v in model.backbone.state_dict().items()}
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(text_mod, "run_text_recipe", spy)
+    clf.fit(*texts)
+    after = clf.model_.backbone.state_dict()
+    return {k for k in after if not torch.equal(captured["before"][k], after[k])}
+
+
+def test_linear_probe_freezes_the_encoder(texts, text_kwargs, monkeypatch):
     clf = TextClassifier(**{**text_kwargs, "epochs": 3}, recipe="linear-probe")
-    before = None
-    import headstart.text as text_mod
-
-    real = text_mod.run_text_recipe
-    captured = {}
-
-    def spy(model, *a, **k):
-        captured["before"] = {k2: v.clone() for k2, v in model.backbone.state_dict().items()}
-        return real(model, *a, **k)
-
-    text_mod.run_text_recipe = spy
-    try:
-        clf.fit(*texts)
-    finally:
-        text_mod.run_text_recipe = real
-    after = clf.model_.backbone.state_dict()
-    assert all(torch.equal(captured["before"][k], after[k]) for k in after)
-    assert before is None and [r["phase"] for r in clf.history_] == ["head"] * 3
+    assert _fit_and_diff(clf, texts, monkeypatch) == set()
+    assert [r["phase"] for r in clf.history_] == ["head"] * 3
 
 
-def test_fine_tune_trains_only_the_top_layer(texts, text_kwargs):
-    import headstart.text as text_mod
-
-    real = text_mod.run_text_recipe
-    captured = {}
-
-    def spy(model, *a, **k):
-        captured["before"] = {k2: v.clone() for k2, v in model.backbone.state_dict().items()}
-        return real(model, *a, **k)
-
-    text_mod.run_text_recipe = spy
-    try:
-        clf = TextClassifier(**{**text_kwargs, "epochs": 1, "head_epochs": 2}, recipe="fine-tune", unfreeze_blocks=1).fit(*texts)
-    finally:
-        text_mod.run_text_recipe = real
-    after = clf.model_.backbone.state_dict()
-    changed = {k for k in after if not torch.equal(captured["before"][k], after[k])}
+def test_fine_tune_trains_only_the_top_layer(texts, text_kwargs, monkeypatch):
+    clf = TextClassifier(**{**text_kwargs, "epochs": 1, "head_epochs": 2}, recipe="fine-tune", unfreeze_blocks=1)
+    changed = _fit_and_diff(clf, texts, monkeypatch)
     assert changed and all(k.startswith(("encoder.layer.1.", "pooler.")) for k in changed), sorted(changed)[:4]
 
 
@@ -140,11 +126,13 @@ def test_unloadable_encoder_says_how_to_fix(monkeypatch, texts):
 
 
 def test_text_model_dir_is_not_an_image_model(trained_text, tmp_path):
+    import headstart
     from headstart import ImageClassifier
 
     out = trained_text.save(tmp_path / "m")
     with pytest.raises(ModelDirError, match="not a 'image' model"):
         ImageClassifier.load(out)
+    assert isinstance(headstart.load(out), TextClassifier)
 
 
 # ----------------------------------------------------------------------------- reading tables
