@@ -350,7 +350,8 @@ class TextClassifier(Classifier):
 
     def _logits(self, texts: list[str]) -> torch.Tensor:
         device = resolve_device(self.config.device)
-        precision = resolve_precision(self.config.precision, device)
+        # word vectors train and predict in fp32: lookups and a small LSTM gain nothing from bf16
+        precision = "fp32" if self.kind == "word-vectors" else resolve_precision(self.config.precision, device)
         self.model_.to(device).eval()
         ids, _ = tokenize(self.tokenizer_, texts, self.max_length_)
         pad_id = self.tokenizer_.pad_token_id if self.tokenizer_.pad_token_id is not None else 0
