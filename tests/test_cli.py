@@ -173,3 +173,16 @@ def test_text_bad_inputs_give_one_line_errors(tiny_bert, tmp_path, capsys):
     code, _, err = run(capsys, "train", tmp_path / "l.csv", "--backbone", tiny_bert)
     assert code == 1 and "--encoding" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_demo_command_trains_with_the_defaults(tmp_path, capsys, monkeypatch):
+    """The demo path (the README's first command) on a tiny folder instead of the digits."""
+    import headstart.demo
+    from conftest import make_folder
+
+    monkeypatch.setattr(headstart.demo, "write_digits", lambda root: make_folder(tmp_path / "digits", per_class=6))
+    code, out, err = run(capsys, "demo", "--epochs", "1", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "validation accuracy:" in out
+    cfg = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert cfg["backbone"]["name"] == "efficientnet_lite0" and cfg["training"]["recipe"] == "fine-tune"

@@ -237,9 +237,7 @@ def demo(ctx, data_dir, out, epochs):
     root = write_digits(data_dir)
     click.echo(f"demo data: {root} (scikit-learn's 1,797 handwritten digits, 10 classes)", err=True)
     out = out or str(_new_run_dir(None, "demo"))
-    ctx.invoke(train, data=root, out=out, epochs=epochs, **{
-        p.name: p.default for p in train.params if p.name not in ("data", "out", "epochs")
-    })
+    ctx.invoke(train, data=root, out=out, epochs=epochs)  # click fills in train's other defaults
 
 
 @cli.command()
