@@ -142,3 +142,27 @@ def test_config_round_trips_json():
     assert again == cfg
     with pytest.raises(HeadstartError, match="unknown TrainConfig field"):
         TrainConfig.from_dict({"epoch": 3})
+
+
+def test_weight_average_swaps_in_and_out():
+    from headstart.training import WeightAverage
+
+    layer = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        layer.weight.fill_(0.0)
+    avg = WeightAverage(layer, decay=0.5)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    avg.update()  # warm-up decay (1+1)/(10+1) = 0.18 < 0.5: shadow = 0.82
+    with avg.applied():
+        assert torch.allclose(layer.weight, torch.full_like(layer.weight, 1 - 2 / 11))
+    assert torch.equal(layer.weight, torch.ones_like(layer.weight))
+
+
+def test_ema_training_keeps_the_averaged_weights(folder, tiny_kwargs):
+    clf = ImageClassifier(**tiny_kwargs, ema=0.9, recipe="linear-probe").fit(folder)
+    assert clf.config.ema == 0.9
+    best = max(clf.history_, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+    assert clf.val_metrics_["accuracy"] == pytest.approx(best["val_accuracy"])
+    with pytest.raises(HeadstartError, match="ema must be in"):
+        ImageClassifier(ema=1.0)

@@ -131,6 +131,7 @@ def cli(debug: bool) -> None:
 @click.option("--patience", type=int, help="Early-stopping patience in epochs, 0 = never stop early [image 5, text 2, word vectors 3].")
 @click.option("--augment", type=click.Choice(AUGMENTS), help="Image augmentation [light]. classic = the Keras list (rotation 40, shifts 0.2, shear 0.2, zoom 0.2, flip, nearest fill).")
 @click.option("--class-weight", type=click.Choice(["balanced"]), help="Weight the loss by inverse class frequency.")
+@click.option("--ema", type=float, help="Evaluate and keep an exponential moving average of the weights with this decay (e.g. 0.98).")
 @click.option("--hidden", type=int, multiple=True, help="Hidden dense layer width in the head (repeat for more).")
 @click.option("--dropout", type=float, help="Dropout in the head [image 0.2, text 0.1].")
 @click.option("--pooling", type=click.Choice(POOLINGS["image"] + POOLINGS["text"]), help="Image avg|flatten [avg]; text mean|cls [the encoder's own].")
@@ -152,7 +153,7 @@ def cli(debug: bool) -> None:
 @click.option("--progress/--no-progress", default=None, help="Progress bars [on when stderr is a terminal].")
 def train(data, val_data, val_split, task, backbone, weights, recipe, epochs, head_epochs, batch_size, lr,
           backbone_lr, unfreeze_blocks, layer_decay, optimizer, weight_decay, label_smoothing, schedule,
-          warmup_epochs, patience, augment, class_weight, hidden, dropout, pooling, cache_views, text_column,
+          warmup_epochs, patience, augment, class_weight, ema, hidden, dropout, pooling, cache_views, text_column,
           label_column, max_length, encoding, word_vectors, sequence_encoder, hidden_size, precision, device, workers,
           seed, out, quiet, progress):
     """Train a classifier on DATA: a folder with one sub-folder per class (or a CSV of
@@ -167,7 +168,7 @@ def train(data, val_data, val_split, task, backbone, weights, recipe, epochs, he
         recipe=recipe, epochs=epochs, head_epochs=head_epochs, batch_size=batch_size, lr=lr, backbone_lr=backbone_lr,
         unfreeze_blocks=unfreeze_blocks, layer_decay=layer_decay, optimizer=optimizer, weight_decay=weight_decay,
         label_smoothing=label_smoothing, schedule=schedule, warmup_epochs=warmup_epochs, patience=patience,
-        class_weight=class_weight, val_split=val_split, seed=seed, precision=precision, device=device,
+        class_weight=class_weight, ema=ema, val_split=val_split, seed=seed, precision=precision, device=device,
         hidden=hidden or (), progress=sys.stderr.isatty() if progress is None else progress,
     )
     if dropout is not None:

@@ -111,6 +111,7 @@ class TrainConfig(_JsonMixin):
     patience: int | None = None
     augment: str | None = None
     class_weight: str | None = None
+    ema: float | None = None
     cache_views: int = 1
     val_split: float = 0.2
     seed: int = 0
@@ -143,6 +144,8 @@ class TrainConfig(_JsonMixin):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
         _positive("unfreeze_blocks", self.unfreeze_blocks)
+        if self.ema is not None and not 0.0 < self.ema < 1.0:
+            raise HeadstartError(f"ema must be in (0, 1), e.g. 0.98; got {self.ema}")
         if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
             raise HeadstartError(f"layer_decay must be in (0, 1]; got {self.layer_decay}")
         _positive("weight_decay", self.weight_decay, allow_zero=True)

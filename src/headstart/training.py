@@ -140,6 +140,36 @@ def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_s
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+class WeightAverage:
+    """An exponential moving average of the trainable weights. Evaluation, the best-epoch
+    copy and the final model use the average; training steps use the raw weights."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.shadow = [p.detach().clone().float() for p in self.params]
+        self.decay, self.steps = decay, 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.steps += 1
+        # a short warm-up, so the first steps do not drag the pretrained weights along
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1.0 - decay)
+
+    @contextlib.contextmanager
+    def applied(self):
+        backup = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, s in zip(self.params, self.shadow):
+                p.copy_(s)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, b in zip(self.params, backup):
+                    p.copy_(b)
+
+
 def train_loop(
     module: nn.Module,
     groups: list[dict],
@@ -164,6 +194,7 @@ def train_loop(
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     history: list[EpochRecord] = []
     best_key, best_state, stale = None, None, 0
+    average = WeightAverage(module, cfg.ema) if cfg.ema else None
 
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
@@ -187,12 +218,18 @@ def train_loop(
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if average is not None:
+                average.update()
             n = y.shape[0]
             seen += n
             loss_sum += loss.item() * n
             correct += int((logits.argmax(1) == y).sum())
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
-        val_loss, val_acc = evaluate()
+        with average.applied() if average is not None else contextlib.nullcontext():
+            val_loss, val_acc = evaluate()
+            key = (val_acc, -val_loss)
+            if best_key is None or key > best_key:
+                best_state = copy.deepcopy(module.state_dict())
         record = EpochRecord(
             phase, epoch, loss_sum / max(seen, 1), correct / max(seen, 1), val_loss, val_acc,
             optimizer.param_groups[0]["lr"], time.perf_counter() - start,
@@ -202,10 +239,8 @@ def train_loop(
             "%s epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs",
             phase, epoch, epochs, record.train_loss, record.train_accuracy, val_loss, val_acc, record.seconds,
         )
-        key = (val_acc, -val_loss)
         if best_key is None or key > best_key:
             best_key, stale = key, 0
-            best_state = copy.deepcopy(module.state_dict())
         else:
             stale += 1
             if cfg.patience and stale >= cfg.patience and epoch < epochs:
