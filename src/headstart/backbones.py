@@ -90,14 +90,25 @@ class BackboneSpec:
         return self.local_weights is not None and self.local_weights() is not None
 
 
-_REGISTRY: dict[str, BackboneSpec] = {}
+class Registry(dict):
+    """Specs by name; registering a taken name is an error unless ``overwrite``."""
+
+    def __init__(self, what: str):
+        super().__init__()
+        self.what = what
+
+    def register(self, spec, *, overwrite: bool = False):
+        if spec.name in self and not overwrite:
+            raise BackboneError(f"a {self.what} named {spec.name!r} is already registered")
+        self[spec.name] = spec
+        return spec
+
+
+_REGISTRY: Registry = Registry("backbone")
 
 
 def register_backbone(spec: BackboneSpec, *, overwrite: bool = False) -> BackboneSpec:
-    if spec.name in _REGISTRY and not overwrite:
-        raise BackboneError(f"a backbone named {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
-    return spec
+    return _REGISTRY.register(spec, overwrite=overwrite)
 
 
 def list_backbones() -> list[BackboneSpec]:

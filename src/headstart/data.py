@@ -45,8 +45,13 @@ class ImageSet:
         )
 
     def class_counts(self) -> dict[str, int]:
-        counts = Counter(self.labels.tolist())
-        return {c: counts.get(i, 0) for i, c in enumerate(self.classes)}
+        return class_counts(self.labels, self.classes)
+
+
+def class_counts(labels: np.ndarray, classes: Sequence[str]) -> dict[str, int]:
+    """Examples per class name, zero for classes without any."""
+    counts = Counter(labels.tolist())
+    return {c: counts.get(i, 0) for i, c in enumerate(classes)}
 
 
 def known_classes(found: Sequence[str], classes: Sequence[str] | None, where: str) -> list[str]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .backbones import Registry
 from .errors import BackboneError
 
 log = logging.getLogger("headstart")
@@ -43,14 +44,11 @@ def _minilm_path() -> str | None:
     return str(path) if (path / "config.json").is_file() else None
 
 
-_ENCODERS: dict[str, EncoderSpec] = {}
+_ENCODERS: Registry = Registry("text encoder")
 
 
 def register_encoder(spec: EncoderSpec, *, overwrite: bool = False) -> EncoderSpec:
-    if spec.name in _ENCODERS and not overwrite:
-        raise BackboneError(f"a text encoder named {spec.name!r} is already registered")
-    _ENCODERS[spec.name] = spec
-    return spec
+    return _ENCODERS.register(spec, overwrite=overwrite)
 
 
 def list_encoders() -> list[EncoderSpec]:

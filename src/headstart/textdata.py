@@ -6,13 +6,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from .data import class_counts
 from .errors import DataError
 
 TEXT_COLUMNS = ("text", "sentence", "review", "content")
@@ -39,8 +39,7 @@ class TextSet:
         return TextSet([self.texts[i] for i in index], self.labels[index], self.classes, [], self.source)
 
     def class_counts(self) -> dict[str, int]:
-        counts = Counter(self.labels.tolist())
-        return {c: counts.get(i, 0) for i, c in enumerate(self.classes)}
+        return class_counts(self.labels, self.classes)
 
 
 def _label_name(value: Any) -> str:
