@@ -3,6 +3,7 @@ fit, saving, and loading any model directory by its task."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -109,7 +110,9 @@ class Classifier:
         """A bare instance with the head and training settings of a saved config."""
         try:
             head = config["head"]
-            training = {k: v for k, v in config.get("training", {}).items() if k not in ("head", "task")}
+            # Only what this version knows: training settings are a record, not needed to predict.
+            known = {f.name for f in dataclasses.fields(TrainConfig)} - {"head", "task"}
+            training = {k: v for k, v in config.get("training", {}).items() if k in known}
             training.update(kwargs)
             clf = cls.__new__(cls)
             Classifier.__init__(clf, hidden=head["hidden"], dropout=head["dropout"], pooling=head["pooling"], **training)
