@@ -186,3 +186,15 @@ def test_demo_command_trains_with_the_defaults(tmp_path, capsys, monkeypatch):
     assert "validation accuracy:" in out
     cfg = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert cfg["backbone"]["name"] == "efficientnet_lite0" and cfg["training"]["recipe"] == "fine-tune"
+
+
+def test_backbone_of_the_wrong_task_and_impossible_split_fail_before_any_run_dir(folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.csv").write_text("text,label\ngood,p\nbad,n\nfine,p\nawful,n\n")
+    code, _, err = run(capsys, "train", tmp_path / "r.csv", "--backbone", "efficientnet_lite0")
+    assert code == 1 and "is an image backbone" in err
+    code, _, err = run(capsys, "train", folder, "--backbone", "minilm-l6")
+    assert code == 1 and "is a text backbone" in err
+    code, _, err = run(capsys, "train", tmp_path / "r.csv")
+    assert code == 1 and "too few for a 20% validation split" in err
+    assert not (tmp_path / "runs").exists()

@@ -158,12 +158,18 @@ def train(data, val_data, val_split, task, backbone, weights, recipe, epochs, he
           seed, out, quiet, progress):
     """Train a classifier on DATA: a folder with one sub-folder per class (or a CSV of
     path,label) for images; a CSV, TSV or JSON Lines table of texts and labels for text."""
-    from .data import require_two_classes
+    from .backbones import _REGISTRY as IMAGE_BACKBONES
+    from .data import require_two_classes, stratified_split
+    from .encoders import is_encoder_name
 
     _setup_logging(quiet)
     if not data.exists():
         raise DataError(f"data path {str(data)!r} does not exist")
     task = task or ("text" if word_vectors else _infer_task(data, backbone))
+    if backbone and task == "text" and backbone in IMAGE_BACKBONES:
+        raise HeadstartError(f"{backbone!r} is an image backbone but {str(data)!r} is text; use --backbone minilm-l6, glove-6b-50d, or a Hugging Face model directory")
+    if backbone and task == "image" and is_encoder_name(backbone):
+        raise HeadstartError(f"{backbone!r} is a text backbone but {str(data)!r} holds images; use --backbone efficientnet_lite0 or a timm model name")
     common = dict(
         recipe=recipe, epochs=epochs, head_epochs=head_epochs, batch_size=batch_size, lr=lr, backbone_lr=backbone_lr,
         unfreeze_blocks=unfreeze_blocks, layer_decay=layer_decay, optimizer=optimizer, weight_decay=weight_decay,
@@ -199,6 +205,8 @@ def train(data, val_data, val_split, task, backbone, weights, recipe, epochs, he
         val_set = clf._read(val_data, classes=train_set.classes) if val_data else None
         fit = lambda: clf.fit(train_set, val=val_set)  # noqa: E731
     require_two_classes(train_set.labels, train_set.classes)
+    if val_set is None:  # fail on a split that cannot be made before any directory is made
+        stratified_split(train_set.labels, val_split, seed, train_set.classes)
     run = _new_run_dir(out, Path(word_vectors or backbone).stem if task == "text" else backbone)
     handler = logging.FileHandler(run / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))

@@ -210,7 +210,7 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int, classes
     if n_val < len(present) or len(labels) - n_val < len(present):
         raise DataError(
             f"{len(labels)} examples are too few for a {val_fraction:.0%} validation split over "
-            f"{len(present)} classes; add images, change --val-split, or pass --val"
+            f"{len(present)} classes; add examples, change --val-split, or pass --val"
         )
     index = np.arange(len(labels))
     train, val = train_test_split(index, test_size=n_val, random_state=seed, stratify=labels)
