@@ -113,3 +113,9 @@ def tiny_bert(tmp_path_factory) -> Path:
 def text_kwargs(tiny_bert) -> dict:
     return dict(backbone=str(tiny_bert), epochs=8, batch_size=8, lr=1e-2, backbone_lr=3e-3,
                 precision="fp32", seed=0, patience=0)
+
+
+@pytest.fixture(autouse=True)
+def _private_feature_cache(tmp_path_factory, monkeypatch):
+    """Tests never read or fill the user's feature cache."""
+    monkeypatch.setenv("HEADSTART_CACHE_DIR", str(tmp_path_factory.mktemp("feature-cache")))

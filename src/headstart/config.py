@@ -113,6 +113,8 @@ class TrainConfig(_JsonMixin):
     class_weight: str | None = None
     ema: float | None = None
     cache_views: int = 1
+    cache: bool = True
+    cache_dir: str | None = None
     val_split: float = 0.2
     seed: int = 0
     precision: str = "auto"

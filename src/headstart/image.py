@@ -108,7 +108,9 @@ class ImageClassifier(Classifier):
             log.info("skipped %s (%s)", path, reason)
         seed_everything(cfg.seed)  # the new head's initial weights follow the seed too
         self.model_ = self._build(spec, len(self.classes_), pretrained=True)
-        result = run_recipe(self.model_, train_set, val_set, cfg, spec.preprocessing, progress=self.progress)
+        result = run_recipe(
+            self.model_, train_set, val_set, cfg, spec.preprocessing, progress=self.progress, cache_parts=self._cache_parts(spec)
+        )
         self.config = cfg
         self.skipped_ += result.failed
         val_source = val_set.source if val is not None else f"{cfg.val_split:.0%} stratified split of train, seed {cfg.seed}"
@@ -119,6 +121,25 @@ class ImageClassifier(Classifier):
             len(self.skipped_),
         )
         return self
+
+    def _cache_parts(self, spec: BackboneSpec) -> dict[str, Any] | None:
+        """What identifies the frozen backbone's features, for the feature cache; None when
+        its weights have no stable identity (random init)."""
+        from . import __version__
+        from .cache import file_digest
+
+        if self.weights == "none":
+            return None
+        if self.weights:
+            weights = file_digest(self.weights)
+        elif spec.local_weights is not None and spec.local_weights():
+            weights = file_digest(spec.local_weights())
+        else:
+            weights = f"timm-pretrained:{spec.name}"
+        return {
+            "headstart": __version__, "arch": spec.arch, "weights": weights, "pooling": self.head_config.pooling,
+            "preprocessing": spec.preprocessing.to_dict(), "create_kwargs": spec.create_kwargs,
+        }
 
     # ------------------------------------------------------------------ prediction
 

@@ -22,7 +22,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
-from .data import ImageDataset, ImageSet, make_loader
+from .cache import cache_root, cached, features_key
+from .data import ImageDataset, ImageSet, default_num_workers, make_loader
 from .errors import HeadstartError
 from .model import ImageModel, freeze_batchnorm, set_trainable
 from .transforms import eval_transform, train_transform
@@ -418,9 +419,11 @@ def run_recipe(
     preprocessing,
     *,
     progress: bool = False,
+    cache_parts: dict | None = None,
 ) -> RecipeResult:
     """Train an image ``model`` in place with ``cfg.recipe`` (a resolved config); return the
-    history and the validation output."""
+    history and the validation output. ``cache_parts`` identify the backbone's weights for
+    the feature cache (None: no cache)."""
     start = time.perf_counter()
     device, precision, loss_fn = recipe_setup(model, train.labels, len(train.classes), cfg)
     model.to(memory_format=torch.channels_last)
@@ -434,20 +437,31 @@ def run_recipe(
         for i, reason in bad:
             failed.append((str(paths[i % len(paths)]), reason))
 
+    def features(dataset: ImageDataset, desc: str, view: dict):
+        """Features of the frozen backbone, from the disk cache when this exact computation
+        (weights, preprocessing, precision, view, image contents) was done before."""
+        compute = lambda: extract_features(model.backbone, dataset, seed=cfg.seed, desc=desc, **common)  # noqa: E731
+        if cache_parts is None or not cfg.cache:
+            return compute()
+        key = features_key({**cache_parts, **view, "precision": precision, "device": device.type}, dataset.paths)
+        return cached(cache_root(cfg.cache_dir), key, compute)
+
     # Phase 1: the head on features of the frozen backbone, computed once.
     head_epochs = cfg.epochs if cfg.recipe == "linear-probe" else cfg.head_epochs
     val_feats = None
     if head_epochs:
         set_trainable(model, 0)
-        feats, rows, bad = extract_features(model.backbone, ImageDataset(train.paths, train.labels, eval_tf), seed=cfg.seed, desc="train features", **common)
+        feats, rows, bad = features(ImageDataset(train.paths, train.labels, eval_tf), "train features", {"view": "eval"})
         note_failed(train.paths, bad)
         xs, ys = [feats], [torch.as_tensor(train.labels[rows])]
         if cfg.cache_views > 1:
             aug = ImageDataset(train.paths, train.labels, train_transform(preprocessing, cfg.augment), views=cfg.cache_views - 1)
-            f2, rows2, _ = extract_features(model.backbone, aug, seed=cfg.seed, desc="augmented views", **common)
+            workers = default_num_workers() if cfg.num_workers is None else cfg.num_workers
+            view = {"view": cfg.augment, "views": cfg.cache_views - 1, "seed": cfg.seed, "workers": workers}
+            f2, rows2, _ = features(aug, "augmented views", view)
             xs.append(f2)
             ys.append(torch.as_tensor(train.labels[rows2 % len(train)]))
-        val_feats, val_rows, bad = extract_features(model.backbone, val_ds, seed=cfg.seed, desc="val features", **common)
+        val_feats, val_rows, bad = features(val_ds, "val features", {"view": "eval"})
         note_failed(val.paths, bad)
         history += train_head(
             model.head, torch.cat(xs), torch.cat(ys), val_feats, torch.as_tensor(val.labels[val_rows]),

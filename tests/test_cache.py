@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from headstart import ImageClassifier
+from headstart.backbones import create_backbone, resolve_spec
+
+from conftest import COLORS, make_image
+
+
+@pytest.fixture
+def weights_file(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    sd = create_backbone(resolve_spec("tiny-cnn"), "none").state_dict()
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    return path
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts real feature extractions (cache misses)."""
+    import headstart.training as training
+
+    calls = []
+    real = training.extract_features
+
+    def spy(*a, **k):
+        calls.append(k.get("desc"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(training, "extract_features", spy)
+    return calls
+
+
+def _clf(tiny_kwargs, weights_file, **kw):
+    return ImageClassifier(**{**tiny_kwargs, "weights": str(weights_file)}, recipe="linear-probe", **kw)
+
+
+def test_second_run_loads_features_and_matches(folder, tiny_kwargs, weights_file, counted):
+    first = _clf(tiny_kwargs, weights_file).fit(folder)
+    assert counted == ["train features", "val features"]
+    second = _clf(tiny_kwargs, weights_file).fit(folder)
+    assert counted == ["train features", "val features"]  # nothing recomputed
+    assert first.history_ == [{**r, "seconds": a["seconds"]} for r, a in zip(second.history_, first.history_)]
+    np.testing.assert_array_equal(first.predict_proba(folder), second.predict_proba(folder))
+    assert len(list(Path(os.environ["HEADSTART_CACHE_DIR"]).glob("*.safetensors"))) == 2
+
+
+def test_changed_file_or_setting_is_never_served_stale(folder, tiny_kwargs, weights_file, counted):
+    _clf(tiny_kwargs, weights_file).fit(folder)
+    n = len(counted)
+    victim = sorted((folder / "red").iterdir())[0]
+    make_image(victim, COLORS["blue"], seed=99)  # same name, new content
+    _clf(tiny_kwargs, weights_file).fit(folder)
+    assert len(counted) > n
+    n = len(counted)
+    _clf(tiny_kwargs, weights_file, pooling="flatten").fit(folder)  # another setting
+    assert len(counted) == n + 2
+
+
+def test_no_cache_and_cache_dir(folder, tiny_kwargs, weights_file, counted, tmp_path):
+    _clf(tiny_kwargs, weights_file, cache=False).fit(folder)
+    _clf(tiny_kwargs, weights_file, cache=False).fit(folder)
+    assert len(counted) == 4
+    assert not list(Path(os.environ["HEADSTART_CACHE_DIR"]).glob("*"))
+    _clf(tiny_kwargs, weights_file, cache_dir=str(tmp_path / "mine")).fit(folder)
+    assert len(list((tmp_path / "mine").glob("*.safetensors"))) == 2
+
+
+def test_random_weights_are_not_cached(folder, tiny_kwargs, counted):
+    ImageClassifier(**tiny_kwargs, recipe="linear-probe").fit(folder)
+    ImageClassifier(**tiny_kwargs, recipe="linear-probe").fit(folder)
+    assert len(counted) == 4
+
+
+def test_damaged_entry_is_recomputed(folder, tiny_kwargs, weights_file, counted):
+    _clf(tiny_kwargs, weights_file).fit(folder)
+    for f in Path(os.environ["HEADSTART_CACHE_DIR"]).glob("*.safetensors"):
+        f.write_bytes(b"garbage")
+    _clf(tiny_kwargs, weights_file).fit(folder)
+    assert len(counted) == 4
