@@ -31,6 +31,8 @@ test-fast: install
 bench: install
 	$(PY) bench/image_recipes.py
 	$(PY) bench/text_recipes.py
+	$(PY) bench/wordvec.py
+	$(PY) bench/performance.py
 
 clean:
 	rm -rf $(VENV) .demo runs build *.egg-info
