@@ -26,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -35,7 +34,7 @@ from headstart.backbones import create_backbone, resolve_spec
 from headstart.data import ImageDataset, make_loader, scan_folder, stratified_split
 from headstart.evaluation import classification_metrics
 from headstart.training import autocast, resolve_device, resolve_precision, seed_everything
-from headstart.transforms import eval_transform, train_transform
+from headstart.transforms import train_transform
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "datasets" / "flowers5"

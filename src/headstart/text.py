@@ -119,6 +119,32 @@ def run_batches(fn, ids: list[list[int]], pad_id: int, batch_size: int, device, 
 # --------------------------------------------------------------------------- the recipe
 
 
+def train_on_tokens(
+    model: nn.Module, groups: list[dict], train_ids: list[list[int]], y_train: torch.Tensor,
+    val_ids: list[list[int]], y_val: torch.Tensor, pad_id: int, *, cfg: TrainConfig, device, precision: str,
+    loss_fn: nn.Module, eval_batch: int, progress: bool = False,
+) -> list[EpochRecord]:
+    """``train_loop`` over length-grouped, dynamically padded token batches, validated on
+    ``val_ids`` each epoch."""
+    lengths = np.array([len(s) for s in train_ids])
+    steps = math.ceil(len(train_ids) / cfg.batch_size)
+
+    def batches(epoch: int) -> Iterator[tuple[dict, torch.Tensor]]:
+        rng = np.random.default_rng([cfg.seed, epoch])
+        for index in length_grouped(lengths, cfg.batch_size, rng):
+            yield pad([train_ids[i] for i in index], pad_id), y_train[torch.as_tensor(index)]
+
+    def evaluate() -> tuple[float, float]:
+        model.eval()
+        logits = run_batches(model, val_ids, pad_id, eval_batch, device, precision)
+        return float(nn.functional.cross_entropy(logits, y_val)), float((logits.argmax(1) == y_val).float().mean())
+
+    return train_loop(
+        model, groups, batches, steps, evaluate, cfg=cfg, epochs=cfg.epochs, phase=cfg.recipe,
+        device=device, precision=precision, loss_fn=loss_fn, progress=progress,
+    )
+
+
 def run_text_recipe(
     model: TextModel, tokenizer, train: TextSet, val: TextSet, cfg: TrainConfig, max_length: int, *, progress: bool = False
 ) -> tuple[RecipeResult, dict[str, int]]:
@@ -149,22 +175,9 @@ def run_text_recipe(
 
     if cfg.recipe in ("fine-tune", "full"):
         groups = unfreeze(model, cfg, head_trained=bool(head_epochs))
-        lengths = np.array([len(s) for s in train_ids])
-        steps = math.ceil(len(train_ids) / cfg.batch_size)
-
-        def batches(epoch: int) -> Iterator[tuple[dict, torch.Tensor]]:
-            rng = np.random.default_rng([cfg.seed, epoch])
-            for index in length_grouped(lengths, cfg.batch_size, rng):
-                yield pad([train_ids[i] for i in index], pad_id), y_train[torch.as_tensor(index)]
-
-        def evaluate() -> tuple[float, float]:
-            model.eval()
-            logits = run_batches(model, val_ids, pad_id, eval_batch, device, precision)
-            return float(nn.functional.cross_entropy(logits, y_val)), float((logits.argmax(1) == y_val).float().mean())
-
-        history += train_loop(
-            model, groups, batches, steps, evaluate, cfg=cfg, epochs=cfg.epochs, phase=cfg.recipe,
-            device=device, precision=precision, loss_fn=loss_fn, progress=progress,
+        history += train_on_tokens(
+            model, groups, train_ids, y_train, val_ids, y_val, pad_id,
+            cfg=cfg, device=device, precision=precision, loss_fn=loss_fn, eval_batch=eval_batch, progress=progress,
         )
         val_feats = None
 

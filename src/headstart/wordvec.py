@@ -13,13 +13,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import math
 import re
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -29,7 +28,7 @@ from .config import TrainConfig
 from .errors import BackboneError, DataError, HeadstartError
 from .model import Head, set_trainable
 from .textdata import TextSet
-from .training import EpochRecord, RecipeResult, param_groups, recipe_setup, train_loop
+from .training import RecipeResult, param_groups, recipe_setup
 
 log = logging.getLogger("headstart")
 
@@ -254,7 +253,7 @@ def run_wordvec_recipe(
 ) -> tuple[RecipeResult, dict[str, int]]:
     """linear-probe: vectors frozen, the unknown vector, encoder and head train. full: the
     vectors train too, at ``backbone_lr``."""
-    from .text import length_grouped, pad, run_batches, tokenize
+    from .text import run_batches, tokenize, train_on_tokens
 
     if cfg.recipe == "fine-tune":
         raise HeadstartError(
@@ -273,22 +272,9 @@ def run_wordvec_recipe(
     if cfg.recipe == "full":
         # embeddings are not decayed: weight decay would pull every word towards zero
         groups.append({"params": list(model.backbone.parameters()), "lr": cfg.backbone_lr, "weight_decay": 0.0})
-    lengths = np.array([len(s) for s in train_ids])
-    steps = math.ceil(len(train_ids) / cfg.batch_size)
-
-    def batches(epoch: int) -> Iterator[tuple[dict, torch.Tensor]]:
-        rng = np.random.default_rng([cfg.seed, epoch])
-        for index in length_grouped(lengths, cfg.batch_size, rng):
-            yield pad([train_ids[i] for i in index], PAD), y_train[torch.as_tensor(index)]
-
-    def evaluate() -> tuple[float, float]:
-        model.eval()
-        logits = run_batches(model, val_ids, PAD, 256, device, precision)
-        return float(nn.functional.cross_entropy(logits, y_val)), float((logits.argmax(1) == y_val).float().mean())
-
-    history: list[EpochRecord] = train_loop(
-        model, groups, batches, steps, evaluate, cfg=cfg, epochs=cfg.epochs, phase=cfg.recipe,
-        device=device, precision=precision, loss_fn=loss_fn, progress=progress,
+    history = train_on_tokens(
+        model, groups, train_ids, y_train, val_ids, y_val, PAD,
+        cfg=cfg, device=device, precision=precision, loss_fn=loss_fn, eval_batch=256, progress=progress,
     )
     model.eval()
     set_trainable(model, None)
