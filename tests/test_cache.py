@@ -87,3 +87,29 @@ def test_damaged_entry_is_recomputed(folder, tiny_kwargs, weights_file, counted)
         f.write_bytes(b"garbage")
     _clf(tiny_kwargs, weights_file).fit(folder)
     assert len(counted) == 4
+
+
+def test_text_embeddings_are_cached(text_kwargs, monkeypatch):
+    import headstart.text as text_mod
+    from headstart import TextClassifier
+
+    from conftest import make_texts
+
+    calls = []
+    real = text_mod.run_batches
+
+    def spy(fn, *a, **k):
+        calls.append(a[-1] if len(a) > 5 else k.get("desc", ""))
+        return real(fn, *a, **k)
+
+    monkeypatch.setattr(text_mod, "run_batches", spy)
+    texts = make_texts(40)
+    first = TextClassifier(**{**text_kwargs, "epochs": 3}, recipe="linear-probe").fit(*texts)
+    embeds = [c for c in calls if "embeddings" in str(c)]
+    assert len(embeds) == 2
+    second = TextClassifier(**{**text_kwargs, "epochs": 3}, recipe="linear-probe").fit(*texts)
+    assert [c for c in calls if "embeddings" in str(c)] == embeds  # served from the cache
+    assert first.val_metrics_["accuracy"] == second.val_metrics_["accuracy"]
+    changed = (texts[0][:-1] + ["a brand new sentence"], texts[1])
+    TextClassifier(**{**text_kwargs, "epochs": 3}, recipe="linear-probe").fit(*changed)
+    assert len([c for c in calls if "embeddings" in str(c)]) > 2

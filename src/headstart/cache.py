@@ -1,4 +1,4 @@
-"""A disk cache for features of a frozen backbone.
+"""A disk cache for features of a frozen backbone (image features, text embeddings).
 
 A second run on the same images with the same backbone, weights, preprocessing and
 precision loads the features instead of recomputing them. The key is a hash of all of
@@ -42,7 +42,8 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def features_key(parts: dict[str, Any], paths: Sequence[str | os.PathLike]) -> str:
+def features_key(parts: dict[str, Any], paths: Sequence[str | os.PathLike] = (), texts: Sequence[str] = ()) -> str:
+    """A hash of the settings, the content of every file in ``paths`` and every text."""
     h = hashlib.blake2b(digest_size=20)
     h.update(json.dumps(parts, sort_keys=True, default=str).encode())
     for p in paths:
@@ -50,6 +51,17 @@ def features_key(parts: dict[str, Any], paths: Sequence[str | os.PathLike]) -> s
             h.update(file_digest(p).encode())
         except OSError:
             h.update(b"unreadable")  # the extraction reports it; the key stays well defined
+    for t in texts:
+        h.update(hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest())
+    return h.hexdigest()
+
+
+def directory_digest(path: str | os.PathLike) -> str:
+    """The content of a model directory's weight and config files."""
+    h = hashlib.blake2b(digest_size=16)
+    for f in sorted(Path(path).glob("*")):
+        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt", ".model"):
+            h.update(f.name.encode() + file_digest(f).encode())
     return h.hexdigest()
 
 

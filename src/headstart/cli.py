@@ -136,8 +136,8 @@ def cli(debug: bool) -> None:
 @click.option("--dropout", type=float, help="Dropout in the head [image 0.2, text 0.1].")
 @click.option("--pooling", type=click.Choice(POOLINGS["image"] + POOLINGS["text"]), help="Image avg|flatten [avg]; text mean|cls [the encoder's own].")
 @click.option("--cache-views", type=int, default=1, show_default=True, help="Image: feature-cache views per image for frozen phases (1 = eval view only).")
-@click.option("--cache-dir", help="Image: where frozen-backbone features are cached [$HEADSTART_CACHE_DIR, else ~/.cache/headstart].")
-@click.option("--no-cache", is_flag=True, help="Image: compute frozen-backbone features afresh and store nothing.")
+@click.option("--cache-dir", help="Where frozen-backbone features (images, text embeddings) are cached [$HEADSTART_CACHE_DIR, else ~/.cache/headstart].")
+@click.option("--no-cache", is_flag=True, help="Compute frozen-backbone features afresh and store nothing.")
 @click.option("--text-column", help="Text: the column holding the texts [auto: text, sentence, review, content].")
 @click.option("--label-column", help="Label column [auto: label, labels, category, sentiment, class].")
 @click.option("--max-length", type=int, help="Text: token limit; longer texts are truncated and counted [the encoder's, 256 for minilm-l6].")
@@ -203,7 +203,8 @@ def train(data, val_data, val_split, task, backbone, weights, recipe, epochs, he
         backbone = backbone or "minilm-l6"
         clf = TextClassifier(backbone, pooling=pooling, max_length=max_length, text_column=text_column,
                              label_column=label_column, encoding=encoding, word_vectors=word_vectors,
-                             sequence_encoder=sequence_encoder, hidden_size=hidden_size, **common)
+                             sequence_encoder=sequence_encoder, hidden_size=hidden_size,
+                             cache=not no_cache, cache_dir=cache_dir, **common)
         train_set = clf._read(data)
         val_set = clf._read(val_data, classes=train_set.classes) if val_data else None
         fit = lambda: clf.fit(train_set, val=val_set)  # noqa: E731

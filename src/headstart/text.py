@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .cache import cache_root, cached, features_key
 from .classifier import Classifier
 from .config import TrainConfig
 from .encoders import EncoderSpec, encoder_block_groups, load_encoder, quiet_transformers, resolve_encoder
@@ -146,8 +147,11 @@ def train_on_tokens(
 
 
 def run_text_recipe(
-    model: TextModel, tokenizer, train: TextSet, val: TextSet, cfg: TrainConfig, max_length: int, *, progress: bool = False
+    model: TextModel, tokenizer, train: TextSet, val: TextSet, cfg: TrainConfig, max_length: int, *,
+    progress: bool = False, cache_parts: dict | None = None,
 ) -> tuple[RecipeResult, dict[str, int]]:
+    """Train a transformer text ``model`` in place; ``cache_parts`` identify the encoder for
+    the embedding cache of the frozen phase (None: no cache)."""
     start = time.perf_counter()
     device, precision, loss_fn = recipe_setup(model, train.labels, len(train.classes), cfg)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -167,8 +171,18 @@ def run_text_recipe(
     if head_epochs:
         set_trainable(model, 0)
         model.eval()
-        x_train = run_batches(embed, train_ids, pad_id, eval_batch, device, precision, progress, "train embeddings")
-        val_feats = run_batches(embed, val_ids, pad_id, eval_batch, device, precision, progress, "val embeddings")
+        def embeddings(ids: list[list[int]], texts: list[str], desc: str) -> torch.Tensor:
+            def compute():
+                out = run_batches(embed, ids, pad_id, eval_batch, device, precision, progress, desc)
+                return out, np.arange(len(ids)), []
+
+            if cache_parts is None or not cfg.cache:
+                return compute()[0]
+            key = features_key({**cache_parts, "max_length": max_length, "precision": precision, "device": device.type}, texts=texts)
+            return cached(cache_root(cfg.cache_dir), key, compute)[0]
+
+        x_train = embeddings(train_ids, train.texts, "train embeddings")
+        val_feats = embeddings(val_ids, val.texts, "val embeddings")
         history += train_head(
             model.head, x_train, y_train, val_feats, y_val, cfg=cfg, epochs=head_epochs, device=device, loss_fn=loss_fn
         )
@@ -311,7 +325,8 @@ class TextClassifier(Classifier):
             self.max_length_ = self._limit(encoder)
             self.model_ = TextModel(encoder, len(self.classes_), self.head_config)
             result, self.truncated_ = run_text_recipe(
-                self.model_, self.tokenizer_, train_set, val_set, cfg, self.max_length_, progress=self.progress
+                self.model_, self.tokenizer_, train_set, val_set, cfg, self.max_length_, progress=self.progress,
+                cache_parts=self._cache_parts(),
             )
         self.oov_ = oov
         self.config = cfg
@@ -340,6 +355,15 @@ class TextClassifier(Classifier):
                 backbone_lr=cfg.backbone_lr if cfg.backbone_lr is not None else lr / 10,
             )
         return cfg.resolved()
+
+    def _cache_parts(self) -> dict[str, Any]:
+        """What identifies the frozen encoder's embeddings, for the feature cache."""
+        from . import __version__
+        from .cache import directory_digest
+
+        source = self._source or self.backbone
+        weights = directory_digest(source) if Path(source).is_dir() else f"hub:{source}"
+        return {"headstart": __version__, "encoder": weights, "pooling": self.head_config.pooling}
 
     def _limit(self, encoder) -> int:
         """The token limit: asked for, else the encoder's own, never past its positions."""
