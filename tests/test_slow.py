@@ -92,3 +92,15 @@ def test_embedded_glove_on_sst2(tmp_path):
     probe = ["a sublime , heartfelt film", "an unbearably tedious mess"]
     again = TextClassifier.load(clf.save(tmp_path / "m"))
     np.testing.assert_array_equal(again.predict_proba(probe), clf.predict_proba(probe))
+
+
+def test_compiled_feature_extraction_matches_eager(tmp_path):
+    """--compile changes speed, not results (beyond float rounding)."""
+    from conftest import make_folder
+    from headstart import ImageClassifier
+
+    folder = make_folder(tmp_path / "p", per_class=6)
+    kw = dict(backbone="tiny-cnn", weights="none", recipe="linear-probe", epochs=2, precision="fp32", num_workers=0, seed=0)
+    eager = ImageClassifier(**kw).fit(folder)
+    compiled = ImageClassifier(**kw, compile=True).fit(folder)
+    np.testing.assert_allclose(compiled.predict_proba(folder), eager.predict_proba(folder), atol=1e-4)

@@ -138,6 +138,7 @@ def cli(debug: bool) -> None:
 @click.option("--cache-views", type=int, default=1, show_default=True, help="Image: feature-cache views per image for frozen phases (1 = eval view only).")
 @click.option("--cache-dir", help="Where frozen-backbone features (images, text embeddings) are cached [$HEADSTART_CACHE_DIR, else ~/.cache/headstart].")
 @click.option("--no-cache", is_flag=True, help="Compute frozen-backbone features afresh and store nothing.")
+@click.option("--compile", "compile_", is_flag=True, help="Image: torch.compile the backbone for feature extraction (slow to start, faster on large folders).")
 @click.option("--text-column", help="Text: the column holding the texts [auto: text, sentence, review, content].")
 @click.option("--label-column", help="Label column [auto: label, labels, category, sentiment, class].")
 @click.option("--max-length", type=int, help="Text: token limit; longer texts are truncated and counted [the encoder's, 256 for minilm-l6].")
@@ -155,7 +156,7 @@ def cli(debug: bool) -> None:
 @click.option("--progress/--no-progress", default=None, help="Progress bars [on when stderr is a terminal].")
 def train(data, val_data, val_split, task, backbone, weights, recipe, epochs, head_epochs, batch_size, lr,
           backbone_lr, unfreeze_blocks, layer_decay, optimizer, weight_decay, label_smoothing, schedule,
-          warmup_epochs, patience, augment, class_weight, ema, hidden, dropout, pooling, cache_views, cache_dir, no_cache, text_column,
+          warmup_epochs, patience, augment, class_weight, ema, hidden, dropout, pooling, cache_views, cache_dir, no_cache, compile_, text_column,
           label_column, max_length, encoding, word_vectors, sequence_encoder, hidden_size, precision, device, workers,
           seed, out, quiet, progress):
     """Train a classifier on DATA: a folder with one sub-folder per class (or a CSV of
@@ -193,7 +194,7 @@ def train(data, val_data, val_split, task, backbone, weights, recipe, epochs, he
         resolve_spec(backbone)
         clf = ImageClassifier(backbone, weights=weights, pooling=pooling or "avg", augment=augment,
                               cache_views=cache_views, cache=not no_cache, cache_dir=cache_dir,
-                              num_workers=workers, **common)
+                              compile=compile_, num_workers=workers, **common)
         fit = lambda: clf.fit(train_set, val_set)  # noqa: E731
     else:
         from .text import TextClassifier

@@ -115,6 +115,7 @@ class TrainConfig(_JsonMixin):
     cache_views: int = 1
     cache: bool = True
     cache_dir: str | None = None
+    compile: bool = False
     val_split: float = 0.2
     seed: int = 0
     precision: str = "auto"

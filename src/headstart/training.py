@@ -437,10 +437,22 @@ def run_recipe(
         for i, reason in bad:
             failed.append((str(paths[i % len(paths)]), reason))
 
+    compiled: list[nn.Module] = []
+
+    def frozen() -> nn.Module:
+        """The backbone for frozen forward passes; compiled once on first use with --compile
+        (about 30 s of compilation for about 1.3x the throughput on a CPU)."""
+        if not cfg.compile:
+            return model.backbone
+        if not compiled:
+            log.info("compiling the backbone for feature extraction (torch.compile)")
+            compiled.append(torch.compile(model.backbone))
+        return compiled[0]
+
     def features(dataset: ImageDataset, desc: str, view: dict):
         """Features of the frozen backbone, from the disk cache when this exact computation
         (weights, preprocessing, precision, view, image contents) was done before."""
-        compute = lambda: extract_features(model.backbone, dataset, seed=cfg.seed, desc=desc, **common)  # noqa: E731
+        compute = lambda: extract_features(frozen(), dataset, seed=cfg.seed, desc=desc, **common)  # noqa: E731
         if cache_parts is None or not cfg.cache:
             return compute()
         key = features_key({**cache_parts, **view, "precision": precision, "device": device.type}, dataset.paths)
