@@ -94,3 +94,18 @@ def cached(
     except OSError as exc:
         log.warning("could not write the feature cache in %s (%s); continuing without it", root, exc.strerror or exc)
     return features, rows, failed
+
+
+def cached_features(
+    parts: dict[str, Any] | None,
+    cache_dir: str | os.PathLike | None,
+    compute: Callable[[], tuple[torch.Tensor, np.ndarray, list]],
+    *,
+    paths: Sequence[str | os.PathLike] = (),
+    texts: Sequence[str] = (),
+) -> tuple[torch.Tensor, np.ndarray, list]:
+    """``compute()`` through the cache under the key of ``parts`` and the inputs' contents;
+    ``parts=None`` (caching off, or weights without a stable identity) just computes."""
+    if parts is None:
+        return compute()
+    return cached(cache_root(cache_dir), features_key(parts, paths, texts), compute)

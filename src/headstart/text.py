@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .cache import cache_root, cached, features_key
+from .cache import cached_features
 from .classifier import Classifier
 from .config import TrainConfig
 from .encoders import EncoderSpec, encoder_block_groups, load_encoder, quiet_transformers, resolve_encoder
@@ -24,7 +24,7 @@ from .evaluation import classification_metrics
 from .model import Head, set_trainable
 from .textdata import TextSet, read_table
 from .training import (
-    EpochRecord, RecipeResult, autocast, recipe_setup, resolve_device, resolve_precision, seed_everything,
+    EpochRecord, RecipeResult, autocast, loss_and_accuracy, recipe_setup, resolve_device, resolve_precision, seed_everything,
     train_head, train_loop, unfreeze,
 )
 
@@ -137,8 +137,7 @@ def train_on_tokens(
 
     def evaluate() -> tuple[float, float]:
         model.eval()
-        logits = run_batches(model, val_ids, pad_id, eval_batch, device, precision)
-        return float(nn.functional.cross_entropy(logits, y_val)), float((logits.argmax(1) == y_val).float().mean())
+        return loss_and_accuracy(run_batches(model, val_ids, pad_id, eval_batch, device, precision), y_val)
 
     return train_loop(
         model, groups, batches, steps, evaluate, cfg=cfg, epochs=cfg.epochs, phase=cfg.recipe,
@@ -176,10 +175,8 @@ def run_text_recipe(
                 out = run_batches(embed, ids, pad_id, eval_batch, device, precision, progress, desc)
                 return out, np.arange(len(ids)), []
 
-            if cache_parts is None or not cfg.cache:
-                return compute()[0]
-            key = features_key({**cache_parts, "max_length": max_length, "precision": precision, "device": device.type}, texts=texts)
-            return cached(cache_root(cfg.cache_dir), key, compute)[0]
+            parts = {**cache_parts, "max_length": max_length, "precision": precision, "device": device.type} if cache_parts and cfg.cache else None
+            return cached_features(parts, cfg.cache_dir, compute, texts=texts)[0]
 
         x_train = embeddings(train_ids, train.texts, "train embeddings")
         val_feats = embeddings(val_ids, val.texts, "val embeddings")
@@ -377,13 +374,13 @@ class TextClassifier(Classifier):
 
     def _texts(self, inputs: str | Sequence[str]) -> tuple[list[str], bool]:
         self._check_fitted()
-        if isinstance(inputs, str):
-            return [inputs], True
-        texts = [str(t) for t in inputs]
+        single = isinstance(inputs, str)
+        texts = [inputs] if single else [str(t) for t in inputs]
         empty = [i for i, t in enumerate(texts) if not t.strip()]
         if empty:
-            raise DataError(f"text {empty[0] + 1} of {len(texts)} is empty; there is nothing to classify")
-        return texts, False
+            which = "the text" if single else f"text {empty[0] + 1} of {len(texts)}"
+            raise DataError(f"{which} is empty; there is nothing to classify")
+        return texts, single
 
     def _logits(self, texts: list[str]) -> torch.Tensor:
         device = resolve_device(self.config.device)
@@ -397,8 +394,6 @@ class TextClassifier(Classifier):
     def predict_proba(self, inputs: str | Sequence[str]) -> np.ndarray:
         """Class probabilities, columns in ``classes_`` order."""
         texts, single = self._texts(inputs)
-        if single and not texts[0].strip():
-            raise DataError("the text is empty; there is nothing to classify")
         probs = torch.softmax(self._logits(texts), 1).numpy().astype(np.float64)
         return probs[0] if single else probs
 

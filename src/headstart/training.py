@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
-from .cache import cache_root, cached, features_key
+from .cache import cached_features
 from .data import ImageDataset, ImageSet, default_num_workers, make_loader
 from .errors import HeadstartError
 from .model import ImageModel, freeze_batchnorm, set_trainable
@@ -99,12 +99,19 @@ class EpochRecord:
 Batches = Callable[[int], Iterable[tuple[Any, torch.Tensor]]]
 
 
+Evaluate = Callable[[], tuple[float, float]]
+
+
 def to_device(x: Any, device: torch.device) -> Any:
     """A tensor, or a dict of tensors (tokenised text), on ``device``."""
     if isinstance(x, dict):
         return {k: v.to(device, non_blocking=True) for k, v in x.items()}
     return x.to(device, non_blocking=True)
-Evaluate = Callable[[], tuple[float, float]]
+
+
+def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Validation cross-entropy (no label smoothing) and accuracy."""
+    return float(nn.functional.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
 
 
 def param_groups(named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float) -> list[dict]:
@@ -229,7 +236,8 @@ def train_loop(
         with average.applied() if average is not None else contextlib.nullcontext():
             val_loss, val_acc = evaluate()
             key = (val_acc, -val_loss)
-            if best_key is None or key > best_key:
+            improved = best_key is None or key > best_key
+            if improved:  # copied here so an average's weights are the ones kept
                 best_state = copy.deepcopy(module.state_dict())
         record = EpochRecord(
             phase, epoch, loss_sum / max(seen, 1), correct / max(seen, 1), val_loss, val_acc,
@@ -240,7 +248,7 @@ def train_loop(
             "%s epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs",
             phase, epoch, epochs, record.train_loss, record.train_accuracy, val_loss, val_acc, record.seconds,
         )
-        if best_key is None or key > best_key:
+        if improved:
             best_key, stale = key, 0
         else:
             stale += 1
@@ -381,8 +389,7 @@ def train_head(
     @torch.inference_mode()
     def evaluate() -> tuple[float, float]:
         head.eval()
-        logits = head(x_val.to(device)).float()
-        return float(nn.functional.cross_entropy(logits, y_val)), float((logits.argmax(1) == y_val).float().mean())
+        return loss_and_accuracy(head(x_val.to(device)).float(), y_val)
 
     log.info("training the head on %d cached feature vectors of width %d", len(y_train), x_train.shape[1])
     return train_loop(
@@ -437,26 +444,18 @@ def run_recipe(
         for i, reason in bad:
             failed.append((str(paths[i % len(paths)]), reason))
 
-    compiled: list[nn.Module] = []
-
-    def frozen() -> nn.Module:
-        """The backbone for frozen forward passes; compiled once on first use with --compile
-        (about 30 s of compilation for about 1.3x the throughput on a CPU)."""
-        if not cfg.compile:
-            return model.backbone
-        if not compiled:
-            log.info("compiling the backbone for feature extraction (torch.compile)")
-            compiled.append(torch.compile(model.backbone))
-        return compiled[0]
+    # torch.compile compiles on the first call: with every feature cached it never does
+    # (about 30 s of compilation for about 1.3x the throughput on a CPU).
+    frozen = torch.compile(model.backbone) if cfg.compile else model.backbone
 
     def features(dataset: ImageDataset, desc: str, view: dict):
         """Features of the frozen backbone, from the disk cache when this exact computation
         (weights, preprocessing, precision, view, image contents) was done before."""
-        compute = lambda: extract_features(frozen(), dataset, seed=cfg.seed, desc=desc, **common)  # noqa: E731
-        if cache_parts is None or not cfg.cache:
-            return compute()
-        key = features_key({**cache_parts, **view, "precision": precision, "device": device.type}, dataset.paths)
-        return cached(cache_root(cfg.cache_dir), key, compute)
+        parts = {**cache_parts, **view, "precision": precision, "device": device.type} if cache_parts and cfg.cache else None
+        return cached_features(
+            parts, cfg.cache_dir, lambda: extract_features(frozen, dataset, seed=cfg.seed, desc=desc, **common),
+            paths=dataset.paths,
+        )
 
     # Phase 1: the head on features of the frozen backbone, computed once.
     head_epochs = cfg.epochs if cfg.recipe == "linear-probe" else cfg.head_epochs
@@ -496,8 +495,7 @@ def run_recipe(
 
         def evaluate_images() -> tuple[float, float]:
             logits, rows, _ = predict_logits(model, val_ds, **common)
-            y = torch.as_tensor(val.labels[rows])
-            return float(nn.functional.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
+            return loss_and_accuracy(logits, torch.as_tensor(val.labels[rows]))
 
         def on_train_start() -> None:
             freeze_batchnorm(model.backbone, all_bn=cfg.recipe == "fine-tune")
