@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -44,6 +45,49 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one atomic step (Linux renameat2 RENAME_EXCHANGE); False
+    where the system or the file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    """Replace the model directory ``path`` by the complete ``tmp``. Where an atomic swap
+    exists, ``path`` is never missing; elsewhere the old model is renamed aside first and,
+    should the process die between the two renames, :func:`read_config` puts it back."""
+    if _exchange(tmp, path):
+        shutil.rmtree(tmp, ignore_errors=True)  # now the old model
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    old.rmdir()
+    os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover(path: Path) -> bool:
+    """Put back a model left aside by a save that died between its two renames."""
+    for old in sorted(path.parent.glob(f".{path.name}.*.old")):
+        if (old / CONFIG_FILE).is_file() and (old / WEIGHTS_FILE).is_file():
+            try:
+                os.replace(old, path)
+            except OSError:
+                return False
+            return True
+    return False
+
+
 def save_model_dir(
     path: str | Path,
     config: dict[str, Any],
@@ -53,6 +97,8 @@ def save_model_dir(
     """Write ``config.json`` and ``model.safetensors`` (and whatever ``extra`` writes into
     the directory, e.g. tokenizer files) to ``path``, atomically."""
     path = Path(path)
+    if not path.exists():
+        _recover(path)
     if path.exists() and not path.is_dir():
         raise ModelDirError(f"cannot save a model to {str(path)!r}: it is a file; pass a directory path")
     if path.is_dir() and any(path.iterdir()) and not (path / CONFIG_FILE).is_file():
@@ -83,12 +129,7 @@ def save_model_dir(
                     os.fsync(f.fileno())
         _fsync_dir(tmp)
         if path.exists():
-            # Two renames: the old model stays loadable until the new one is complete.
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=parent))
-            old.rmdir()
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            _swap_into_place(tmp, path)
         else:
             os.replace(tmp, path)
         _fsync_dir(parent)
@@ -105,6 +146,8 @@ def save_model_dir(
 
 def read_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if not path.exists():
+        _recover(path)
     if not path.is_dir():
         raise ModelDirError(f"model directory {str(path)!r} does not exist")
     cfg_path = path / CONFIG_FILE

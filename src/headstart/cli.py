@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -88,6 +90,10 @@ def _new_run_dir(out: str | None, backbone: str) -> Path:
     return run
 
 
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -109,7 +115,9 @@ def cli(debug: bool) -> None:
 
 
 @cli.command()
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path), required=False)
+@click.option("--resume", "resume_run", type=click.Path(path_type=Path),
+              help="Continue the interrupted run in this run directory from its last checkpoint, with its settings.")
 @click.option("--val", "val_data", type=click.Path(path_type=Path), help="Separate validation data (folder, CSV, TSV, JSON Lines).")
 @click.option("--val-split", type=float, default=0.2, show_default=True, help="Validation fraction when --val is not given (stratified).")
 @click.option("--task", type=click.Choice(["image", "text"]), help="Inferred from DATA when omitted: a folder (or a CSV with a path column) is image, a table of texts is text.")
@@ -158,9 +166,58 @@ def train(data, val_data, val_split, task, backbone, weights, recipe, epochs, he
           backbone_lr, unfreeze_blocks, layer_decay, optimizer, weight_decay, label_smoothing, schedule,
           warmup_epochs, patience, augment, class_weight, ema, hidden, dropout, pooling, cache_views, cache_dir, no_cache, compile_, text_column,
           label_column, max_length, encoding, word_vectors, sequence_encoder, hidden_size, precision, device, workers,
-          seed, out, quiet, progress):
+          seed, out, quiet, progress, resume_run):
     """Train a classifier on DATA: a folder with one sub-folder per class (or a CSV of
-    path,label) for images; a CSV, TSV or JSON Lines table of texts and labels for text."""
+    path,label) for images; a CSV, TSV or JSON Lines table of texts and labels for text.
+
+    Every epoch ends with a checkpoint in RUN_DIR/checkpoints; Ctrl-C or SIGTERM stops
+    cleanly, and `headstart train --resume RUN_DIR` continues with the same result."""
+    params = dict(locals())
+    if resume_run is not None:
+        run, params = _resumable_run(resume_run, params)
+        _train(run=run, resume=True, **params)
+    elif data is None:
+        raise click.UsageError("missing argument DATA (or pass --resume RUN_DIR)")
+    else:
+        _train(run=None, resume=False, **{k: v for k, v in params.items() if k != "resume_run"})
+
+
+RUN_FILE = "run.json"
+# What may differ when a run is resumed: how it reports, not what it computes.
+_RESUME_FREE = {"quiet", "progress", "resume_run", "workers"}
+
+
+def _resumable_run(run: Path, params: dict) -> tuple[Path, dict]:
+    """The run directory and the settings it was started with."""
+    record = run / RUN_FILE
+    if not record.is_file():
+        raise HeadstartError(f"{str(run)!r} is not a headstart run directory (no {RUN_FILE}); pass the directory `train` printed")
+    if (run / "model" / "config.json").is_file() and not (run / "checkpoints").exists():
+        raise HeadstartError(f"the run in {str(run)!r} already finished; its model is {str(run / 'model')!r}")
+    ctx = click.get_current_context()
+    changed = sorted(
+        f"--{k.replace('_', '-')}" if k != "data" else "DATA" for k, v in params.items()
+        if k not in _RESUME_FREE and ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT
+    )
+    if changed:
+        raise click.UsageError(f"--resume continues with the run's own settings; drop {', '.join(changed)}")
+    saved = json.loads(record.read_text(encoding="utf-8"))["args"]
+    for k in ("data", "val_data", "word_vectors"):
+        saved[k] = Path(saved[k]) if saved.get(k) is not None else None
+    saved["hidden"] = tuple(saved.get("hidden") or ())
+    saved.update({k: params[k] for k in ("quiet", "progress")})
+    if params["workers"] is not None:  # decoding workers do not change the result
+        saved["workers"] = params["workers"]
+    return run, saved
+
+
+def _train(data, val_data, val_split, task, backbone, weights, recipe, epochs, head_epochs, batch_size, lr,
+           backbone_lr, unfreeze_blocks, layer_decay, optimizer, weight_decay, label_smoothing, schedule,
+           warmup_epochs, patience, augment, class_weight, ema, hidden, dropout, pooling, cache_views, cache_dir, no_cache, compile_, text_column,
+           label_column, max_length, encoding, word_vectors, sequence_encoder, hidden_size, precision, device, workers,
+           seed, out, quiet, progress, run: Path | None, resume: bool):
+    args = {k: v for k, v in locals().items() if k not in ("run", "resume")}  # kept in run.json for --resume
+    from .checkpoint import TrainingInterrupted, checkpointing
     from .backbones import _REGISTRY as IMAGE_BACKBONES
     from .data import require_two_classes, stratified_split
     from .encoders import is_encoder_name
@@ -212,19 +269,30 @@ def train(data, val_data, val_split, task, backbone, weights, recipe, epochs, he
     require_two_classes(train_set.labels, train_set.classes)
     if val_set is None:  # fail on a split that cannot be made before any directory is made
         stratified_split(train_set.labels, val_split, seed, train_set.classes)
-    run = _new_run_dir(out, Path(word_vectors or backbone).stem if task == "text" else backbone)
+    if run is None:
+        run = _new_run_dir(out, Path(word_vectors or backbone).stem if task == "text" else backbone)
+        _write_json(run / RUN_FILE, {"args": {k: str(v) if isinstance(v, Path) else v for k, v in args.items()}})
     handler = logging.FileHandler(run / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(handler)
     try:
-        log.info("headstart %s: run directory %s", __version__, run)
+        log.info("headstart %s: %s run directory %s", __version__, "resuming the" if resume else "new", run)
         resolved = clf.config.resolved()
         _write_json(run / "config.json", {
             "task": task, "data": str(data), "val": str(val_data) if val_data else None, "backbone": backbone,
             "weights": weights, "training": resolved.to_dict(),
         })
-        fit()
+        store = None
+        try:
+            with checkpointing(run / "checkpoints", resume=resume) as store:
+                fit()
+        except TrainingInterrupted as exc:
+            where = store.last_epoch() if store else None
+            saved = f"the checkpoint holds {where}" if where else "no epoch had finished, so it starts from the beginning"
+            click.echo(f"\ninterrupted ({signal_name(exc.signum)}); {saved}.\nresume with: headstart train --resume {run}", err=True)
+            raise SystemExit(128 + exc.signum) from None
         model_dir = clf.save(run / "model")
+        shutil.rmtree(run / "checkpoints", ignore_errors=True)  # the model is complete
         _write_json(run / "metrics.json", {
             "history": clf.history_, "val": clf.val_metrics_, "data": clf.data_summary_,
             "precision": clf.precision_, "train_seconds": round(clf.train_seconds_, 2),

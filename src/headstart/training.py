@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import checkpoint
 from .config import TrainConfig
 from .cache import cached_features
 from .data import ImageDataset, ImageSet, default_num_workers, make_loader
@@ -164,6 +165,13 @@ class WeightAverage:
         decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
         torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1.0 - decay)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"shadow": self.shadow, "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.shadow = [s.clone() for s in state["shadow"]]
+        self.steps = state["steps"]
+
     @contextlib.contextmanager
     def applied(self):
         backup = [p.detach().clone() for p in self.params]
@@ -195,7 +203,19 @@ def train_loop(
     progress: bool = False,
 ) -> list[EpochRecord]:
     """Train ``module`` for up to ``epochs``; restore the weights of the best validation
-    epoch (highest accuracy, then lowest loss) before returning."""
+    epoch (highest accuracy, then lowest loss) before returning.
+
+    Inside :func:`headstart.checkpoint.checkpointing`, each epoch ends with a checkpoint,
+    and a resumed run skips the phases and epochs the checkpoint holds."""
+    store = checkpoint.active()
+    phase_key = store.next_key(phase) if store else ""
+    done = store.finished(phase_key) if store else None
+    if done is not None:  # this phase finished before the run was interrupted
+        module.load_state_dict(done["module"])
+        checkpoint.set_rng_state(done["rng"])
+        log.info("%s: finished in the checkpoint; skipped", phase)
+        return [EpochRecord(**r) for r in done["history"]]
+
     optimizer = make_optimizer(cfg.optimizer, groups)
     total = epochs * steps_per_epoch
     scheduler = warmup_schedule(optimizer, int(cfg.warmup_epochs * steps_per_epoch), total, cfg.schedule)
@@ -203,8 +223,31 @@ def train_loop(
     history: list[EpochRecord] = []
     best_key, best_state, stale = None, None, 0
     average = WeightAverage(module, cfg.ema) if cfg.ema else None
+    first = 1
+    running = store.running(phase_key) if store else None
+    if running is not None:
+        module.load_state_dict(running["module"])
+        optimizer.load_state_dict(running["optimizer"])
+        scheduler.load_state_dict(running["scheduler"])
+        scaler.load_state_dict(running["scaler"])
+        if average is not None:
+            average.load_state_dict(running["average"])
+        history = [EpochRecord(**r) for r in running["history"]]
+        best_key, best_state, stale = tuple(running["best_key"]), running["best_state"], running["stale"]
+        first = running["epoch"] + 1
+        checkpoint.set_rng_state(running["rng"])
+        log.info("%s: resuming after epoch %d from the checkpoint", phase, running["epoch"])
+        if running["stopped"]:
+            first = epochs + 1  # early stopping had ended this phase
 
-    for epoch in range(1, epochs + 1):
+    def restore_best() -> None:
+        if best_state is not None:
+            module.load_state_dict(best_state)
+            best = max(history, key=lambda r: (r.val_accuracy, -r.val_loss))
+            log.info("%s: restored the best epoch (%d, val acc %.4f)", phase, best.epoch, best.val_accuracy)
+
+    stopped = False
+    for epoch in range(first, epochs + 1):
         start = time.perf_counter()
         module.train()
         if on_train_start:
@@ -217,9 +260,13 @@ def train_loop(
                 logits = module(x)
             loss = loss_fn(logits.float(), y)
             if not torch.isfinite(loss):
-                raise HeadstartError(
+                restore_best()
+                kept = (
+                    f"; the best weights so far are kept in the checkpoint {str(store.path)!r}" if store and store.enabled and best_state is not None else ""
+                )
+                raise checkpoint.NonFiniteLoss(
                     f"the training loss became {loss.item()} in {phase} epoch {epoch}; "
-                    "lower the learning rate (--lr) or check the data"
+                    f"lower the learning rate (--lr, --backbone-lr) or check the data{kept}"
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -235,8 +282,8 @@ def train_loop(
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
         with average.applied() if average is not None else contextlib.nullcontext():
             val_loss, val_acc = evaluate()
-            key = (val_acc, -val_loss)
-            improved = best_key is None or key > best_key
+            score = (val_acc, -val_loss)
+            improved = best_key is None or score > best_key
             if improved:  # copied here so an average's weights are the ones kept
                 best_state = copy.deepcopy(module.state_dict())
         record = EpochRecord(
@@ -249,16 +296,24 @@ def train_loop(
             phase, epoch, epochs, record.train_loss, record.train_accuracy, val_loss, val_acc, record.seconds,
         )
         if improved:
-            best_key, stale = key, 0
+            best_key, stale = score, 0
         else:
             stale += 1
-            if cfg.patience and stale >= cfg.patience and epoch < epochs:
-                log.info("%s: no better validation accuracy for %d epochs; stopping early", phase, stale)
-                break
-    if best_state is not None:
-        module.load_state_dict(best_state)
-        best = max(history, key=lambda r: (r.val_accuracy, -r.val_loss))
-        log.info("%s: restored the best epoch (%d, val acc %.4f)", phase, best.epoch, best.val_accuracy)
+            stopped = bool(cfg.patience and stale >= cfg.patience and epoch < epochs)
+        if store is not None:
+            store.save_epoch(phase_key, {
+                "epoch": epoch, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "average": average.state_dict() if average is not None else None,
+                "history": [asdict(r) for r in history], "best_key": list(best_key), "best_state": best_state,
+                "stale": stale, "stopped": stopped,
+            })
+        if stopped:
+            log.info("%s: no better validation accuracy for %d epochs; stopping early", phase, stale)
+            break
+    restore_best()
+    if store is not None:
+        store.save_finished(phase_key, module.state_dict(), [asdict(r) for r in history])
     return history
 
 
@@ -412,7 +467,9 @@ def unfreeze(model: nn.Module, cfg: TrainConfig, head_trained: bool) -> list[dic
     params = dict(model.backbone.named_parameters())
     for depth, block in enumerate(reversed(blocks)):
         decay = cfg.layer_decay**depth if cfg.layer_decay else 1.0
-        groups += param_groups(((n, params[n]) for n in block), cfg.backbone_lr * decay, cfg.weight_decay)
+        # in the model's order, not the set's: a resumed optimizer maps its state by position
+        named = ((n, p) for n, p in params.items() if n in block)
+        groups += param_groups(named, cfg.backbone_lr * decay, cfg.weight_decay)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s: %d trainable parameters in %d backbone blocks + head", cfg.recipe, n_trainable, len(blocks))
     return groups
