@@ -22,6 +22,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from . import distributed
+
 log = logging.getLogger("headstart")
 
 
@@ -75,15 +77,23 @@ def cached(
     if root is None:
         return compute()
     path = root / f"{key}.safetensors"
-    if path.is_file():
+    world = distributed.world()
+    hit = None
+    if world.is_main and path.is_file():
         try:
             data = load_file(str(path))
             failed = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
             log.info("loaded cached features %s", path.name)
-            return data["features"], data["rows"].numpy(), [tuple(f) for f in failed]
+            hit = data["features"], data["rows"].numpy(), [tuple(f) for f in failed]
         except Exception as exc:  # noqa: BLE001 - a damaged entry is recomputed, never trusted
             log.info("ignoring damaged cache entry %s (%s)", path.name, exc)
-    features, rows, failed = compute()
+    # In a distributed run rank 0's cache decides for all (the others may be on other machines).
+    hit = distributed.broadcast(hit)
+    if hit is not None:
+        return hit
+    features, rows, failed = compute()  # in shards, gathered, when distributed
+    if not world.is_main:
+        return features, rows, failed
     try:
         root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=root, suffix=".tmp")

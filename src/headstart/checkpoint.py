@@ -30,6 +30,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from . import distributed
 from .errors import HeadstartError
 
 CHECKPOINT_FILE = "last.pt"
@@ -75,6 +76,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def gathered_rng_state() -> list[dict[str, Any]]:
+    """The RNG states of every process of the run, by rank."""
+    return distributed.all_gather(rng_state())
+
+
+def set_own_rng_state(states: list[dict[str, Any]]) -> None:
+    set_rng_state(states[distributed.world().rank])
+
+
 def _to_plain(x: Any) -> Any:
     return [_to_plain(v) for v in x] if isinstance(x, tuple) else x
 
@@ -96,11 +106,21 @@ class Checkpoints:
         self.directory = Path(directory)
         self.enabled = enabled  # False on the ranks of a distributed run that do not write
         self.calls = 0
-        self.saved: dict[str, Any] = {"format_version": FORMAT_VERSION, "finished": {}, "running": None}
+        self.saved = self.empty()
         self._blocking = False
         self._pending: int | None = None
         if resume:
             self.saved = self.read(self.directory)
+            size = distributed.world().size
+            if self.saved["world_size"] != size:
+                raise HeadstartError(
+                    f"the checkpoint in {str(self.directory)!r} was written by {self.saved['world_size']} process(es); "
+                    f"resume it with the same number (this run has {size})"
+                )
+
+    @staticmethod
+    def empty() -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, "world_size": distributed.world().size, "finished": {}, "running": None}
 
     @property
     def path(self) -> Path:
@@ -110,7 +130,7 @@ class Checkpoints:
     def read(directory: Path) -> dict[str, Any]:
         path = Path(directory) / CHECKPOINT_FILE
         if not path.is_file():
-            return {"format_version": FORMAT_VERSION, "finished": {}, "running": None}
+            return Checkpoints.empty()
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001 - damaged is damaged, whatever the cause
@@ -144,12 +164,12 @@ class Checkpoints:
         return None
 
     def save_epoch(self, key: str, state: dict[str, Any]) -> None:
-        self.saved["running"] = {"key": key, **state, "rng": rng_state()}
+        self.saved["running"] = {"key": key, **state, "rng": gathered_rng_state()}
         self._write()
 
     def save_finished(self, key: str, module_state: dict[str, torch.Tensor], history: list[dict]) -> None:
         module_state = {k: v.detach().clone() for k, v in module_state.items()}  # later phases train on
-        self.saved["finished"][key] = {"module": module_state, "history": history, "rng": rng_state()}
+        self.saved["finished"][key] = {"module": module_state, "history": history, "rng": gathered_rng_state()}
         self.saved["running"] = None
         self._write()
 

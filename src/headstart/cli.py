@@ -90,6 +90,12 @@ def _new_run_dir(out: str | None, backbone: str) -> Path:
     return run
 
 
+def torch_backend() -> str:
+    import torch.distributed as dist
+
+    return dist.get_backend() if dist.is_initialized() else "single process"
+
+
 def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 
@@ -126,7 +132,10 @@ def cli(debug: bool) -> None:
 @click.option("--recipe", type=click.Choice(RECIPES), help="linear-probe: frozen backbone, head only. fine-tune: head, then the top blocks. full: everything. [image fine-tune, text full, word vectors linear-probe]")
 @click.option("--epochs", type=int, help="Epochs of the main phase [image: linear-probe 30, fine-tune 4, full 8; text: 30, 3, 3; word vectors: 20].")
 @click.option("--head-epochs", type=int, help="fine-tune: epochs of the head phase on cached features [20].")
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True,
+              help="Examples per optimizer step; in a distributed run, the global batch shared by all processes.")
+@click.option("--grad-accum", type=int, default=1, show_default=True,
+              help="Accumulate gradients over this many batches per optimizer step (effective batch = batch size x N).")
 @click.option("--lr", type=float, help="Learning rate of the new head [1e-3].")
 @click.option("--backbone-lr", type=float, help="Learning rate of the unfrozen pretrained weights [image lr/10, text 2e-5].")
 @click.option("--unfreeze-blocks", type=int, default=2, show_default=True, help="fine-tune: how many top backbone blocks (text: layers) to unfreeze.")
@@ -162,7 +171,7 @@ def cli(debug: bool) -> None:
 @click.option("--out", help="Run directory [runs/<backbone>-<time>].")
 @click.option("--quiet", is_flag=True, help="Only warnings and the final result.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars [on when stderr is a terminal].")
-def train(data, val_data, val_split, task, backbone, weights, recipe, epochs, head_epochs, batch_size, lr,
+def train(data, val_data, val_split, task, backbone, weights, recipe, epochs, head_epochs, batch_size, grad_accum, lr,
           backbone_lr, unfreeze_blocks, layer_decay, optimizer, weight_decay, label_smoothing, schedule,
           warmup_epochs, patience, augment, class_weight, ema, hidden, dropout, pooling, cache_views, cache_dir, no_cache, compile_, text_column,
           label_column, max_length, encoding, word_vectors, sequence_encoder, hidden_size, precision, device, workers,
@@ -211,18 +220,20 @@ def _resumable_run(run: Path, params: dict) -> tuple[Path, dict]:
     return run, saved
 
 
-def _train(data, val_data, val_split, task, backbone, weights, recipe, epochs, head_epochs, batch_size, lr,
+def _train(data, val_data, val_split, task, backbone, weights, recipe, epochs, head_epochs, batch_size, grad_accum, lr,
            backbone_lr, unfreeze_blocks, layer_decay, optimizer, weight_decay, label_smoothing, schedule,
            warmup_epochs, patience, augment, class_weight, ema, hidden, dropout, pooling, cache_views, cache_dir, no_cache, compile_, text_column,
            label_column, max_length, encoding, word_vectors, sequence_encoder, hidden_size, precision, device, workers,
            seed, out, quiet, progress, run: Path | None, resume: bool):
     args = {k: v for k, v in locals().items() if k not in ("run", "resume")}  # kept in run.json for --resume
-    from .checkpoint import TrainingInterrupted, checkpointing
+    from . import distributed
     from .backbones import _REGISTRY as IMAGE_BACKBONES
+    from .checkpoint import TrainingInterrupted, checkpointing
     from .data import require_two_classes, stratified_split
     from .encoders import is_encoder_name
 
-    _setup_logging(quiet)
+    world = distributed.init(device)  # launched by torchrun / accelerate launch: one process of many
+    _setup_logging(quiet or not world.is_main)
     if not data.exists():
         raise DataError(f"data path {str(data)!r} does not exist")
     task = task or ("text" if word_vectors else _infer_task(data, backbone))
@@ -231,7 +242,7 @@ def _train(data, val_data, val_split, task, backbone, weights, recipe, epochs, h
     if backbone and task == "image" and is_encoder_name(backbone):
         raise HeadstartError(f"{backbone!r} is a text backbone but {str(data)!r} holds images; use --backbone efficientnet_lite0 or a timm model name")
     common = dict(
-        recipe=recipe, epochs=epochs, head_epochs=head_epochs, batch_size=batch_size, lr=lr, backbone_lr=backbone_lr,
+        recipe=recipe, epochs=epochs, head_epochs=head_epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, backbone_lr=backbone_lr,
         unfreeze_blocks=unfreeze_blocks, layer_decay=layer_decay, optimizer=optimizer, weight_decay=weight_decay,
         label_smoothing=label_smoothing, schedule=schedule, warmup_epochs=warmup_epochs, patience=patience,
         class_weight=class_weight, ema=ema, val_split=val_split, seed=seed, precision=precision, device=device,
@@ -269,38 +280,57 @@ def _train(data, val_data, val_split, task, backbone, weights, recipe, epochs, h
     require_two_classes(train_set.labels, train_set.classes)
     if val_set is None:  # fail on a split that cannot be made before any directory is made
         stratified_split(train_set.labels, val_split, seed, train_set.classes)
-    if run is None:
-        run = _new_run_dir(out, Path(word_vectors or backbone).stem if task == "text" else backbone)
-        _write_json(run / RUN_FILE, {"args": {k: str(v) if isinstance(v, Path) else v for k, v in args.items()}})
-    handler = logging.FileHandler(run / "train.log", encoding="utf-8")
+    if run is None:  # made by rank 0 alone, its name shared with the other processes
+        made: Path | str = ""
+        if world.is_main:
+            try:
+                made = _new_run_dir(out, Path(word_vectors or backbone).stem if task == "text" else backbone)
+            except HeadstartError as exc:
+                made = str(exc)
+        made = distributed.broadcast(made)
+        if not isinstance(made, Path):
+            raise HeadstartError(made)
+        run = made
+        if world.is_main:
+            _write_json(run / RUN_FILE, {"args": {k: str(v) if isinstance(v, Path) else v for k, v in args.items()}})
+    handler = logging.FileHandler(run / "train.log", encoding="utf-8") if world.is_main else logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(handler)
     try:
         log.info("headstart %s: %s run directory %s", __version__, "resuming the" if resume else "new", run)
+        if world.enabled:
+            log.info("data parallel: %d processes (%s); batch %d split across them",
+                     world.size, torch_backend(), clf.config.batch_size)
         resolved = clf.config.resolved()
-        _write_json(run / "config.json", {
-            "task": task, "data": str(data), "val": str(val_data) if val_data else None, "backbone": backbone,
-            "weights": weights, "training": resolved.to_dict(),
-        })
+        if world.is_main:
+            _write_json(run / "config.json", {
+                "task": task, "data": str(data), "val": str(val_data) if val_data else None, "backbone": backbone,
+                "weights": weights, "training": resolved.to_dict(), "processes": world.size,
+            })
         store = None
         try:
-            with checkpointing(run / "checkpoints", resume=resume) as store:
+            with checkpointing(run / "checkpoints", resume=resume, enabled=world.is_main) as store:
                 fit()
         except TrainingInterrupted as exc:
             where = store.last_epoch() if store else None
             saved = f"the checkpoint holds {where}" if where else "no epoch had finished, so it starts from the beginning"
-            click.echo(f"\ninterrupted ({signal_name(exc.signum)}); {saved}.\nresume with: headstart train --resume {run}", err=True)
+            if world.is_main:
+                click.echo(f"\ninterrupted ({signal_name(exc.signum)}); {saved}.\nresume with: headstart train --resume {run}", err=True)
             raise SystemExit(128 + exc.signum) from None
-        model_dir = clf.save(run / "model")
-        shutil.rmtree(run / "checkpoints", ignore_errors=True)  # the model is complete
-        _write_json(run / "metrics.json", {
-            "history": clf.history_, "val": clf.val_metrics_, "data": clf.data_summary_,
-            "precision": clf.precision_, "train_seconds": round(clf.train_seconds_, 2),
-            "skipped": [{"path": p, "reason": r} for p, r in clf.skipped_],
-        })
+        if world.is_main:
+            model_dir = clf.save(run / "model")
+            shutil.rmtree(run / "checkpoints", ignore_errors=True)  # the model is complete
+            _write_json(run / "metrics.json", {
+                "history": clf.history_, "val": clf.val_metrics_, "data": clf.data_summary_,
+                "precision": clf.precision_, "train_seconds": round(clf.train_seconds_, 2),
+                "skipped": [{"path": p, "reason": r} for p, r in clf.skipped_], "processes": world.size,
+            })
+        distributed.finish()
     finally:
         log.removeHandler(handler)
         handler.close()
+    if not world.is_main:
+        return
     m = clf.val_metrics_
     click.echo(f"validation accuracy: {m['accuracy']:.4f}  macro F1: {m['macro_f1']:.4f}  (n={m['n']})")
     click.echo(f"model saved to {model_dir}")

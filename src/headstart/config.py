@@ -99,6 +99,7 @@ class TrainConfig(_JsonMixin):
     epochs: int | None = None
     head_epochs: int | None = None
     batch_size: int = 32
+    grad_accum: int = 1
     lr: float | None = None
     backbone_lr: float | None = None
     unfreeze_blocks: int = 2
@@ -143,6 +144,7 @@ class TrainConfig(_JsonMixin):
             if value is not None:
                 _positive(name, value, allow_zero=(name == "head_epochs"))
         _positive("batch_size", self.batch_size)
+        _positive("grad_accum", self.grad_accum)
         for name in ("lr", "backbone_lr"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))

@@ -300,13 +300,13 @@ def make_loader(
         num_workers=workers,
         collate_fn=collate,
         generator=generator,
-        worker_init_fn=_seed_worker,
+        worker_init_fn=seed_worker,
         persistent_workers=False,
         prefetch_factor=4 if workers else None,
     )
 
 
-def _seed_worker(worker_id: int) -> None:
+def seed_worker(worker_id: int) -> None:
     # Each worker's augmentation RNG follows from the loader's seed: same seed, same run.
     import random
 

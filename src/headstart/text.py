@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .cache import cached_features
 from .classifier import Classifier
 from .config import TrainConfig
@@ -33,6 +34,9 @@ log = logging.getLogger("headstart")
 
 class TextModel(nn.Module):
     """encoder -> mean or [CLS] pooling -> head."""
+
+    # the encoder's own pooler (BERT's) is never used: data-parallel training must know
+    has_unused_parameters = True
 
     def __init__(self, encoder: nn.Module, num_classes: int, head_cfg):
         super().__init__()
@@ -104,16 +108,21 @@ def by_length(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
 @torch.inference_mode()
 def run_batches(fn, ids: list[list[int]], pad_id: int, batch_size: int, device, precision, progress=False, desc="") -> torch.Tensor:
     """``fn(batch)`` over all sequences in length order; rows back in input order (fp32)."""
-    lengths = np.array([len(s) for s in ids])
-    out: torch.Tensor | None = None
+    mine = np.asarray(distributed.shard(len(ids)))  # all of them in a single process
+    lengths = np.array([len(ids[i]) for i in mine])
+    rows, done = [], []
     for index in tqdm(by_length(lengths, batch_size), desc=desc, leave=False, disable=not progress):
+        index = mine[index]
         batch = {k: v.to(device) for k, v in pad([ids[i] for i in index], pad_id).items()}
         with autocast(device, precision):
-            y = fn(batch).float().cpu()
-        if out is None:
-            out = torch.empty((len(ids), y.shape[1]), dtype=torch.float32)
-        out[torch.as_tensor(index)] = y
-    assert out is not None
+            rows.append(fn(batch).float().cpu())
+        done.append(index)
+    if distributed.world().enabled:
+        local = torch.cat(rows) if rows else torch.empty(0, 0)
+        out, _, _ = distributed.gather_rows(local, np.concatenate(done) if done else np.empty(0, dtype=np.int64), [])
+        return out
+    out = torch.empty((len(ids), rows[0].shape[1]), dtype=torch.float32)
+    out[torch.as_tensor(np.concatenate(done))] = torch.cat(rows)
     return out
 
 
@@ -128,11 +137,12 @@ def train_on_tokens(
     """``train_loop`` over length-grouped, dynamically padded token batches, validated on
     ``val_ids`` each epoch."""
     lengths = np.array([len(s) for s in train_ids])
-    steps = math.ceil(len(train_ids) / cfg.batch_size)
+    steps = len(distributed.even_batches(length_grouped(lengths, cfg.batch_size, np.random.default_rng([cfg.seed, 1]))))
 
     def batches(epoch: int) -> Iterator[tuple[dict, torch.Tensor]]:
         rng = np.random.default_rng([cfg.seed, epoch])
-        for index in length_grouped(lengths, cfg.batch_size, rng):
+        for index in distributed.even_batches(length_grouped(lengths, cfg.batch_size, rng)):
+            index = distributed.local_part(index)
             yield pad([train_ids[i] for i in index], pad_id), y_train[torch.as_tensor(index)]
 
     def evaluate() -> tuple[float, float]:

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .config import TrainConfig
 from .cache import cached_features
-from .data import ImageDataset, ImageSet, default_num_workers, make_loader
+from .data import ImageDataset, ImageSet, seed_worker, collate, default_num_workers, make_loader
 from .errors import HeadstartError
 from .model import ImageModel, freeze_batchnorm, set_trainable
 from .transforms import eval_transform, train_transform
@@ -36,6 +36,7 @@ log = logging.getLogger("headstart")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    name = distributed.device_for(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -95,6 +96,7 @@ class EpochRecord:
     val_accuracy: float
     lr: float
     seconds: float
+    examples: int = 0  # trained on in the epoch, over all processes
 
 
 Batches = Callable[[int], Iterable[tuple[Any, torch.Tensor]]]
@@ -212,13 +214,14 @@ def train_loop(
     done = store.finished(phase_key) if store else None
     if done is not None:  # this phase finished before the run was interrupted
         module.load_state_dict(done["module"])
-        checkpoint.set_rng_state(done["rng"])
+        checkpoint.set_own_rng_state(done["rng"])
         log.info("%s: finished in the checkpoint; skipped", phase)
         return [EpochRecord(**r) for r in done["history"]]
 
     optimizer = make_optimizer(cfg.optimizer, groups)
-    total = epochs * steps_per_epoch
-    scheduler = warmup_schedule(optimizer, int(cfg.warmup_epochs * steps_per_epoch), total, cfg.schedule)
+    accum = cfg.grad_accum
+    updates = math.ceil(steps_per_epoch / accum)  # optimizer steps per epoch
+    scheduler = warmup_schedule(optimizer, int(cfg.warmup_epochs * updates), epochs * updates, cfg.schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     history: list[EpochRecord] = []
     best_key, best_state, stale = None, None, 0
@@ -235,7 +238,7 @@ def train_loop(
         history = [EpochRecord(**r) for r in running["history"]]
         best_key, best_state, stale = tuple(running["best_key"]), running["best_state"], running["stale"]
         first = running["epoch"] + 1
-        checkpoint.set_rng_state(running["rng"])
+        checkpoint.set_own_rng_state(running["rng"])
         log.info("%s: resuming after epoch %d from the checkpoint", phase, running["epoch"])
         if running["stopped"]:
             first = epochs + 1  # early stopping had ended this phase
@@ -246,6 +249,15 @@ def train_loop(
             best = max(history, key=lambda r: (r.val_accuracy, -r.val_loss))
             log.info("%s: restored the best epoch (%d, val acc %.4f)", phase, best.epoch, best.val_accuracy)
 
+    world = distributed.world()
+    # Data parallel: gradients averaged over the processes (frozen parameters excluded).
+    forward = module
+    if world.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        unused = getattr(module, "has_unused_parameters", False)
+        forward = nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused)
+
+    optimizer.zero_grad(set_to_none=True)  # a previous phase may have left gradients behind
     stopped = False
     for epoch in range(first, epochs + 1):
         start = time.perf_counter()
@@ -253,33 +265,45 @@ def train_loop(
         if on_train_start:
             on_train_start()
         seen, loss_sum, correct = 0, 0.0, 0
-        bar = tqdm(batches(epoch), total=steps_per_epoch, desc=f"{phase} {epoch}/{epochs}", leave=False, disable=not progress)
-        for x, y in bar:
+        bar = tqdm(batches(epoch), total=steps_per_epoch, desc=f"{phase} {epoch}/{epochs}", leave=False,
+                   disable=not progress or not world.is_main)
+        for step, (x, y) in enumerate(bar):
             x, y = to_device(x, device), y.to(device, non_blocking=True)
-            with autocast(device, precision):
-                logits = module(x)
-            loss = loss_fn(logits.float(), y)
-            if not torch.isfinite(loss):
-                restore_best()
-                kept = (
-                    f"; the best weights so far are kept in the checkpoint {str(store.path)!r}" if store and store.enabled and best_state is not None else ""
-                )
-                raise checkpoint.NonFiniteLoss(
-                    f"the training loss became {loss.item()} in {phase} epoch {epoch}; "
-                    f"lower the learning rate (--lr, --backbone-lr) or check the data{kept}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if average is not None:
-                average.update()
-            n = y.shape[0]
-            seen += n
-            loss_sum += loss.item() * n
-            correct += int((logits.argmax(1) == y).sum())
+            boundary = (step + 1) % accum == 0 or step + 1 == steps_per_epoch
+            sync = forward.no_sync() if world.enabled and not boundary else contextlib.nullcontext()
+            with sync:
+                with autocast(device, precision):
+                    logits = forward(x)
+                loss = loss_fn(logits.float(), y)
+                n = y.shape[0]
+                hits = int((logits.argmax(1) == y).sum())
+                # this process's share of the global batch, so the averaged gradient is the
+                # gradient of the whole batch; one small all-reduce also agrees on the loss
+                batch_loss, batch_n, batch_hits = distributed.all_sum([loss.item() * n, n, hits], device)
+                if not math.isfinite(batch_loss):
+                    restore_best()
+                    kept = (
+                        f"; the best weights so far are kept in the checkpoint {str(store.path)!r}"
+                        if store and store.enabled and best_state is not None else ""
+                    )
+                    raise checkpoint.NonFiniteLoss(
+                        f"the training loss became {batch_loss / batch_n} in {phase} epoch {epoch}; "
+                        f"lower the learning rate (--lr, --backbone-lr) or check the data{kept}"
+                    )
+                share = n * world.size / batch_n
+                scaler.scale(loss * (share / accum)).backward()
+            if boundary:
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                if average is not None:
+                    average.update()
+            seen += int(batch_n)
+            loss_sum += batch_loss
+            correct += int(batch_hits)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+        distributed.sync_buffers(module)
         with average.applied() if average is not None else contextlib.nullcontext():
             val_loss, val_acc = evaluate()
             score = (val_acc, -val_loss)
@@ -288,7 +312,7 @@ def train_loop(
                 best_state = copy.deepcopy(module.state_dict())
         record = EpochRecord(
             phase, epoch, loss_sum / max(seen, 1), correct / max(seen, 1), val_loss, val_acc,
-            optimizer.param_groups[0]["lr"], time.perf_counter() - start,
+            optimizer.param_groups[0]["lr"], time.perf_counter() - start, seen,
         )
         history.append(record)
         log.info(
@@ -365,6 +389,8 @@ def predict_logits(
 ) -> tuple[torch.Tensor, np.ndarray, list[tuple[int, str]]]:
     model.eval()
     chunks, indices, failed = [], [], []
+    if distributed.world().enabled:  # each process its shard; gathered below
+        dataset = torch.utils.data.Subset(dataset, distributed.shard(len(dataset)))
     for x, _, idx, bad in tqdm(
         make_loader(dataset, batch_size, num_workers=num_workers), desc="predict", leave=False, disable=not progress
     ):
@@ -375,6 +401,9 @@ def predict_logits(
         with autocast(device, precision):
             chunks.append(model(x).float().cpu())
         indices.append(idx.numpy())
+    if distributed.world().enabled:
+        rows = torch.cat(chunks) if chunks else torch.empty(0, 0)
+        return distributed.gather_rows(rows, np.concatenate(indices) if indices else np.empty(0, dtype=np.int64), failed)
     if not chunks:
         return torch.empty(0, 0), np.empty(0, dtype=np.int64), failed
     return torch.cat(chunks), np.concatenate(indices), failed
@@ -396,21 +425,41 @@ class RecipeResult:
         return [asdict(r) for r in self.history]
 
 
+def distributed_loader(dataset: ImageDataset, cfg: TrainConfig, epoch: int) -> torch.utils.data.DataLoader:
+    """This process's share of each global batch of a shuffled epoch (the same shuffle on
+    every process, from the seed and the epoch)."""
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    order = torch.randperm(len(dataset), generator=g).numpy()
+    batches = distributed.even_batches(order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size))
+    local = [distributed.local_part(b).tolist() for b in batches]
+    workers = default_num_workers() if cfg.num_workers is None else cfg.num_workers
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=local, num_workers=workers, collate_fn=collate,
+        generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + distributed.world().rank),
+        worker_init_fn=seed_worker, prefetch_factor=4 if workers else None,
+    )
+
+
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     weights = np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 0.0)
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def _tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> Batches:
+def _tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> tuple[Batches, int]:
+    """Shuffled batches of in-memory rows (this process's share of each), and their number."""
+    cuts = range(0, len(y), batch_size)
+    if distributed.world().enabled:
+        cuts = [int(b[0]) for b in distributed.even_batches(np.arange(len(y))[i : i + batch_size] for i in cuts)]
+
     def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(len(y), generator=g)
-        for i in range(0, len(order), batch_size):
-            j = order[i : i + batch_size]
+        for i, end in zip(cuts, [*cuts[1:], len(y)]):
+            j = distributed.local_part(order[i:end])
             yield x[j], y[j]
 
-    return batches
+    return batches, len(cuts)
 
 
 def recipe_setup(model: nn.Module, train_labels: np.ndarray, num_classes: int, cfg: TrainConfig):
@@ -447,9 +496,9 @@ def train_head(
         return loss_and_accuracy(head(x_val.to(device)).float(), y_val)
 
     log.info("training the head on %d cached feature vectors of width %d", len(y_train), x_train.shape[1])
+    batches, steps = _tensor_batches(x_train, y_train, batch, cfg.seed)
     return train_loop(
-        head, param_groups(head.named_parameters(), cfg.lr, cfg.weight_decay),
-        _tensor_batches(x_train, y_train, batch, cfg.seed), math.ceil(len(y_train) / batch),
+        head, param_groups(head.named_parameters(), cfg.lr, cfg.weight_decay), batches, steps,
         evaluate, cfg=cfg, epochs=epochs, phase="head", device=device, precision="fp32", loss_fn=loss_fn,
     )
 
@@ -509,10 +558,13 @@ def run_recipe(
         """Features of the frozen backbone, from the disk cache when this exact computation
         (weights, preprocessing, precision, view, image contents) was done before."""
         parts = {**cache_parts, **view, "precision": precision, "device": device.type} if cache_parts and cfg.cache else None
-        return cached_features(
-            parts, cfg.cache_dir, lambda: extract_features(frozen, dataset, seed=cfg.seed, desc=desc, **common),
-            paths=dataset.paths,
-        )
+        def compute():
+            if not distributed.world().enabled:
+                return extract_features(frozen, dataset, seed=cfg.seed, desc=desc, **common)
+            local = torch.utils.data.Subset(dataset, distributed.shard(len(dataset)))
+            return distributed.gather_rows(*extract_features(frozen, local, seed=cfg.seed, desc=desc, **common))
+
+        return cached_features(parts, cfg.cache_dir, compute, paths=dataset.paths)
 
     # Phase 1: the head on features of the frozen backbone, computed once.
     head_epochs = cfg.epochs if cfg.recipe == "linear-probe" else cfg.head_epochs
@@ -541,9 +593,14 @@ def run_recipe(
         groups = unfreeze(model, cfg, head_trained=bool(head_epochs))
         train_ds = ImageDataset(train.paths, train.labels, train_transform(preprocessing, cfg.augment))
         steps = math.ceil(len(train_ds) / cfg.batch_size)
+        if distributed.world().enabled:
+            n, size = len(train_ds), cfg.batch_size
+            steps = len(distributed.even_batches(np.arange(n)[i : i + size] for i in range(0, n, size)))
 
         def image_batches(epoch: int):
             loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed * 1_000_003 + epoch, num_workers=cfg.num_workers)
+            if distributed.world().enabled:
+                loader = distributed_loader(train_ds, cfg, epoch)
             for x, y, _, bad in loader:
                 if epoch == 1:
                     note_failed(train.paths, bad)

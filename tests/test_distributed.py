@@ -1,0 +1,123 @@
+"""Data-parallel training: 2 CPU processes (gloo) launched by torchrun, and the sharding rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import make_folder, make_texts
+from headstart import distributed, load
+from headstart.checkpoint import Checkpoints
+from headstart.config import TrainConfig
+from headstart.distributed import World
+from headstart.errors import HeadstartError
+from headstart.training import train_loop
+
+TINY_CLI = str(Path(__file__).parent / "tiny_cli.py")
+
+
+def torchrun(args: list, cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           TINY_CLI, *map(str, args)]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def check_written_once(run: Path, n_train: int) -> dict:
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.json", "model", "run.json", "train.log"]
+    log = (run / "train.log").read_text()
+    assert log.count("new run directory") == 1 and "data parallel: 2 processes (gloo)" in log
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["processes"] == 2
+    # every example trained on exactly once per epoch, over both processes
+    assert {r["examples"] for r in metrics["history"]} == {n_train}
+    return metrics
+
+
+def test_two_processes_image(tmp_path):
+    make_folder(tmp_path / "train", per_class=7)  # 21 images: uneven shards and a short last batch
+    make_folder(tmp_path / "val", per_class=5, seed=1)  # 15: uneven validation shards
+    p = torchrun(["train", "train", "--val", "val", "--backbone", "tiny-cnn", "--weights", "none",
+                  "--epochs", "2", "--head-epochs", "2", "--batch-size", "8", "--precision", "fp32",
+                  "--workers", "0", "--out", "run", "--no-cache"], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("validation accuracy:") == 1  # printed by rank 0 only
+    metrics = check_written_once(tmp_path / "run", 21)
+    # the validation numbers cover the whole validation set once: a single process agrees
+    single = load(tmp_path / "run" / "model").evaluate(tmp_path / "val")
+    assert metrics["val"]["n"] == single["n"] == 15
+    assert metrics["val"]["accuracy"] == pytest.approx(single["accuracy"])
+    assert metrics["val"]["confusion_matrix"] == single["confusion_matrix"]
+
+
+def test_two_processes_text(tiny_bert, tmp_path):
+    texts, labels = make_texts(37)
+    rows = "".join(f'"{t}",{l}\n' for t, l in zip(texts, labels))
+    (tmp_path / "train.csv").write_text("text,label\n" + rows)
+    vt, vl = make_texts(11, seed=5)
+    (tmp_path / "val.csv").write_text("text,label\n" + "".join(f'"{t}",{l}\n' for t, l in zip(vt, vl)))
+    p = torchrun(["train", "train.csv", "--val", "val.csv", "--backbone", tiny_bert, "--epochs", "2",
+                  "--batch-size", "8", "--grad-accum", "2", "--precision", "fp32", "--out", "run", "--no-cache"], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    metrics = check_written_once(tmp_path / "run", 37)
+    single = load(tmp_path / "run" / "model").evaluate(tmp_path / "val.csv")
+    assert metrics["val"]["n"] == single["n"] == 11
+    assert metrics["val"]["accuracy"] == pytest.approx(single["accuracy"])
+
+
+@pytest.fixture
+def rank1_of_2(monkeypatch):
+    monkeypatch.setattr(distributed, "_WORLD", World(rank=1, size=2, local_rank=1))
+
+
+def test_global_batches_are_dealt_out_and_never_leave_a_process_idle(rank1_of_2):
+    batches = [np.arange(0, 8), np.arange(8, 16), np.arange(16, 17)]
+    even = distributed.even_batches(batches)
+    assert [len(b) for b in even] == [8, 9]  # the single last example joined the batch before
+    assert distributed.local_part(even[1]).tolist() == [9, 11, 13, 15]
+    assert list(distributed.shard(5)) == [1, 3]
+    with pytest.raises(ValueError, match="cannot be shared by 2 processes"):
+        distributed.even_batches([np.arange(1)])
+
+
+def test_resume_needs_the_same_number_of_processes(tmp_path, monkeypatch):
+    store = Checkpoints(tmp_path)
+    store.save_finished("0-head", {"w": torch.zeros(1)}, [])
+    monkeypatch.setattr(distributed, "_WORLD", World(rank=0, size=2))
+    with pytest.raises(HeadstartError, match="written by 1 process.*same number.*has 2"):
+        Checkpoints(tmp_path, resume=True)
+
+
+def test_gradient_accumulation_equals_the_larger_batch():
+    x, y = torch.randn(32, 6, generator=torch.Generator().manual_seed(1)), torch.arange(32) % 3
+
+    def train(batch: int, accum: int) -> torch.Tensor:
+        torch.manual_seed(0)
+        module = nn.Linear(6, 3)
+        cfg = TrainConfig(task="image", lr=0.01, grad_accum=accum, patience=0, warmup_epochs=0).resolved()
+
+        def batches(epoch):
+            for i in range(0, 32, batch):
+                yield x[i : i + batch], y[i : i + batch]
+
+        calls = []
+
+        def evaluate():  # every epoch better than the last: the final weights are kept
+            calls.append(1)
+            return 0.0, float(len(calls))
+
+        groups = [{"params": list(module.parameters()), "lr": 0.01, "weight_decay": 0.0}]
+        train_loop(module, groups, batches, 32 // batch, evaluate, cfg=cfg, epochs=3, phase="head",
+                   device=torch.device("cpu"), precision="fp32", loss_fn=nn.CrossEntropyLoss())
+        return module.weight.detach().clone()
+
+    assert torch.allclose(train(8, 2), train(16, 1), atol=1e-6)
+    assert not torch.allclose(train(8, 1), train(16, 1), atol=1e-4)
