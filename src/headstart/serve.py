@@ -10,7 +10,8 @@ type (415), unreadable images and empty texts (422, with a message). Uploads are
 memory, never written to disk.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at run
+# time, and `Request` is imported inside create_app (FastAPI is an optional extra).
 
 import asyncio
 import json
@@ -281,6 +282,14 @@ def create_app(
                 texts = [data["text"]]
             else:
                 raise HTTPException(422, 'expected a JSON object {"text": "..."} or {"texts": ["...", ...]}')
+        elif media == "application/x-www-form-urlencoded":
+            from urllib.parse import parse_qsl
+
+            try:
+                fields = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=max_inputs + 10)
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise HTTPException(422, f"cannot read the form ({exc})") from None
+            texts = [v for k, v in fields if k in ("text", "texts")]
         else:
             form = await parse_form(request, body)
             texts = [v for k, v in form.multi_items() if k in ("text", "texts") and isinstance(v, str)]
@@ -325,7 +334,7 @@ def create_app(
         """Classify uploaded images (multipart/form-data, one or more files) or texts (JSON
         `{"text": ...}` or `{"texts": [...]}`). Returns the top-k labels of each input."""
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media not in ("multipart/form-data", "application/json"):
+        if media not in ("multipart/form-data", "application/json", "application/x-www-form-urlencoded"):
             raise HTTPException(
                 415, f"content type {media or 'none'!r} is not accepted; send multipart/form-data (images) or application/json (texts)"
             )
