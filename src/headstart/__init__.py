@@ -2,11 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .backbones import BackboneSpec, Preprocessing, list_backbones, register_backbone  # noqa: E402
-from .classifier import load  # noqa: E402
-from .config import HeadConfig, TrainConfig  # noqa: E402
 from .errors import HeadstartError  # noqa: E402
-from .image import ImageClassifier  # noqa: E402
 
 __all__ = [
     "BackboneSpec",
@@ -22,11 +18,31 @@ __all__ = [
     "__version__",
 ]
 
+# Imported on first use: torch takes a second to import and transformers several, and the
+# light ONNX predictor (headstart.runtime) must import on a machine without either.
+_LAZY = {
+    "BackboneSpec": "backbones",
+    "Preprocessing": "backbones",
+    "list_backbones": "backbones",
+    "register_backbone": "backbones",
+    "load": "classifier",
+    "HeadConfig": "config",
+    "TrainConfig": "config",
+    "ImageClassifier": "image",
+    "TextClassifier": "text",
+}
+
 
 def __getattr__(name: str):
-    # transformers takes seconds to import: only text users pay for it.
-    if name == "TextClassifier":
-        from .text import TextClassifier
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'headstart' has no attribute {name!r}")
+    import importlib
 
-        return TextClassifier
-    raise AttributeError(f"module 'headstart' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -116,6 +116,8 @@ def cli(debug: bool) -> None:
       headstart train photos/                      # photos/<class>/*.jpg
       headstart evaluate runs/<name>/model photos_test/
       headstart predict runs/<name>/model some.jpg more/ --top-k 3
+      headstart export runs/<name>/model --format onnx
+      headstart serve runs/<name>/model
       headstart backbones
     """
 
@@ -393,10 +395,22 @@ def _emit(as_json: bool, item: str, preds: list[tuple[str, float]]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON lines: {input, predictions: [{label, score}]}.")
 def predict(model_dir, inputs, top_k, as_json):
     """Predict labels. Image models: files or folders (searched recursively). Text models:
-    texts as arguments; '-' reads one text per line from standard input."""
-    from .classifier import load, top_k as take_top
+    texts as arguments; '-' reads one text per line from standard input.
 
-    clf = load(model_dir)
+    MODEL_DIR is a model directory, or an ONNX export (its directory or its model.onnx, from
+    `headstart export`), which runs with onnxruntime and needs no PyTorch."""
+    from .runtime import find_export, top_k as take_top
+
+    if find_export(model_dir) is not None:
+        from .runtime import OnnxClassifier, expand_image_paths
+
+        clf = OnnxClassifier.load(model_dir)
+        expand = expand_image_paths
+    else:
+        from .classifier import load
+
+        clf = load(model_dir)
+        expand = None
     if clf.task == "text":
         texts: list[str] = []
         for item in inputs:
@@ -407,9 +421,10 @@ def predict(model_dir, inputs, top_k, as_json):
         for text, row in zip(texts, probs):
             _emit(as_json, text, take_top(row, clf.classes_, top_k))
         return
-    from .image import expand_inputs
+    if expand is None:
+        from .image import expand_inputs as expand
 
-    items = expand_inputs(inputs)
+    items = expand(inputs)
     probs, errors = clf.predict_proba_items(items)
     failed = 0
     for item, row, error in zip(items, probs, errors):
@@ -423,6 +438,71 @@ def predict(model_dir, inputs, top_k, as_json):
         _emit(as_json, str(item), take_top(row, clf.classes_, top_k))
     if failed:
         raise HeadstartError(f"{failed} of {len(items)} input(s) could not be read")
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx", show_default=True,
+              help="onnx: runs with onnxruntime, no PyTorch needed. torchscript: torch.jit.load in any PyTorch.")
+@click.option("--out", type=click.Path(path_type=Path), help="Export directory [MODEL_DIR-onnx or MODEL_DIR-torchscript beside MODEL_DIR].")
+@click.option("--val", "val_data", type=click.Path(path_type=Path),
+              help="Data for the parity check (image folder / files, or a text table); generated inputs when omitted.")
+@click.option("--samples", type=click.IntRange(min=1), default=32, show_default=True, help="How many inputs the parity check compares.")
+@click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Largest allowed difference of any probability.")
+@click.option("--quiet", is_flag=True, help="Only the result.")
+def export(model_dir, fmt, out, val_data, samples, tolerance, quiet):
+    """Export a saved model to ONNX or TorchScript and check that the export matches it.
+
+    \b
+    The export directory holds the network (fp32; input pixel_values, or input_ids and
+    attention_mask with dynamic batch and sequence axes; output the probabilities), the
+    labels and preprocessing in headstart-export.json, a text model's tokenizer files, and
+    parity.json. The parity check predicts sample inputs with both and fails (exit 1) unless
+    every top-1 label agrees and no probability differs by more than --tolerance.
+    """
+    from .export import export_model
+
+    _setup_logging(quiet)
+    if val_data is not None and not val_data.exists():
+        raise DataError(f"--val {str(val_data)!r} does not exist")
+    result = export_model(model_dir, fmt, out, val=val_data, samples=samples, tolerance=tolerance)
+    click.echo(f"parity: {result.parity.summary}: passed")
+    click.echo(f"exported to {result.model_file} (parity report: {result.path / 'parity.json'})")
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0 exposes the server to the network).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True, help="Most inputs answered by one model call.")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="How long a batch waits for more requests after its first.")
+@click.option("--no-batching", is_flag=True, help="One model call per request.")
+@click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
+              help="Largest request body; larger ones get 413.")
+@click.option("--max-inputs", type=click.IntRange(min=1), default=32, show_default=True, help="Most images or texts in one request.")
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Labels per input when the request does not say.")
+def serve(model_dir, host, port, max_batch, max_wait_ms, no_batching, max_upload_mb, max_inputs, top_k):
+    """Serve a model over HTTP: a web page at /, POST /predict, GET /health, GET /labels,
+    API docs at /docs.
+
+    MODEL_DIR is a model directory or an ONNX export (from `headstart export`).
+
+    \b
+      curl -F files=@photo.jpg http://127.0.0.1:8000/predict
+      curl -H 'Content-Type: application/json' -d '{"texts": ["great film"]}' http://127.0.0.1:8000/predict
+    """
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise HeadstartError("serving needs FastAPI and uvicorn: pip install 'headstart[serve]'") from None
+    from .serve import serve as run_server
+
+    _setup_logging(False)
+    click.echo(f"serving {model_dir} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops", err=True)
+    run_server(model_dir, host=host, port=port, batching=not no_batching, max_batch=max_batch, max_wait_ms=max_wait_ms,
+               max_upload_mb=max_upload_mb, max_inputs=max_inputs, top_k=top_k)
 
 
 @cli.command()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -29,10 +28,10 @@ from .errors import BackboneError, DataError, HeadstartError
 from .model import Head, set_trainable
 from .textdata import TextSet
 from .training import RecipeResult, param_groups, recipe_setup
+from .words import PAD, UNK, TOKEN, word_ids  # 0 is padding, 1 an unknown word
 
 log = logging.getLogger("headstart")
 
-PAD, UNK = 0, 1
 SEQUENCE_ENCODERS = ("none", "bilstm", "cnn")
 WORD_POOLINGS = ("mean", "max", "mean+max")
 VOCAB_FILE = "vocab.json"
@@ -137,9 +136,8 @@ def load_word_vectors(name: str | None, path: str | Path | None) -> WordVectors:
 
 # --------------------------------------------------------------------------- tokenizer
 
-# Penn-Treebank-like rules, as GloVe and word2vec corpora were tokenised: punctuation apart,
-# "don't" -> "do n't", "it's" -> "it 's".
-_TOKEN = re.compile(r"[^\W\d_]+(?=n't\b)|n't\b|'(?:s|re|ve|ll|d|m)\b|\w+(?:[-.]\w+)*|[^\w\s]", re.IGNORECASE)
+# The rule lives in words.py (no torch) so the ONNX predictor splits text the same way.
+_TOKEN = TOKEN
 
 
 class WordTokenizer:
@@ -156,13 +154,8 @@ class WordTokenizer:
         return _TOKEN.findall(text.lower() if self.lowercase else text)
 
     def __call__(self, texts: Sequence[str], truncation: bool = True, max_length: int | None = None) -> dict[str, list[list[int]]]:
-        out = []
-        for text in texts:
-            ids = [self.index.get(t, UNK) for t in self.tokens(text)] or [UNK]
-            if truncation and max_length and len(ids) > max_length:
-                ids = ids[:max_length]
-            out.append(ids)
-        return {"input_ids": out}
+        limit = max_length if truncation else None
+        return {"input_ids": [word_ids(text, self.index, self.lowercase, limit) for text in texts]}
 
     def oov(self, texts: Sequence[str], top: int = 20) -> dict:
         """Share of word tokens without a vector, and the most frequent of them."""

@@ -1,0 +1,327 @@
+"""The light predictor: an exported ONNX model run with onnxruntime, without PyTorch.
+
+This module imports only numpy, Pillow, onnxruntime and (for transformer text models)
+Hugging Face ``tokenizers`` - never torch or transformers - so a machine that only predicts
+needs ``pip install 'headstart[onnx]'`` and none of the training stack. It reproduces the
+training-time preprocessing exactly: for images the decode rules of ``data.load_image`` and
+the evaluation transform of ``transforms.eval_transform`` (PIL resize of the short side to
+``input_size / crop_pct``, centre crop, scale to [0, 1], normalise); for text the saved
+tokenizer with the same truncation, and batches padded to their longest sequence. The
+export's parity check (``headstart export``) runs this very code against the PyTorch model.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import DataError, HeadstartError, ModelDirError
+
+EXPORT_FORMAT = "headstart-export"
+EXPORT_VERSION = 1
+EXPORT_CONFIG = "headstart-export.json"
+PARITY_FILE = "parity.json"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+
+ImageSource = Union[str, Path, bytes, Image.Image]
+
+_PIL_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+
+
+# --------------------------------------------------------------------------- images
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB by the rules of ``data.load_image``: EXIF orientation applied, 16-bit and
+    float images scaled by their range, transparency composited on white."""
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, rgba)
+    return im.convert("RGB")
+
+
+def decode_image(source: str | Path | bytes) -> Image.Image:
+    """Decode a file or the bytes of one into RGB; a decompression bomb, a truncated file or
+    something that is not an image raises :class:`DataError` with the reason."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+                im.load()
+                return to_rgb(im)
+    except UnidentifiedImageError:
+        raise DataError("not an image (or an image format Pillow cannot read)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"too many pixels (more than {Image.MAX_IMAGE_PIXELS}; decompression bomb guard)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"unreadable image ({exc})") from None
+
+
+def preprocess_image(im: Image.Image, pre: dict[str, Any]) -> np.ndarray:
+    """One RGB image -> float32 CHW, exactly as torchvision's ``Resize(int(input_size /
+    crop_pct))``, ``CenterCrop(input_size)``, ``PILToTensor``, ``ConvertImageDtype``,
+    ``Normalize(mean, std)`` do it."""
+    size = int(pre["input_size"])
+    short = int(math.floor(size / float(pre["crop_pct"])))
+    w, h = im.size
+    # torchvision: the short side becomes `short`, the long side int(short * long / short_side)
+    if w <= h:
+        new_w, new_h = short, int(short * h / w)
+    else:
+        new_w, new_h = int(short * w / h), short
+    if (new_w, new_h) != (w, h):
+        im = im.resize((new_w, new_h), _PIL_FILTERS.get(pre.get("interpolation", "bicubic"), Image.BICUBIC))
+    arr = np.asarray(im, dtype=np.uint8)
+    if new_w < size or new_h < size:  # torchvision pads with zeros before cropping
+        pad_h, pad_w = max(size - new_h, 0), max(size - new_w, 0)
+        arr = np.pad(arr, ((pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2), (0, 0)))
+        new_h, new_w = arr.shape[:2]
+    top = int(round((new_h - size) / 2.0))
+    left = int(round((new_w - size) / 2.0))
+    arr = arr[top : top + size, left : left + size]
+    x = arr.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+    mean = np.asarray(pre["mean"], dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(pre["std"], dtype=np.float32).reshape(3, 1, 1)
+    return (x - mean) / std
+
+
+def expand_image_paths(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given; folders searched recursively for image files (hidden files skipped),
+    in sorted order - the rule of ``image.expand_inputs``, without torch."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
+            if not found:
+                raise DataError(f"folder {str(p)!r} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DataError(f"input {str(p)!r} does not exist")
+    return out
+
+
+# --------------------------------------------------------------------------- text
+
+
+class _WordTokens:
+    """The word-vector models' tokenizer (``vocab.json``), without torch."""
+
+    def __init__(self, path: Path, max_length: int):
+        from .words import word_ids
+
+        data = json.loads(path.read_text(encoding="utf-8"))
+        self.index = {w: i + 2 for i, w in enumerate(data["words"])}
+        self.lowercase = bool(data["lowercase"])
+        self.max_length = max_length
+        self._ids = word_ids
+
+    def __call__(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self._ids(t, self.index, self.lowercase, self.max_length) for t in texts]
+
+
+class _HFTokens:
+    """A Hugging Face fast tokenizer (``tokenizer.json``) with the model's truncation."""
+
+    def __init__(self, path: Path, max_length: int):
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(path))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=max_length)
+
+    def __call__(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """``input_ids`` and ``attention_mask`` (int64), padded to the longest sequence."""
+    width = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = s
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+# --------------------------------------------------------------------------- the predictor
+
+
+def find_export(path: str | Path) -> Path | None:
+    """The export directory of ``path`` (an export directory or the model file in one), or
+    None when ``path`` is not an export."""
+    p = Path(path)
+    directory = p.parent if p.is_file() else p
+    return directory if (directory / EXPORT_CONFIG).is_file() else None
+
+
+def read_export_config(directory: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((directory / EXPORT_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelDirError(f"{str(directory / EXPORT_CONFIG)!r} is unreadable ({exc})") from None
+    if config.get("format") != EXPORT_FORMAT:
+        raise ModelDirError(f"{str(directory / EXPORT_CONFIG)!r} is not a headstart export description")
+    if int(config.get("format_version", 0)) > EXPORT_VERSION:
+        raise ModelDirError(f"{str(directory)!r} was exported by a newer headstart; upgrade headstart")
+    return config
+
+
+def top_k(row: np.ndarray, labels: Sequence[str], k: int) -> list[tuple[str, float]]:
+    order = np.argsort(-row, kind="stable")[: max(1, k)]
+    return [(labels[int(i)], float(row[i])) for i in order]
+
+
+class OnnxClassifier:
+    """An exported headstart model run by onnxruntime, with the front of the PyTorch
+    classifiers: ``classes_``, ``task``, ``predict``, ``predict_proba``, ``predict_top_k``.
+
+    >>> clf = OnnxClassifier.load("runs/flowers/model-onnx")
+    >>> clf.predict("some.jpg")
+    'tulip'
+    """
+
+    runtime = "onnxruntime"
+
+    def __init__(self, directory: Path, config: dict[str, Any], *, threads: int | None = None, batch_size: int = 32):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise HeadstartError("running an ONNX model needs onnxruntime: pip install 'headstart[onnx]'") from None
+        self.directory, self.config = directory, config
+        self.task = config["task"]
+        self.classes_ = list(config["labels"])
+        self.batch_size = batch_size
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        model_file = directory / config["file"]
+        try:
+            self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
+            raise ModelDirError(f"onnxruntime cannot load {str(model_file)!r} ({str(exc).splitlines()[0]})") from None
+        self.output = config["outputs"][0]
+        if self.task == "image":
+            self.preprocessing = config["preprocessing"]
+        else:
+            text = config["text"]
+            self.pad_id = int(text["pad_id"])
+            tok_file = directory / text["tokenizer"]
+            if not tok_file.is_file():
+                raise ModelDirError(f"{str(directory)!r} lacks its tokenizer file {text['tokenizer']!r}")
+            maker = _WordTokens if text["kind"] == "word-vectors" else _HFTokens
+            self.tokenize = maker(tok_file, int(text["max_length"]))
+
+    @classmethod
+    def load(cls, path: str | Path, **kwargs: Any) -> "OnnxClassifier":
+        """Load an ONNX export: its directory, or the ``.onnx`` file in it."""
+        directory = find_export(path)
+        if directory is None:
+            raise ModelDirError(
+                f"{str(path)!r} is not a headstart export (no {EXPORT_CONFIG} beside it); "
+                "make one with `headstart export MODEL_DIR --format onnx`"
+            )
+        config = read_export_config(directory)
+        if config.get("model_format") != "onnx":
+            raise ModelDirError(
+                f"{str(directory)!r} holds a {config.get('model_format')} export; the light predictor runs ONNX exports "
+                "(`headstart export MODEL_DIR --format onnx`)"
+            )
+        parity = config.get("parity") or {}
+        if parity and not parity.get("passed", False):
+            raise ModelDirError(
+                f"the export in {str(directory)!r} failed its parity check against the PyTorch model "
+                f"({parity.get('summary', 'see parity.json')}); re-export it before using it"
+            )
+        return cls(directory, config, **kwargs)
+
+    # ------------------------------------------------------------------ running
+
+    def _run_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            x = np.stack([preprocess_image(im, self.preprocessing) for im in images[start : start + self.batch_size]])
+            out.append(self.session.run([self.output], {self.config["inputs"][0]: x})[0])
+        return np.concatenate(out).astype(np.float64)
+
+    def _run_texts(self, texts: Sequence[str]) -> np.ndarray:
+        seqs = self.tokenize(texts)
+        order = np.argsort([-len(s) for s in seqs], kind="stable")  # little padding per batch
+        probs = np.empty((len(seqs), len(self.classes_)), dtype=np.float64)
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            ids, mask = pad_batch([seqs[i] for i in index], self.pad_id)
+            probs[index] = self.session.run([self.output], {"input_ids": ids, "attention_mask": mask})[0]
+        return probs
+
+    def predict_proba_items(self, items: Sequence[ImageSource]) -> tuple[np.ndarray, list[str | None]]:
+        """Image models: probabilities of each item (NaN rows where one could not be
+        decoded) and each item's decode error (None when it decoded)."""
+        images: list[Image.Image] = []
+        rows: list[int] = []
+        errors: list[str | None] = [None] * len(items)
+        for i, item in enumerate(items):
+            try:
+                images.append(to_rgb(item) if isinstance(item, Image.Image) else decode_image(item))
+                rows.append(i)
+            except DataError as exc:
+                errors[i] = str(exc)
+        probs = np.full((len(items), len(self.classes_)), np.nan, dtype=np.float64)
+        if images:
+            probs[rows] = self._run_images(images)
+        return probs, errors
+
+    def predict_proba(self, inputs: Any) -> np.ndarray:
+        """Class probabilities, columns in ``classes_`` order: one row for one input, a 2-D
+        array for a list. Images: paths, bytes or PIL images; text: strings."""
+        single = isinstance(inputs, (str, Path, bytes, Image.Image))
+        items = [inputs] if single else list(inputs)
+        if not items:
+            return np.empty((0, len(self.classes_)))
+        if self.task == "image":
+            probs, errors = self.predict_proba_items(items)
+            bad = [f"{items[i] if not isinstance(items[i], (bytes, Image.Image)) else f'input {i + 1}'} ({e})"
+                   for i, e in enumerate(errors) if e]
+            if bad:
+                raise DataError(f"cannot read {len(bad)} image(s): {'; '.join(bad[:5])}")
+        else:
+            texts = [str(t) for t in items]
+            empty = [i for i, t in enumerate(texts) if not t.strip()]
+            if empty:
+                which = "the text" if single else f"text {empty[0] + 1} of {len(texts)}"
+                raise DataError(f"{which} is empty; there is nothing to classify")
+            probs = self._run_texts(texts)
+        return probs[0] if single else probs
+
+    def predict(self, inputs: Any) -> str | list[str]:
+        probs = self.predict_proba(inputs)
+        if probs.ndim == 1:
+            return self.classes_[int(probs.argmax())]
+        return [self.classes_[int(i)] for i in probs.argmax(1)]
+
+    def predict_top_k(self, inputs: Any, k: int = 3) -> list[list[tuple[str, float]]]:
+        probs = np.atleast_2d(self.predict_proba(inputs))
+        return [top_k(row, self.classes_, k) for row in probs]
+
+
+def load_onnx(path: str | Path, **kwargs: Any) -> OnnxClassifier:
+    """Load an ONNX export made by ``headstart export`` (directory or ``.onnx`` file)."""
+    return OnnxClassifier.load(path, **kwargs)

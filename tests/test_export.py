@@ -1,0 +1,322 @@
+"""Export to ONNX / TorchScript, the parity check, and the torch-free ONNX predictor."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from headstart import ImageClassifier, TextClassifier
+from headstart.cli import main
+from headstart.errors import HeadstartError, ModelDirError
+from headstart.export import export_model
+from headstart.runtime import EXPORT_CONFIG, OnnxClassifier, decode_image, preprocess_image, to_rgb
+
+from conftest import TINY, make_folder, make_image, make_texts
+
+pytest.importorskip("onnxruntime")
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(scope="module")
+def image_model(tmp_path_factory) -> Path:
+    """The tiny CNN trained one epoch by the library, saved."""
+    root = tmp_path_factory.mktemp("image-export")
+    folder = make_folder(root / "photos", per_class=6)
+    clf = ImageClassifier(backbone=TINY, weights="none", epochs=1, head_epochs=1, batch_size=8, precision="fp32",
+                          num_workers=0, seed=0, cache=False).fit(folder)
+    return clf.save(root / "model")
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory, tiny_bert) -> Path:
+    root = tmp_path_factory.mktemp("text-export")
+    texts, labels = make_texts(40)
+    clf = TextClassifier(backbone=str(tiny_bert), epochs=1, batch_size=8, lr=1e-2, precision="fp32", seed=0,
+                         cache=False).fit(texts, labels)
+    return clf.save(root / "model")
+
+
+@pytest.fixture(scope="module")
+def image_onnx(image_model, tmp_path_factory) -> Path:
+    return export_model(image_model, "onnx", tmp_path_factory.mktemp("exports") / "image-onnx", samples=10).path
+
+
+@pytest.fixture(scope="module")
+def text_onnx(text_model, tmp_path_factory) -> Path:
+    return export_model(text_model, "onnx", tmp_path_factory.mktemp("exports") / "text-onnx", samples=12).path
+
+
+def photos(root: Path) -> list[Path]:
+    """Real-looking files: JPEGs of odd sizes, a grey PNG, a transparent PNG."""
+    out = [make_image(root / f"p{i}.jpg", (40 * i, 200 - 30 * i, 90), size=(33 + 57 * i, 71 + 13 * i), seed=i) for i in range(4)]
+    Image.open(out[0]).convert("L").save(root / "grey.png")
+    rgba = Image.open(out[1]).convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(root / "alpha.png")
+    return out + [root / "grey.png", root / "alpha.png"]
+
+
+# --------------------------------------------------------------------------- image
+
+
+def test_image_onnx_export_files_parity_and_predictions(image_model, image_onnx, tmp_path):
+    files = sorted(p.name for p in image_onnx.iterdir())
+    assert files == ["headstart-export.json", "model.onnx", "parity.json"]
+    config = json.loads((image_onnx / EXPORT_CONFIG).read_text())
+    assert config["task"] == "image" and config["inputs"] == ["pixel_values"] and config["outputs"] == ["probabilities"]
+    assert config["labels"] == ["blue", "green", "red"]
+    assert config["preprocessing"]["input_size"] == 32 and config["preprocessing"]["resize_short_side"] == 32
+    parity = json.loads((image_onnx / "parity.json").read_text())
+    assert parity["passed"] and parity["n"] == 10 and parity["top1_agreement"] == 1.0
+    assert parity["max_abs_diff"] <= 1e-4 and "generated images" in parity["source"]
+
+    clf = ImageClassifier.load(image_model, precision="fp32")
+    onnx = OnnxClassifier.load(image_onnx / "model.onnx")  # the file works as well as its directory
+    paths = photos(tmp_path)
+    np.testing.assert_allclose(onnx.predict_proba(paths), clf.predict_proba(paths), atol=1e-5)
+    assert onnx.predict(paths) == clf.predict(paths)
+    assert onnx.predict_proba(paths[0]).shape == (3,)
+    assert onnx.predict_proba(paths[0].read_bytes()).shape == (3,)  # bytes, as the server passes them
+
+
+def test_image_torchscript_export(image_model, tmp_path):
+    result = export_model(image_model, "torchscript", tmp_path / "ts", samples=6)
+    assert result.model_file.name == "model.pt" and result.parity.passed
+    module = torch.jit.load(str(result.model_file))
+    clf = ImageClassifier.load(image_model, precision="fp32")
+    x = torch.randn(5, 3, 32, 32)  # any batch size
+    with torch.inference_mode():
+        expected = torch.softmax(clf.model_(x), 1)
+        np.testing.assert_allclose(module(x).numpy(), expected.numpy(), atol=1e-6)
+    with pytest.raises(ModelDirError, match="light predictor runs ONNX"):
+        OnnxClassifier.load(result.path)
+
+
+def test_parity_with_validation_folder_through_the_cli(image_model, tmp_path, capsys):
+    val = make_folder(tmp_path / "val", per_class=3, seed=7)
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", str(image_model), "--out", str(tmp_path / "e"), "--val", str(val), "--samples", "5", "--quiet"])
+    assert exit_.value.code == 0
+    assert "top-1 agreement 100.00% on 5 inputs" in capsys.readouterr().out
+    parity = json.loads((tmp_path / "e" / "parity.json").read_text())
+    assert parity["source"] == f"5 inputs from {val}"
+
+
+def test_temperature_is_baked_into_the_export(image_model, tmp_path):
+    model = shutil.copytree(image_model, tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    config["temperature"] = 2.5
+    (model / "config.json").write_text(json.dumps(config))
+    out = export_model(model, "onnx", tmp_path / "onnx", samples=4).path
+    assert json.loads((out / EXPORT_CONFIG).read_text())["temperature"] == 2.5
+    clf = ImageClassifier.load(model, precision="fp32")
+    paths = photos(tmp_path)
+    logits, rows, _ = clf._logits(paths)
+    expected = torch.softmax(logits.double() / 2.5, 1).numpy()
+    got = OnnxClassifier.load(out).predict_proba(paths)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert got.max() < torch.softmax(logits.double(), 1).numpy().max()  # flatter than at temperature 1
+
+    config["temperature"] = -1
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelDirError, match="positive"):
+        export_model(model, "onnx", tmp_path / "onnx2")
+
+
+def test_a_drifting_export_is_refused_and_kept_aside(image_model, image_onnx, tmp_path, monkeypatch):
+    import headstart.export as export
+
+    good = shutil.copytree(image_onnx, tmp_path / "good")
+    before = (good / "model.onnx").read_bytes()
+    real = export.reference_probs
+
+    def drifted(clf, inputs, temperature):
+        inputs, probs = real(clf, inputs, temperature)
+        probs = probs.copy()
+        probs[0] = probs[0][::-1]  # one input's classes swapped: the export now "disagrees"
+        probs[:, 0] += 1e-3
+        return inputs, probs
+
+    monkeypatch.setattr(export, "reference_probs", drifted)
+    with pytest.raises(HeadstartError, match="does not match the PyTorch model.*kept at"):
+        export_model(image_model, "onnx", good, samples=4)
+    assert (good / "model.onnx").read_bytes() == before  # the previous export is untouched
+    failed = tmp_path / "good.parity-failed"
+    report = json.loads((failed / "parity.json").read_text())
+    assert not report["passed"] and report["max_abs_diff"] > 1e-4 and report["disagreements"]
+    with pytest.raises(ModelDirError, match="failed its parity check"):
+        OnnxClassifier.load(failed)
+
+
+def test_export_refuses_to_overwrite_other_things(image_model, tmp_path):
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(HeadstartError, match="not a headstart export"):
+        export_model(image_model, "onnx", other)
+    assert (other / "keep.txt").read_text() == "mine"
+    with pytest.raises(ModelDirError, match="does not exist"):
+        export_model(tmp_path / "missing", "onnx")
+    with pytest.raises(HeadstartError, match="unknown export format"):
+        export_model(image_model, "tflite")
+    with pytest.raises(ModelDirError, match="not a headstart export"):
+        OnnxClassifier.load(image_model)
+
+
+# --------------------------------------------------------------------------- preprocessing parity
+
+
+@pytest.mark.parametrize("pre", [
+    dict(input_size=224, crop_pct=0.875, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic"),
+    dict(input_size=40, crop_pct=0.9, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), interpolation="bilinear"),
+    dict(input_size=48, crop_pct=1.15, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="nearest"),
+])
+def test_numpy_preprocessing_equals_torchvision(pre, tmp_path):
+    from headstart.backbones import Preprocessing
+    from headstart.data import load_image
+    from headstart.transforms import eval_transform
+
+    transform = eval_transform(Preprocessing(**pre))
+    for path in photos(tmp_path):
+        expected = transform(load_image(path)).numpy()
+        got = preprocess_image(decode_image(path), pre)
+        assert got.shape == expected.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=path.name)
+
+
+def test_decoding_equals_load_image(tmp_path):
+    from headstart.data import load_image
+
+    base = np.random.default_rng(0).integers(0, 255, (30, 50, 3), dtype=np.uint8)
+    cases = {
+        "rgba.png": Image.fromarray(base).convert("RGBA"),
+        "palette.gif": Image.fromarray(base).convert("P"),
+        "grey.png": Image.fromarray(base).convert("L"),
+        "deep.png": Image.fromarray((base[..., 0].astype(np.uint16) * 250)),
+        "cmyk.jpg": Image.fromarray(base).convert("CMYK"),
+    }
+    rgba = cases["rgba.png"]
+    rgba.putalpha(Image.fromarray(base[..., 1]))
+    rotated = Image.fromarray(base)
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90
+    rotated.save(tmp_path / "exif.jpg", exif=exif)
+    for name, im in cases.items():
+        im.save(tmp_path / name)
+    for name in [*cases, "exif.jpg"]:
+        path = tmp_path / name
+        np.testing.assert_array_equal(np.asarray(decode_image(path)), np.asarray(load_image(path)), err_msg=name)
+        np.testing.assert_array_equal(np.asarray(decode_image(path.read_bytes())), np.asarray(load_image(path)))
+    assert decode_image(tmp_path / "exif.jpg").size == (30, 50)
+    assert to_rgb(Image.open(tmp_path / "rgba.png")).mode == "RGB"
+
+
+# --------------------------------------------------------------------------- text
+
+
+def test_text_onnx_export_dynamic_axes_and_predictions(text_model, text_onnx):
+    import onnx
+    import onnxruntime as ort
+
+    assert {"tokenizer.json", "model.onnx", "headstart-export.json", "parity.json"} <= {p.name for p in text_onnx.iterdir()}
+    graph = onnx.load(str(text_onnx / "model.onnx")).graph
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
+    assert dims == {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "sequence"]}
+    config = json.loads((text_onnx / EXPORT_CONFIG).read_text())
+    assert config["text"]["max_length"] == 64 and config["text"]["kind"] == "transformer"
+    assert json.loads((text_onnx / "parity.json").read_text())["passed"]
+
+    clf = TextClassifier.load(text_model, precision="fp32")
+    texts = ["good great fun", "awful movie", "the plot was really boring and the actors bad", "Zyxwvut!", "love " * 80]
+    onnx_clf = OnnxClassifier.load(text_onnx)
+    np.testing.assert_allclose(onnx_clf.predict_proba(texts), clf.predict_proba(texts), atol=1e-5)
+    assert onnx_clf.predict("good great fun") == clf.predict("good great fun")
+    session = ort.InferenceSession(str(text_onnx / "model.onnx"), providers=["CPUExecutionProvider"])
+    for batch, length in [(1, 2), (3, 17), (2, 64)]:
+        ids = np.full((batch, length), 7, dtype=np.int64)
+        out = session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+        assert out.shape == (batch, 2)
+        np.testing.assert_allclose(out.sum(1), 1.0, atol=1e-5)
+    with pytest.raises(Exception, match="empty"):
+        onnx_clf.predict_proba(["fine", "  "])
+
+
+def test_text_torchscript_export(text_model, tmp_path):
+    result = export_model(text_model, "torchscript", tmp_path / "ts", samples=8)
+    assert result.parity.passed and (result.path / "tokenizer.json").is_file()
+    module = torch.jit.load(str(result.model_file))
+    clf = TextClassifier.load(text_model, precision="fp32")
+    ids = torch.tensor([[2, 7, 8, 9, 3, 0, 0], [2, 10, 11, 12, 13, 14, 3]])
+    mask = (ids != 0).long()
+    with torch.inference_mode():
+        expected = torch.softmax(clf.model_({"input_ids": ids, "attention_mask": mask}), 1)
+        np.testing.assert_allclose(module(ids, mask).numpy(), expected.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("encoder, pooling", [("bilstm", "mean+max"), ("cnn", "max")])
+def test_word_vector_models_export(encoder, pooling, tmp_path):
+    from test_wordvec import write_vectors
+
+    vectors = write_vectors(tmp_path / "vectors.txt", "glove")
+    texts, labels = make_texts(32)
+    clf = TextClassifier(word_vectors=str(vectors), sequence_encoder=encoder, pooling=pooling, hidden_size=8, epochs=2,
+                         batch_size=8, lr=1e-2, seed=0).fit(texts, labels)
+    model = clf.save(tmp_path / "model")
+    result = export_model(model, "onnx", tmp_path / "onnx", samples=12)
+    assert result.parity.passed and (result.path / "vocab.json").is_file()
+    probe = ["good fun, don't miss it!", "awful", "words nobody has vectors for"]
+    np.testing.assert_allclose(OnnxClassifier.load(result.path).predict_proba(probe), clf.predict_proba(probe), atol=1e-5)
+
+
+# --------------------------------------------------------------------------- without torch
+
+
+BLOCK_TORCH = textwrap.dedent("""
+    import importlib.abc, sys
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "torchvision", "transformers", "timm"):
+                raise ImportError(f"{name} is blocked: the light predictor must not import it")
+    sys.meta_path.insert(0, Block())
+""")
+
+
+def test_runtime_and_cli_predict_run_without_torch(image_onnx, text_onnx, tmp_path):
+    images = photos(tmp_path)
+    script = BLOCK_TORCH + textwrap.dedent(f"""
+        import json, sys
+        from headstart.runtime import OnnxClassifier
+        img = OnnxClassifier.load({str(image_onnx)!r})
+        txt = OnnxClassifier.load({str(text_onnx)!r})
+        out = {{"image": img.predict_proba({[str(p) for p in images]!r}).tolist(),
+               "text": txt.predict_proba(["good great fun", "awful movie"]).tolist()}}
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "torchvision", "timm"))
+        print(json.dumps({{"probs": out, "heavy": heavy}}))
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={"PYTHONPATH": SRC, "PATH": ""})
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["heavy"] == []
+    expected = OnnxClassifier.load(image_onnx).predict_proba(images)
+    np.testing.assert_allclose(result["probs"]["image"], expected, atol=1e-7)
+
+    cli = BLOCK_TORCH + "from headstart.cli import main\nmain()\n"
+    run = subprocess.run([sys.executable, "-c", cli, "predict", str(image_onnx / "model.onnx"), str(tmp_path), "--json"],
+                         capture_output=True, text=True, env={"PYTHONPATH": SRC, "PATH": ""})
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert len(lines) == len(images) and all(line["predictions"][0]["label"] in ("blue", "green", "red") for line in lines)
+    run = subprocess.run([sys.executable, "-c", cli, "predict", str(text_onnx), "good great fun", "--top-k", "2"],
+                         capture_output=True, text=True, env={"PYTHONPATH": SRC, "PATH": ""})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("good great fun\t") and run.stdout.count("positive") == 1
