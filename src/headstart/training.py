@@ -12,6 +12,7 @@ import contextlib
 import copy
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Iterator
@@ -59,6 +60,10 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
+    # `accelerate launch --mixed_precision bf16|fp16|no` chooses for an `auto` run
+    launched = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}.get(os.environ.get("ACCELERATE_MIXED_PRECISION", ""))
+    if name == "auto" and launched:
+        name = launched
     if name == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
