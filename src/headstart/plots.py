@@ -76,7 +76,7 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> 
     k = len(labels)
     rows = cm.sum(axis=1, keepdims=True)
     normalised = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    side = min(18.0, max(3.2, 0.45 * k + 1.8))
+    side = min(18.0, max(4.5, 0.45 * k + 1.8))
     annotate = k <= 25
     names = [_short(label) for label in labels]
     with plt.rc_context(_style()):
@@ -125,8 +125,8 @@ def class_distribution(splits: dict[str, dict[str, int]], labels: Sequence[str])
 
 def reliability_diagrams(panels: Sequence[tuple[str, dict[str, Any], float]]) -> bytes:
     """One reliability diagram per (title, bins from calibration.reliability, ECE):
-    accuracy per confidence bin against the diagonal of perfect calibration, with the
-    share of predictions in each bin underneath."""
+    accuracy per confidence bin (bars) and its mean confidence (red ticks) against the
+    diagonal of perfect calibration, with the share of predictions in each bin underneath."""
     plt = _plt()
     with plt.rc_context(_style()):
         fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 5.2), squeeze=False,
@@ -140,8 +140,8 @@ def reliability_diagrams(panels: Sequence[tuple[str, dict[str, Any], float]]) ->
             has = np.array([n > 0 for n in rel["count"]])
             ax = axes[0, col]
             ax.bar(centres[has], acc[has], width * 0.95, color="#4c72b0", label="accuracy")
-            ax.bar(centres[has], (conf - acc)[has], width * 0.95, bottom=acc[has], color="#dd8452", alpha=0.45,
-                   label="gap to confidence")
+            ax.hlines(conf[has], centres[has] - width * 0.45, centres[has] + width * 0.45, colors="#c44e52", lw=2.5,
+                      zorder=3, label="mean confidence")
             ax.plot([0, 1], [0, 1], ls="--", color="0.3", lw=1, label="perfect calibration")
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1)

@@ -43,6 +43,7 @@ MAX_NOTE_ITEMS = 10
 SNIPPET = 300
 THUMB = 128
 FIXED_COLUMNS = ["item", "label", "predicted", "confidence"]
+FIGURES = {"learning_curves", "confusion_matrix", "per_class", "class_distribution", "calibration"}
 
 
 def e(value: Any) -> str:
@@ -266,7 +267,7 @@ img.plot{max-width:100%;height:auto;display:block;margin:8px 0}
 .kv td:first-child{text-align:left;color:#656d76}
 .gallery{display:flex;flex-wrap:wrap;gap:10px}
 .card{border:1px solid #d0d7de;border-radius:6px;padding:6px;width:150px;font-size:.8em;background:#fff;overflow-wrap:anywhere}
-.card img{display:block;margin:0 auto 4px;max-width:128px;max-height:128px;width:auto;height:auto}
+.card img{display:block;margin:0 auto 4px;width:128px;height:128px;object-fit:contain;image-rendering:pixelated}
 .snippet{border-left:3px solid #d0d7de;padding:4px 10px;margin:8px 0;white-space:pre-wrap;overflow-wrap:anywhere}
 .true{color:#1a7f37} .pred{color:#cf222e}
 .note-error{color:#cf222e} .note-warning{color:#9a6700} .note-info{color:#656d76}
@@ -453,6 +454,8 @@ def _figures(task_history: Sequence[dict] | None, metrics: dict[str, Any], split
 def _write_outputs(out: Path, page: str, figures: dict[str, bytes]) -> Path:
     plots_dir = out / PLOTS_DIR
     plots_dir.mkdir(parents=True, exist_ok=True)
+    for name in FIGURES - set(figures):  # a figure this build cannot draw must not survive from an older one
+        (plots_dir / f"{name}.png").unlink(missing_ok=True)
     for name, data in figures.items():
         tmp = plots_dir / f".{name}.png.tmp"
         tmp.write_bytes(data)
