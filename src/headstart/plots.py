@@ -1,4 +1,4 @@
-"""The report's figures, drawn with matplotlib (Agg: no display needed) as PNG bytes.
+"""The report's figures, drawn with matplotlib's Agg canvas (no display needed) as PNG bytes.
 
 Labels are drawn as plain text: math parsing is off, so a label such as ``$5`` or
 ``<script>`` shows as written.
@@ -14,13 +14,27 @@ import numpy as np
 DPI = 110
 
 
-def _plt():
-    import matplotlib
+class _Matplotlib:
+    """``rc_context`` and ``subplots`` without pyplot: figures are plain ``Figure`` objects
+    drawn by the Agg canvas, so building a report never touches (or switches) the backend
+    of a notebook or GUI session the caller may be in."""
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    @staticmethod
+    def rc_context(rc):
+        import matplotlib
 
-    return plt
+        return matplotlib.rc_context(rc)
+
+    @staticmethod
+    def subplots(*args, figsize, **kwargs):
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(*args, **kwargs)
+
+
+def _plt() -> _Matplotlib:
+    return _Matplotlib()
 
 
 def _style():
@@ -28,10 +42,11 @@ def _style():
 
 
 def _png(fig) -> bytes:
-    plt = _plt()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 

@@ -314,7 +314,7 @@ def _mistakes_html(task: str, items: Sequence[str], labels: np.ndarray, probs: n
     return head + "".join(rows)
 
 
-def _notes_html(findings: Sequence[dict[str, Any]], check_ran: bool) -> str:
+def _notes_html(findings: Sequence[dict[str, Any]], check_ran: bool, intro: str | None = None) -> str:
     lines = []
     for f in findings:
         items = list(f.get("items") or [])
@@ -325,8 +325,8 @@ def _notes_html(findings: Sequence[dict[str, Any]], check_ran: bool) -> str:
             f'<li class="note-{sev}"><strong>{e(sev)}</strong> [{e(f.get("kind", ""))}] {e(f.get("message", ""))}'
             + (f"<ul>{shown}{more}</ul>" if items else "") + "</li>"
         )
-    source = ("The first notes come from <code>headstart check</code> (check.json); the rest from training."
-              if check_ran else "From training (no check.json in this run).")
+    source = intro or ("The first notes come from <code>headstart check</code> (check.json); the rest from training."
+                       if check_ran else "From training (no check.json in this run).")
     return f'<p class="muted">{source}</p><ul>' + "".join(lines) + "</ul>"
 
 
@@ -364,6 +364,7 @@ def render(
     predictions: tuple[list[str], np.ndarray, np.ndarray] | None,
     findings: Sequence[dict[str, Any]] | None,
     check_ran: bool = False,
+    notes_intro: str | None = None,
     footer: str = "",
 ) -> str:
     """The page. ``figures`` maps names (learning_curves, confusion_matrix, per_class,
@@ -427,7 +428,7 @@ def render(
         parts.append(f"<p>Not available: no {PREDICTIONS_FILE} in this run (it was trained by an older headstart).</p>")
     parts.append("</section>")
     if findings is not None:
-        parts += ['<section id="data-notes"><h2>Data notes</h2>', _notes_html(findings, check_ran), "</section>"]
+        parts += ['<section id="data-notes"><h2>Data notes</h2>', _notes_html(findings, check_ran, notes_intro), "</section>"]
     parts += [f'<p class="muted">{footer}</p>' if footer else "", "</main></body></html>", ""]
     return "\n".join(parts)
 
@@ -618,7 +619,7 @@ def evaluation_report(clf, model_dir: str | Path, data: Any, out_dir: str | Path
         title=f"evaluation of {Path(model_dir).resolve().name} on {Path(str(data)).name}", info=info, task=clf.task,
         metrics=metrics, metrics_key="metrics", eval_name=f"{data} ({metrics['n']} examples)",
         calibration={**calibration, "fitted": None}, calibration_key="calibration", splits=splits, figures=figures,
-        predictions=(items, labels, probs), findings=findings,
+        predictions=(items, labels, probs), findings=findings or None, notes_intro="Inputs that could not be read.",
         footer=f"Rebuild with <code>headstart evaluate {e(model_dir)} {e(data)} --report {e(out)}</code>.",
     )
     record = {"report": "evaluation", "model": str(model_dir), "data": str(data), "metrics": metrics,
