@@ -201,9 +201,13 @@ def data_findings(metrics: dict[str, Any], check: dict[str, Any] | None) -> list
         limit = notes.get("max_length")
         n_tr, n_va = (data.get("train") or {}).get("n") or 0, (data.get("val") or {}).get("n") or 0
         share = ((tr_cut or 0) + (va_cut or 0)) / max(1, n_tr + n_va)
-        out.append(_finding("warning" if share > 0.05 else "info", "truncated",
-                            f"{tr_cut or 0} training and {va_cut or 0} validation texts were cut at the token limit"
-                            + (f" of {limit}" if limit else "") + f" ({share:.1%}); the model never saw their ends"))
+        at = " at the token limit" + (f" of {limit}" if limit else "")
+        if tr_cut or va_cut:
+            out.append(_finding("warning" if share > 0.05 else "info", "truncated",
+                                f"{tr_cut or 0} training and {va_cut or 0} validation texts were cut{at} ({share:.1%}); "
+                                "the model never saw their ends"))
+        else:
+            out.append(_finding("info", "truncated", f"no text was cut{at}"))
     oov = data.get("oov")
     if oov:
         for split in ("train", "val"):
