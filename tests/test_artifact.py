@@ -11,7 +11,7 @@ from headstart.errors import HeadstartError, ModelDirError
 
 def test_save_load_identical_predictions(trained, folder, tmp_path):
     out = trained.save(tmp_path / "model")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["task"] == "image" and cfg["labels"] == ["blue", "green", "red"]
     assert cfg["preprocessing"]["input_size"] == 32 and cfg["backbone"]["arch"] == "test_efficientnet"

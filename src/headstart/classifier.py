@@ -13,6 +13,7 @@ import numpy as np
 
 from . import __version__
 from .artifact import read_config, save_model_dir
+from .calibration import check_temperature
 from .config import HeadConfig, TrainConfig
 from .errors import HeadstartError, ModelDirError
 from .evaluation import classification_metrics
@@ -34,6 +35,8 @@ class Classifier:
     """
 
     task = ""
+    # softmax(logits / temperature_): fitted on the validation set by ``fit``, 1.0 = none
+    temperature_ = 1.0
 
     def __init__(self, *, hidden: Sequence[int] = (), dropout: float = 0.2, pooling: str, progress: bool = False, **train: Any):
         self.head_config = HeadConfig(pooling=pooling, hidden=tuple(hidden), dropout=dropout)
@@ -61,9 +64,29 @@ class Classifier:
         probs = np.atleast_2d(self.predict_proba(inputs))
         return [top_k(row, self.classes_, k) for row in probs]
 
-    def _record_fit(self, result, train_summary: dict, val_summary: dict, skipped: int) -> None:
+    def _probabilities(self, logits) -> np.ndarray:
+        """Class probabilities from logits (a tensor or an array): softmax(logits / T)."""
+        from .calibration import apply_temperature
+
+        logits = logits.numpy() if hasattr(logits, "numpy") else np.asarray(logits)
+        if logits.size == 0:
+            return np.zeros(logits.shape, dtype=np.float64)
+        return apply_temperature(logits, self.temperature_)
+
+    def _record_fit(self, result, train_summary: dict, val_summary: dict, skipped: int,
+                    val_items: Sequence[str] | None = None) -> None:
+        """Keep what the fit learned about itself: history, a temperature fitted on the
+        validation output, validation metrics of the calibrated model, and the validation
+        predictions (with ``val_items`` naming each row) for reports."""
+        from .calibration import calibrate, log_probs
+
         self.history_ = result.history_dicts()
-        self.val_metrics_ = classification_metrics(result.val_labels, result.val_probs, self.classes_)
+        logits = log_probs(result.val_probs)
+        self.temperature_, self.calibration_ = calibrate(logits, result.val_labels)
+        self.val_labels_ = np.asarray(result.val_labels, dtype=np.int64)
+        self.val_probs_ = self._probabilities(logits)
+        self.val_items_ = list(val_items) if val_items is not None and len(val_items) == len(self.val_labels_) else None
+        self.val_metrics_ = classification_metrics(self.val_labels_, self.val_probs_, self.classes_)
         self.train_seconds_ = result.seconds
         self.precision_ = result.precision
         self.data_summary_ = {"train": train_summary, "val": val_summary, "skipped": skipped}
@@ -78,6 +101,7 @@ class Classifier:
             "task": self.task,
             "headstart_version": __version__,
             "labels": list(self.classes_),
+            "temperature": float(self.temperature_),
             **self._config(),
             "head": self.head_config.to_dict(),
             "training": self.config.to_dict(),
@@ -92,12 +116,24 @@ class Classifier:
                 "train_seconds": round(self.train_seconds_, 2),
                 "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
+            if getattr(self, "calibration_", None):
+                cfg["summary"]["calibration"] = self.calibration_
         return cfg
 
     def save(self, path: str | Path) -> Path:
-        """Write the model directory atomically (config.json + model.safetensors + extras)."""
+        """Write the model directory atomically: config.json + model.safetensors + extras
+        (tokenizer, vocabulary) + README.md, a model card."""
+        from .card import CARD_FILE, model_card
+
         self._check_fitted()
-        return save_model_dir(path, self.to_config(), self.model_.state_dict(), extra=self._write_files)
+        config = self.to_config()
+
+        def extra(directory: Path) -> None:
+            self._write_files(directory)
+            card = model_card(config, getattr(self, "val_metrics_", None))
+            (directory / CARD_FILE).write_text(card, encoding="utf-8")
+
+        return save_model_dir(path, config, self.model_.state_dict(), extra=extra)
 
     def _write_files(self, directory: Path) -> None:
         """Extra files for the model directory (written before it is renamed into place)."""
@@ -117,6 +153,7 @@ class Classifier:
             clf = cls.__new__(cls)
             Classifier.__init__(clf, hidden=head["hidden"], dropout=head["dropout"], pooling=head["pooling"], **training)
             clf.classes_ = list(config["labels"])
+            clf.temperature_ = check_temperature(config.get("temperature", 1.0))
         except (KeyError, TypeError, ValueError, HeadstartError) as exc:
             raise ModelDirError(f"{str(path)!r}/config.json is incomplete or malformed ({exc})") from None
         clf.saved_config_ = config

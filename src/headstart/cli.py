@@ -118,6 +118,7 @@ def cli(debug: bool) -> None:
       headstart predict runs/<name>/model some.jpg more/ --top-k 3
       headstart export runs/<name>/model --format onnx
       headstart serve runs/<name>/model
+      headstart report runs/<name>
       headstart backbones
     """
 
@@ -173,11 +174,12 @@ def cli(debug: bool) -> None:
 @click.option("--out", help="Run directory [runs/<backbone>-<time>].")
 @click.option("--quiet", is_flag=True, help="Only warnings and the final result.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars [on when stderr is a terminal].")
+@click.option("--log", "log_to", type=click.Choice(["tensorboard"]), help="Also log per-epoch scalars to TensorBoard (RUN_DIR/tensorboard; needs headstart[tensorboard]).")
 def train(data, val_data, val_split, task, backbone, weights, recipe, epochs, head_epochs, batch_size, grad_accum, lr,
           backbone_lr, unfreeze_blocks, layer_decay, optimizer, weight_decay, label_smoothing, schedule,
           warmup_epochs, patience, augment, class_weight, ema, hidden, dropout, pooling, cache_views, cache_dir, no_cache, compile_, text_column,
           label_column, max_length, encoding, word_vectors, sequence_encoder, hidden_size, precision, device, workers,
-          seed, out, quiet, progress, resume_run):
+          seed, out, quiet, progress, log_to, resume_run):
     """Train a classifier on DATA: a folder with one sub-folder per class (or a CSV of
     path,label) for images; a CSV, TSV or JSON Lines table of texts and labels for text.
 
@@ -195,7 +197,7 @@ def train(data, val_data, val_split, task, backbone, weights, recipe, epochs, he
 
 RUN_FILE = "run.json"
 # What may differ when a run is resumed: how it reports, not what it computes.
-_RESUME_FREE = {"quiet", "progress", "resume_run", "workers"}
+_RESUME_FREE = {"quiet", "progress", "resume_run", "workers", "log_to"}
 
 
 def _resumable_run(run: Path, params: dict) -> tuple[Path, dict]:
@@ -216,7 +218,7 @@ def _resumable_run(run: Path, params: dict) -> tuple[Path, dict]:
     for k in ("data", "val_data", "word_vectors"):
         saved[k] = Path(saved[k]) if saved.get(k) is not None else None
     saved["hidden"] = tuple(saved.get("hidden") or ())
-    saved.update({k: params[k] for k in ("quiet", "progress")})
+    saved.update({k: params[k] for k in ("quiet", "progress", "log_to")})
     if params["workers"] is not None:  # decoding workers do not change the result
         saved["workers"] = params["workers"]
     return run, saved
@@ -226,13 +228,14 @@ def _train(data, val_data, val_split, task, backbone, weights, recipe, epochs, h
            backbone_lr, unfreeze_blocks, layer_decay, optimizer, weight_decay, label_smoothing, schedule,
            warmup_epochs, patience, augment, class_weight, ema, hidden, dropout, pooling, cache_views, cache_dir, no_cache, compile_, text_column,
            label_column, max_length, encoding, word_vectors, sequence_encoder, hidden_size, precision, device, workers,
-           seed, out, quiet, progress, run: Path | None, resume: bool):
+           seed, out, quiet, progress, log_to, run: Path | None, resume: bool):
     args = {k: v for k, v in locals().items() if k not in ("run", "resume")}  # kept in run.json for --resume
     from . import distributed
     from .backbones import _REGISTRY as IMAGE_BACKBONES
     from .checkpoint import TrainingInterrupted, checkpointing
     from .data import require_two_classes, stratified_split
     from .encoders import is_encoder_name
+    from .report import PREDICTIONS_FILE, build_report, training_notes, write_predictions
 
     world = distributed.init(device)  # launched by torchrun / accelerate launch: one process of many
     _setup_logging(quiet or not world.is_main)
@@ -282,6 +285,10 @@ def _train(data, val_data, val_split, task, backbone, weights, recipe, epochs, h
     require_two_classes(train_set.labels, train_set.classes)
     if val_set is None:  # fail on a split that cannot be made before any directory is made
         stratified_split(train_set.labels, val_split, seed, train_set.classes)
+    if log_to == "tensorboard":
+        from .tblog import summary_writer_class
+
+        summary_writer_class()  # a missing package fails before any run directory is made
     if run is None:  # made by rank 0 alone, its name shared with the other processes
         made: Path | str = ""
         if world.is_main:
@@ -298,6 +305,12 @@ def _train(data, val_data, val_split, task, backbone, weights, recipe, epochs, h
     handler = logging.FileHandler(run / "train.log", encoding="utf-8") if world.is_main else logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(handler)
+    board = None
+    if log_to == "tensorboard" and world.is_main:
+        from .tblog import TensorBoardHandler
+
+        board = TensorBoardHandler(run / "tensorboard")
+        log.addHandler(board)
     try:
         log.info("headstart %s: %s run directory %s", __version__, "resuming the" if resume else "new", run)
         if world.enabled:
@@ -326,16 +339,29 @@ def _train(data, val_data, val_split, task, backbone, weights, recipe, epochs, h
                 "history": clf.history_, "val": clf.val_metrics_, "data": clf.data_summary_,
                 "precision": clf.precision_, "train_seconds": round(clf.train_seconds_, 2),
                 "skipped": [{"path": p, "reason": r} for p, r in clf.skipped_], "processes": world.size,
+                "temperature": clf.temperature_, "calibration": clf.calibration_,
+                "data_notes": training_notes(clf, train_set, val_set),
             })
+            if clf.val_items_ is not None:
+                items = [str(Path(i).absolute()) for i in clf.val_items_] if task == "image" else clf.val_items_
+                write_predictions(run / PREDICTIONS_FILE, items, clf.val_labels_, clf.val_probs_, clf.classes_)
         distributed.finish()
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        for h in (handler, board):
+            if h is not None:
+                log.removeHandler(h)
+                h.close()
     if not world.is_main:
         return
     m = clf.val_metrics_
     click.echo(f"validation accuracy: {m['accuracy']:.4f}  macro F1: {m['macro_f1']:.4f}  (n={m['n']})")
     click.echo(f"model saved to {model_dir}")
+    try:
+        click.echo(f"report: {build_report(run)}")
+    except Exception as exc:  # noqa: BLE001 - the model is saved; a report problem must not hide that
+        if click.get_current_context().find_root().params.get("debug"):
+            raise
+        click.echo(f"warning: the report could not be built ({exc}); retry with `headstart report {run}`", err=True)
 
 
 @cli.command()
@@ -361,7 +387,9 @@ def demo(ctx, data_dir, out, epochs):
 @click.option("--text-column", help="Text models: the text column [the one used in training, else auto].")
 @click.option("--label-column", help="The label column [auto].")
 @click.option("--encoding", help="Text models: file encoding when not UTF-8.")
-def evaluate(model_dir, data, as_json, text_column, label_column, encoding):
+@click.option("--report", "report_dir", type=click.Path(path_type=Path),
+              help="Also write an HTML report (confusion matrix, per-class scores, calibration, mistakes) to this directory.")
+def evaluate(model_dir, data, as_json, text_column, label_column, encoding, report_dir):
     """Evaluate a saved model on labelled DATA (image folder / CSV of path,label, or a text table)."""
     from .classifier import load
     from .evaluation import format_metrics
@@ -371,13 +399,29 @@ def evaluate(model_dir, data, as_json, text_column, label_column, encoding):
         clf.text_column = text_column or clf.text_column
         clf.label_column = label_column or clf.label_column
         clf.encoding = encoding
-    metrics = clf.evaluate(data)
+    if report_dir is not None:
+        from .report import evaluation_report
+
+        page, metrics = evaluation_report(clf, model_dir, data, report_dir)
+        click.echo(f"report: {page}", err=True)
+    else:
+        metrics = clf.evaluate(data)
     if as_json:
         click.echo(json.dumps(metrics, ensure_ascii=False))
     else:
         click.echo(format_metrics(metrics))
         if metrics["skipped"]:
             click.echo(f"\n{len(metrics['skipped'])} input(s) skipped (see --json for the list)")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+def report(run_dir):
+    """(Re)build RUN_DIR/report.html, RUN_DIR/plots/ and the model card RUN_DIR/model/README.md
+    from a training run's files, without retraining."""
+    from .report import build_report
+
+    click.echo(f"report: {build_report(run_dir)}")
 
 
 def _emit(as_json: bool, item: str, preds: list[tuple[str, float]]) -> None:

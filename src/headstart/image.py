@@ -113,12 +113,16 @@ class ImageClassifier(Classifier):
         )
         self.config = cfg
         self.skipped_ += result.failed
+        # the rows of the validation output: the validation images that decoded, in order
+        failed = {path for path, _ in result.failed}
+        val_items = [str(p) for p in val_set.paths if str(p) not in failed]
         val_source = val_set.source if val is not None else f"{cfg.val_split:.0%} stratified split of train, seed {cfg.seed}"
         self._record_fit(
             result,
             {"source": train_set.source or str(data), "n": len(train_set), "per_class": train_set.class_counts()},
             {"source": val_source, "n": len(val_set), "per_class": val_set.class_counts()},
             len(self.skipped_),
+            val_items=val_items,
         )
         return self
 
@@ -176,7 +180,7 @@ class ImageClassifier(Classifier):
         logits, rows, failed = self._logits(items)
         probs = np.full((len(items), len(self.classes_)), np.nan, dtype=np.float64)
         if len(rows):
-            probs[rows] = torch.softmax(logits, 1).numpy()
+            probs[rows] = self._probabilities(logits)
         errors: list[str | None] = [None] * len(items)
         for i, reason in failed:
             errors[i] = reason
@@ -193,15 +197,23 @@ class ImageClassifier(Classifier):
 
     def evaluate(self, data: str | Path | ImageSet) -> dict[str, Any]:
         """Metrics on labelled data whose class names the model knows."""
+        items, labels, logits, skipped = self.labelled_outputs(data)
+        metrics = classification_metrics(labels, self._probabilities(logits), self.classes_)
+        metrics["skipped"] = skipped
+        return metrics
+
+    def labelled_outputs(self, data: str | Path | ImageSet) -> tuple[list[str], np.ndarray, np.ndarray, list[dict]]:
+        """For labelled data: the images that decoded, their labels, the model's logits
+        (before the temperature), and the files skipped with the reason."""
         self._check_fitted()
         dataset = data if isinstance(data, ImageSet) else scan_folder(data, classes=self.classes_)
         logits, rows, failed = self._logits(dataset.paths)
-        probs = torch.softmax(logits, 1).numpy()
-        metrics = classification_metrics(dataset.labels[rows], probs, self.classes_)
-        metrics["skipped"] = [{"path": p, "reason": r} for p, r in dataset.skipped] + [
+        skipped = [{"path": p, "reason": r} for p, r in dataset.skipped] + [
             {"path": str(dataset.paths[i]), "reason": r} for i, r in failed
         ]
-        return metrics
+        if len(rows) == 0:
+            logits = torch.empty(0, len(self.classes_))
+        return [str(dataset.paths[i]) for i in rows], dataset.labels[rows], logits.numpy(), skipped
 
     # ------------------------------------------------------------------ persistence
 

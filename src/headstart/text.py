@@ -343,6 +343,7 @@ class TextClassifier(Classifier):
             {"source": train_set.source, "n": len(train_set), "per_class": train_set.class_counts(), "truncated": self.truncated_["train"]},
             {"source": val_source, "n": len(val_set), "per_class": val_set.class_counts(), "truncated": self.truncated_["val"]},
             len(self.skipped_),
+            val_items=val_set.texts,
         )
         if oov is not None:
             self.data_summary_["oov"] = oov
@@ -404,17 +405,23 @@ class TextClassifier(Classifier):
     def predict_proba(self, inputs: str | Sequence[str]) -> np.ndarray:
         """Class probabilities, columns in ``classes_`` order."""
         texts, single = self._texts(inputs)
-        probs = torch.softmax(self._logits(texts), 1).numpy().astype(np.float64)
+        probs = self._probabilities(self._logits(texts))
         return probs[0] if single else probs
 
     def evaluate(self, data: Any, labels: Sequence[Any] | None = None) -> dict[str, Any]:
         """Metrics on labelled data (file, DataFrame, or texts + labels)."""
+        items, y, logits, skipped = self.labelled_outputs(data, labels)
+        metrics = classification_metrics(y, self._probabilities(logits), self.classes_)
+        metrics["skipped"] = skipped
+        return metrics
+
+    def labelled_outputs(self, data: Any, labels: Sequence[Any] | None = None) -> tuple[list[str], np.ndarray, np.ndarray, list[dict]]:
+        """For labelled data: the texts, their labels, the model's logits (before the
+        temperature), and the rows skipped with the reason."""
         self._check_fitted()
         dataset = self._read(data, labels, classes=self.classes_)
-        probs = torch.softmax(self._logits(dataset.texts), 1).numpy()
-        metrics = classification_metrics(dataset.labels, probs, self.classes_)
-        metrics["skipped"] = [{"path": p, "reason": r} for p, r in dataset.skipped]
-        return metrics
+        logits = self._logits(dataset.texts).numpy()
+        return list(dataset.texts), dataset.labels, logits, [{"path": p, "reason": r} for p, r in dataset.skipped]
 
     # ------------------------------------------------------------------ persistence
 

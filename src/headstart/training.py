@@ -323,6 +323,7 @@ def train_loop(
         log.info(
             "%s epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs",
             phase, epoch, epochs, record.train_loss, record.train_accuracy, val_loss, val_acc, record.seconds,
+            extra={"epoch_record": record},
         )
         if improved:
             best_key, stale = score, 0
