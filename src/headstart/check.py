@@ -45,6 +45,7 @@ IMBALANCE_WARNING = 10.0  # largest / smallest class size from which imbalance i
 FULL_DECODE_BYTES = 8 << 20  # non-JPEG/PNG images under this size are decoded fully
 ITEM_CHARS = 200  # texts quoted in findings are cut to this many characters
 SHOWN_ITEMS = 5  # items printed per finding in the human summary (all are in --json)
+LOGGED_FILES = 50  # unreadable files named in the training log (all are in check.json)
 
 # Kinds that --strict refuses besides every error: files training would silently skip.
 STRICT_KINDS = frozenset({"unreadable", "leakage"})
@@ -129,7 +130,12 @@ class CheckReport:
         seconds = self.extra.get("seconds")
         lines = [f"check: {line}" for line in self.split_lines()]
         lines.append(f"check: {self.counts()}" + (f" ({seconds:.1f} s)" if seconds is not None else ""))
-        lines += [f"check: {f.severity}: {f.message}" for f in self.findings]
+        for f in self.findings:
+            lines.append(f"check: {f.severity}: {f.message}")
+            if f.kind == "unreadable":  # the files training skips are always named in the log
+                lines += [f"check:   {_one_line(item)}" for item in f.items[:LOGGED_FILES]]
+                if len(f.items) > LOGGED_FILES:
+                    lines.append(f"check:   ... and {len(f.items) - LOGGED_FILES} more")
         return lines
 
 
@@ -310,7 +316,18 @@ def _inspect_image(path: Path, full_decode: bool) -> _ImageFacts:
         facts.problem = "too many pixels (decompression bomb guard)"
     except Exception as exc:  # noqa: BLE001 - any failure to read is a finding, never a crash
         facts.problem = f"does not decode: {exc}" if facts.format else f"unreadable: {exc}"
+        if facts.format and not full_decode and _decodes(path):
+            facts.problem = None  # damaged only where training does not look (a PNG cut after its pixels)
     return facts
+
+
+def _decodes(path: Path) -> bool:
+    """Whether training's own decoder reads the file: the judge when a cheap check fails."""
+    try:
+        load_image(path)
+    except Exception:  # noqa: BLE001
+        return False
+    return True
 
 
 def _inspect_all(paths: Sequence[Path], full_decode: bool, workers: int | None) -> list[_ImageFacts]:
