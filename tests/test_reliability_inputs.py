@@ -75,7 +75,7 @@ def one_pixel(path: Path) -> None:
 
 
 def png_named_jpg(path: Path) -> None:
-    make_image(path, COLORS["red"], fmt="PNG")
+    make_image(path, COLORS["red"], fmt="PNG", seed=99)
 
 
 def image_folder(tmp_path: Path, classes=("red", "green", "blue")) -> Path:
@@ -142,7 +142,20 @@ def _duplicates_within(tmp_path: Path) -> list:
     return [root, "--val-split", "0.25"]
 
 
+def _paths_csv(extra_lines: str) -> Callable[[Path], list]:
+    def build(tmp_path: Path) -> list:
+        root = image_folder(tmp_path)
+        lines = ["path,label"] + [f"{p.relative_to(root)},{p.parent.name}" for p in sorted(root.rglob("*.png"))]
+        (root / "train.csv").write_text("\n".join(lines) + "\n" + extra_lines, encoding="utf-8")
+        return [root / "train.csv"]
+    return build
+
+
 IMAGE_CASES = {
+    "csv listing a missing file": Case(_paths_csv("red/gone.png,red\n"), 0, {"unreadable"}, "gone.png (file not found)", 0, "",
+                                       strict_code=1),
+    "csv of paths with bad quoting": Case(_paths_csv('"red/red_0.png,red\n'), 1, {"unusable-data"}, "malformed CSV", 1,
+                                          "check the quoting"),
     "truncated jpeg": Case(_in_red(truncated_jpeg, "trunc.jpg"), 0, {"unreadable"}, "trunc.jpg", 0, "", strict_code=1),
     "zero-byte file": Case(_in_red(_empty, "empty.jpg"), 0, {"unreadable"}, "empty file", 0, "", strict_code=1),
     "text file named .jpg": Case(_in_red(_text, "notes.jpg"), 0, {"unreadable"}, "not an image", 0, "", strict_code=1),
@@ -153,7 +166,7 @@ IMAGE_CASES = {
     "exif-rotated photo": Case(_in_red(exif_rotated, "rotated.jpg"), 0, {"conversions"}, "1 turned upright by their EXIF orientation", 0, "",
                                absent={"unreadable"}),
     "png named .jpg": Case(_in_red(png_named_jpg, "really_a_png.jpg"), 0, {"wrong-extension"}, "really_a_png.jpg (a PNG file)", 0, "",
-                           absent={"unreadable"}),
+                           absent={"unreadable", "duplicates"}),
     "one class": Case(_one_class, 1, {"single-class"}, "needs at least two", 1, "found only one class ('red')"),
     "empty class folder": Case(_empty_class, 1, {"empty-class"}, "yellow", 1, "1 class has no readable images"),
     "class of unreadable files": Case(_class_of_broken_files, 1, {"empty-class", "unreadable"}, "yellow", 1, "1 class has no readable images"),
@@ -336,6 +349,7 @@ def test_html_in_labels_and_file_names_is_kept_verbatim(tmp_path, capsys, tiny_b
     code, _, err = run(capsys, "train", root, *IMAGE_ARGS, "--out", tmp_path / "run")
     assert code == 0, err
     assert label in json.loads((tmp_path / "run" / "check.json").read_text())["splits"]["train"]["per_class"]
+    assert label in json.loads((tmp_path / "run" / "model" / "config.json").read_text())["labels"]
 
     script = "<script>alert('x')</script>"
     rows = [(t, script if l == "positive" else l) for t, l in _reviews()] + [(script + " & <b>", "negative")] * 2
@@ -345,3 +359,22 @@ def test_html_in_labels_and_file_names_is_kept_verbatim(tmp_path, capsys, tiny_b
     assert script in report["splits"]["train"]["per_class"]
     dup = next(f for f in report["findings"] if f["kind"] == "duplicates")
     assert dup["items"] == [f"{script} & <b> = {script} & <b>"]
+
+
+@pytest.mark.slow
+def test_check_on_flowers5_is_fast_and_finds_its_duplicates(capsys):
+    import time
+
+    from conftest import requires_shared
+
+    root = requires_shared("flowers5")
+    start = time.perf_counter()
+    code, out, _ = run(capsys, "check", root, "--json")
+    seconds = time.perf_counter() - start
+    report = json.loads(out)
+    assert sum(s["items"] for s in report["splits"].values()) == 4064
+    kinds = {f["kind"] for f in report["findings"]}
+    # the redistributed set holds the same photo under rose and tulip, and a few copies
+    assert {"duplicates", "conflicting-labels", "ignored-files"} <= kinds and "unreadable" not in kinds
+    assert code == (1 if "leakage" in kinds else 0)
+    assert seconds < 120, seconds  # a few seconds on a 2-core CPU

@@ -145,6 +145,15 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word[:-1]}ies" if word.endswith("y") else f"{n} {word}{'es' if word.endswith('s') else 's'}"
 
 
+def _s(n: int, verb: str) -> str:
+    """The verb agreeing with a count: 1 text contains, 2 texts contain."""
+    if n != 1:
+        return verb
+    if verb.endswith("y"):
+        return verb[:-1] + "ies"
+    return verb + "es" if verb.endswith(("ch", "sh", "s")) else verb + "s"
+
+
 def _one_line(item: str) -> str:
     return item.replace("\r", "\\r").replace("\n", "\\n")
 
@@ -233,7 +242,7 @@ def _duplicate_findings(
                                 [show(g) for g in within]))
     if conflicting:
         findings.append(Finding("warning", f"{kind}conflicting-labels",
-                                f"{_plural(len(conflicting), 'group')} of {'identical' if exact else 'near-identical'} {noun} carry different labels",
+                                f"{_plural(len(conflicting), 'group')} of {'identical' if exact else 'near-identical'} {noun} {_s(len(conflicting), 'carry')} different labels",
                                 [show(g) + " (" + ", ".join(sorted({labels[s][i] for s, i in g})) + ")" for g in conflicting]))
     if leaking:
         n_val = sum(1 for g in leaking for s, _ in g if s == "val")
@@ -242,7 +251,7 @@ def _duplicate_findings(
                                     f"{'is' if n_val == 1 else 'are'} identical to training {noun}: validation accuracy is inflated; remove them from one side",
                                     [show(g) for g in leaking]))
         else:
-            findings.append(Finding("warning", "near-leakage", f"{_plural(n_val, 'validation item')} match training {noun} "
+            findings.append(Finding("warning", "near-leakage", f"{_plural(n_val, 'validation item')} {_s(n_val, 'match')} training {noun} "
                                     "after ignoring case and whitespace", [show(g) for g in leaking]))
     return findings
 
@@ -453,7 +462,7 @@ def check_texts(train: TextSet, val: TextSet | None = None, *, findings: Sequenc
         variants[normalise(c)].add(c)
     clash = [" = ".join(repr(c) for c in sorted(v)) for v in variants.values() if len(v) > 1]
     if clash:
-        out.append(Finding("warning", "label-variants", f"{_plural(len(clash), 'group')} of labels differ only by case or whitespace "
+        out.append(Finding("warning", "label-variants", f"{_plural(len(clash), 'group')} of labels {_s(len(clash), 'differ')} only by case or whitespace "
                            "and are trained as different classes; make them one label", clash))
 
     all_texts = [t for s in sets.values() for t in s.texts]
@@ -461,13 +470,13 @@ def check_texts(train: TextSet, val: TextSet | None = None, *, findings: Sequenc
     mojibake = [_quote(t) for t in all_texts if looks_mojibake(t)] + [f"label {c!r}" for c in train.classes if looks_mojibake(c)]
     control = [_quote(t) for t in all_texts if _control_chars(t)]
     if replacement:
-        out.append(Finding("warning", "encoding", f"{_plural(len(replacement), 'text')} contain U+FFFD replacement characters: "
+        out.append(Finding("warning", "encoding", f"{_plural(len(replacement), 'text')} {_s(len(replacement), 'contain')} U+FFFD replacement characters: "
                            "bytes were lost when the file was made; re-export it as UTF-8", replacement))
     if mojibake:
-        out.append(Finding("warning", "encoding", f"{_plural(len(mojibake), 'text')} look like UTF-8 read as Latin-1 ('Ã©' for 'é'); "
+        out.append(Finding("warning", "encoding", f"{_plural(len(mojibake), 'text')} {_s(len(mojibake), 'look')} like UTF-8 read as Latin-1 ('Ã©' for 'é'); "
                            "re-export the file as UTF-8, or read it with the right --encoding", mojibake))
     if control:
-        out.append(Finding("warning", "encoding", f"{_plural(len(control), 'text')} contain control characters (NUL, escape, ...)", control))
+        out.append(Finding("warning", "encoding", f"{_plural(len(control), 'text')} {_s(len(control), 'contain')} control characters (NUL, escape, ...)", control))
 
     names = {name: [_quote(t) for t in s.texts] for name, s in sets.items()}
     labels = {name: [s.classes[i] for i in s.labels.tolist()] for name, s in sets.items()}

@@ -282,8 +282,9 @@ def check(data, val_data, val_split, seed, task, as_json, full_decode, text_colu
 
     \b
     Exit status: 0 when there is no error-severity finding (warnings and notes are fine),
-    1 when there is one (e.g. one class, an empty class, leakage, unreadable data),
-    2 for a malformed command line.
+    1 when there is one (one class, an empty class, train/validation leakage, data that
+    cannot be read at all); unreadable single files are warnings. 2 for a malformed
+    command line.
     """
     from .check import check_path
 
