@@ -171,7 +171,7 @@ IMAGE_CASES = {
     "empty class folder": Case(_empty_class, 1, {"empty-class"}, "yellow", 1, "1 class has no readable images"),
     "class of unreadable files": Case(_class_of_broken_files, 1, {"empty-class", "unreadable"}, "yellow", 1, "1 class has no readable images"),
     "validation copies training": Case(_leaky_val, 1, {"leakage"}, "copy_of_train.png", 0, "identical to training images", strict_code=1),
-    "duplicates within train": Case(_duplicates_within, 0, {"duplicates", "conflicting-labels"}, "again.png", 0, "carry different labels"),
+    "duplicates within train": Case(_duplicates_within, 0, {"duplicates", "conflicting-labels"}, "again.png", 0, "different labels"),
 }
 
 

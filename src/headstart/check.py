@@ -102,7 +102,8 @@ class CheckReport:
         lines = []
         for name, s in self.splits.items():
             per = ", ".join(f"{c} {n:,}" for c, n in s["per_class"].items())
-            lines.append(f"{name}: {s['items']:,} {noun} in {len(s['per_class'])} classes ({per})")
+            items = f"{s['items']:,} {noun if s['items'] != 1 else noun[:-1]}"
+            lines.append(f"{name}: {items} in {_plural(len(s['per_class']), 'class')} ({per})")
         return lines
 
     def summary(self) -> str:
@@ -539,4 +540,6 @@ def check_path(
             val_set = read_table(val, classes=full.classes, **kw) if val else None
     except DataError as exc:
         return unusable(task, exc)
+    except OSError as exc:  # a folder or table the user may not read, a vanished mount
+        return unusable(task, DataError(f"cannot read {exc.filename or data}: {exc.strerror or exc}"))
     return check_sets(task, full, val_set, val_split=val_split, seed=seed, full_decode=full_decode)
