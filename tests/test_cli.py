@@ -29,7 +29,7 @@ def run_dir(folder, tmp_path, capsys):
 
 def test_train_writes_the_run_directory(run_dir):
     names = sorted(p.name for p in run_dir.iterdir())
-    assert names == ["config.json", "metrics.json", "model", "plots", "report.html", "run.json", "train.log", "val_predictions.csv"]
+    assert names == ["check.json", "config.json", "metrics.json", "model", "plots", "report.html", "run.json", "train.log", "val_predictions.csv"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "phase", "epoch"} <= set(metrics["history"][0])
     assert metrics["val"]["n"] == 5

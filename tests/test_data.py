@@ -93,7 +93,7 @@ def test_split_errors():
         stratified_split(np.array([0, 0, 0, 1]), 0.5, 0, ["a", "b"])
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     counts=st.lists(st.integers(min_value=2, max_value=30), min_size=2, max_size=6),
     frac=st.floats(min_value=0.1, max_value=0.5),
@@ -107,10 +107,17 @@ def test_split_properties(counts, frac, seed):
     except DataError as exc:
         assert "too few" in str(exc)
         return
+    # disjoint and complete: every example on exactly one side
+    assert not set(tr.tolist()) & set(va.tolist())
     assert sorted(np.concatenate([tr, va]).tolist()) == list(range(len(labels)))
+    # the validation size asked for, and each class in proportion (to within one example)
+    assert len(va) == int(np.ceil(frac * len(labels)))
+    expected = np.asarray(counts) * len(va) / len(labels)
+    assert np.all(np.abs(np.bincount(labels[va], minlength=len(counts)) - expected) <= 1)
     # every class keeps at least one training example, and the split is reproducible
     assert set(labels[tr].tolist()) == set(range(len(counts)))
-    assert stratified_split(labels, frac, seed, names)[1].tolist() == va.tolist()
+    tr2, va2 = stratified_split(labels, frac, seed, names)
+    assert va2.tolist() == va.tolist() and tr2.tolist() == tr.tolist()
 
 
 def _roundtrip(img: Image.Image, fmt: str, **kw) -> io.BytesIO:

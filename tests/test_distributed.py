@@ -33,7 +33,7 @@ def torchrun(args: list, cwd: Path, nproc: int = 2) -> subprocess.CompletedProce
 
 def check_written_once(run: Path, n_train: int) -> dict:
     assert sorted(p.name for p in run.iterdir()) == [
-        "config.json", "metrics.json", "model", "plots", "report.html", "run.json", "train.log", "val_predictions.csv"]
+        "check.json", "config.json", "metrics.json", "model", "plots", "report.html", "run.json", "train.log", "val_predictions.csv"]
     log = (run / "train.log").read_text()
     assert log.count("new run directory") == 1 and "data parallel: 2 processes (gloo)" in log
     metrics = json.loads((run / "metrics.json").read_text())

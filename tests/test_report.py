@@ -125,7 +125,7 @@ def check_numbers(page: Page, metrics: dict) -> set[str]:
 def test_training_run_writes_a_self_contained_report(image_run):
     run_dir = image_run / "run"
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "config.json", "metrics.json", "model", "plots", "report.html", "run.json", "train.log", "val_predictions.csv"]
+        "check.json", "config.json", "metrics.json", "model", "plots", "report.html", "run.json", "train.log", "val_predictions.csv"]
     page = parse(run_dir / "report.html")
     assert {"summary", "learning-curves", "confusion-matrix", "per-class", "class-distribution", "calibration",
             "mistakes", "data-notes"} <= set(page.sections)

@@ -174,12 +174,13 @@ def cli(debug: bool) -> None:
 @click.option("--out", help="Run directory [runs/<backbone>-<time>].")
 @click.option("--quiet", is_flag=True, help="Only warnings and the final result.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars [on when stderr is a terminal].")
+@click.option("--strict", is_flag=True, help="Refuse to train when the data check finds an error, an unreadable file or train/validation leakage (see `headstart check`).")
 @click.option("--log", "log_to", type=click.Choice(["tensorboard"]), help="Also log per-epoch scalars to TensorBoard (RUN_DIR/tensorboard; needs headstart[tensorboard]).")
 def train(data, val_data, val_split, task, backbone, weights, recipe, epochs, head_epochs, batch_size, grad_accum, lr,
           backbone_lr, unfreeze_blocks, layer_decay, optimizer, weight_decay, label_smoothing, schedule,
           warmup_epochs, patience, augment, class_weight, ema, hidden, dropout, pooling, cache_views, cache_dir, no_cache, compile_, text_column,
           label_column, max_length, encoding, word_vectors, sequence_encoder, hidden_size, precision, device, workers,
-          seed, out, quiet, progress, log_to, resume_run):
+          seed, out, quiet, progress, log_to, strict, resume_run):
     """Train a classifier on DATA: a folder with one sub-folder per class (or a CSV of
     path,label) for images; a CSV, TSV or JSON Lines table of texts and labels for text.
 
@@ -228,7 +229,7 @@ def _train(data, val_data, val_split, task, backbone, weights, recipe, epochs, h
            backbone_lr, unfreeze_blocks, layer_decay, optimizer, weight_decay, label_smoothing, schedule,
            warmup_epochs, patience, augment, class_weight, ema, hidden, dropout, pooling, cache_views, cache_dir, no_cache, compile_, text_column,
            label_column, max_length, encoding, word_vectors, sequence_encoder, hidden_size, precision, device, workers,
-           seed, out, quiet, progress, log_to, run: Path | None, resume: bool):
+           seed, out, quiet, progress, log_to, strict, run: Path | None, resume: bool):
     args = {k: v for k, v in locals().items() if k not in ("run", "resume")}  # kept in run.json for --resume
     from . import distributed
     from .backbones import _REGISTRY as IMAGE_BACKBONES
@@ -285,6 +286,7 @@ def _train(data, val_data, val_split, task, backbone, weights, recipe, epochs, h
     require_two_classes(train_set.labels, train_set.classes)
     if val_set is None:  # fail on a split that cannot be made before any directory is made
         stratified_split(train_set.labels, val_split, seed, train_set.classes)
+    report = _check_before_training(task, data, train_set, val_set, val_split, seed, strict)
     if log_to == "tensorboard":
         from .tblog import summary_writer_class
 
@@ -316,6 +318,12 @@ def _train(data, val_data, val_split, task, backbone, weights, recipe, epochs, h
         if world.enabled:
             log.info("data parallel: %d processes (%s); batch %d split across them",
                      world.size, torch_backend(), clf.config.batch_size)
+        if world.is_main:
+            _write_json(run / "check.json", report.to_dict())
+        for line in report.brief():
+            log.info("%s", line)
+        if report.findings:
+            log.info("check: details in %s, or run `headstart check %s`", run / "check.json", data)
         resolved = clf.config.resolved()
         if world.is_main:
             _write_json(run / "config.json", {
@@ -362,6 +370,64 @@ def _train(data, val_data, val_split, task, backbone, weights, recipe, epochs, h
         if click.get_current_context().find_root().params.get("debug"):
             raise
         click.echo(f"warning: the report could not be built ({exc}); retry with `headstart report {run}`", err=True)
+
+
+def _check_before_training(task, data, train_set, val_set, val_split, seed, strict):
+    """The data check on the sets training will use; with --strict, a blocking finding
+    stops the run before any directory is made. An empty class always does: training
+    would refuse it anyway."""
+    from .check import check_sets
+
+    report = check_sets(task, train_set, val_set, val_split=None if val_set is not None else val_split, seed=seed)
+    fatal = [f for f in report.findings if f.kind == "empty-class"]
+    blocking = fatal or (report.blocking() if strict else [])
+    if blocking:
+        first = blocking[0]
+        shown = f" ({', '.join(first.items[:3])}{', ...' if len(first.items) > 3 else ''})" if first.items else ""
+        prefix = "" if fatal else f"--strict: the data check found {len(blocking)} problem(s); "
+        raise DataError(f"{prefix}{first.message}{shown}; run `headstart check {data}` for details (nothing was trained)")
+    return report
+
+
+@cli.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--val", "val_data", type=click.Path(path_type=Path), help="Separate validation data; checked for leakage against DATA.")
+@click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
+              help="Without --val: check the stratified split `train` would make (0 = check DATA as one set).")
+@click.option("--seed", type=int, default=0, show_default=True, help="The split's seed, as in `train`.")
+@click.option("--task", type=click.Choice(["image", "text"]), help="Inferred from DATA when omitted, as in `train`.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: task, splits, findings (+ imbalance_ratio, lengths).")
+@click.option("--full", "full_decode", is_flag=True, help="Images: decode every image fully, as training does (slower).")
+@click.option("--text-column", help="Text: the column holding the texts [auto].")
+@click.option("--label-column", help="Label column [auto].")
+@click.option("--encoding", help="Text: file encoding when not UTF-8 (e.g. latin-1).")
+def check(data, val_data, val_split, seed, task, as_json, full_decode, text_column, label_column, encoding):
+    """Check DATA (and --val) before training: counts per class, unreadable, truncated,
+    empty, wrongly named and tiny images, duplicates and train/validation leakage, class
+    imbalance; for text also empty rows, length distribution, encoding damage and labels
+    that differ only by case.
+
+    \b
+    Exit status: 0 when there is no error-severity finding (warnings and notes are fine),
+    1 when there is one (one class, an empty class, train/validation leakage, data that
+    cannot be read at all); unreadable single files are warnings. 2 for a malformed
+    command line.
+    """
+    from .check import check_path
+
+    if not data.exists():
+        raise DataError(f"data path {str(data)!r} does not exist")
+    if val_data is not None and not val_data.exists():
+        raise DataError(f"validation path {str(val_data)!r} does not exist")
+    task = task or _infer_task(data, None)
+    report = check_path(data, val_data, task=task, val_split=val_split, seed=seed, full_decode=full_decode,
+                        text_column=text_column, label_column=label_column, encoding=encoding)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        click.echo(report.summary())
+    if report.errors:
+        sys.exit(1)  # the documented status; the report above is the message
 
 
 @cli.command()

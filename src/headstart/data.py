@@ -7,6 +7,7 @@ costs a list of paths in memory, not the pixels.
 from __future__ import annotations
 
 import csv
+import io
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -138,11 +139,20 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None, check: bool
     are resolved against the CSV's folder."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = path.read_bytes().decode("utf-8-sig")  # bytes: a "\r" inside a quoted label is data
     except UnicodeDecodeError as exc:
         raise DataError(f"{str(path)!r} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    rows = list(csv.reader(text.splitlines(), delimiter=delimiter))
+    # The csv module splits records itself: quoted fields may hold line breaks, and
+    # characters such as U+2028 or \x1e that str.splitlines() would cut at are data.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    rows, linenos = [], []
+    try:
+        for row in reader:
+            rows.append(row)
+            linenos.append(reader.line_num)
+    except csv.Error as exc:
+        raise DataError(f"{str(path)!r} line {reader.line_num}: malformed CSV ({exc}); check the quoting") from None
     if not rows:
         raise DataError(f"{str(path)!r} is empty; expected a header line such as 'path,label'")
     header = [h.strip().lower() for h in rows[0]]
@@ -154,7 +164,7 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None, check: bool
         )
     entries: list[tuple[Path, str]] = []
     skipped: list[tuple[str, str]] = []
-    for lineno, row in enumerate(rows[1:], start=2):
+    for lineno, row in zip(linenos[1:], rows[1:]):
         if not any(cell.strip() for cell in row):
             continue
         if len(row) <= max(path_col, label_col):
