@@ -20,6 +20,7 @@ from headstart.artifact import read_config, read_weights, save_model_dir
 from headstart.checkpoint import Checkpoints, NonFiniteLoss, TrainingInterrupted, checkpointing
 from headstart.cli import main
 from headstart.config import TrainConfig
+from headstart.errors import HeadstartError
 from headstart.training import train_loop
 
 ARGS = ["--backbone", "tiny-cnn", "--weights", "none", "--epochs", "3", "--head-epochs", "3",
@@ -258,3 +259,37 @@ def test_text_runs_resume_to_the_same_result(kind, tiny_bert, tmp_path, capsys, 
     code, _, err = run(capsys, "train", "--resume", tmp_path / "run")
     assert code == 0, err
     same_run(tmp_path / "reference", tmp_path / "run")
+
+
+def test_a_full_disk_during_a_checkpoint_is_a_clear_error(tmp_path, monkeypatch):
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    store = Checkpoints(tmp_path / "checkpoints")
+    with pytest.raises(HeadstartError, match="cannot write the checkpoint.*No space left on device; free some space"):
+        store.save_finished("0-head", {"w": torch.zeros(1)}, [])
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == []  # no temporary file left
+
+
+def test_a_save_that_died_between_two_renames_is_put_back(tmp_path, monkeypatch):
+    from headstart import artifact
+
+    model = tmp_path / "model"
+    save_model_dir(model, {"i": 1}, {"w": torch.ones(2)})
+    monkeypatch.setattr(artifact, "_exchange", lambda a, b: False)  # a system without renameat2
+    real_replace = artifact.os.replace
+    calls = []
+
+    def die_after_the_first_rename(src, dst):
+        calls.append((src, dst))
+        real_replace(src, dst)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # the process "dies" with the old model aside, the new not yet in place
+
+    monkeypatch.setattr(artifact.os, "replace", die_after_the_first_rename)
+    with pytest.raises(KeyboardInterrupt):
+        save_model_dir(model, {"i": 2}, {"w": torch.zeros(2)})
+    monkeypatch.setattr(artifact.os, "replace", real_replace)
+    assert not model.exists()
+    assert read_config(model)["i"] == 1  # the previous model, put back by the load
