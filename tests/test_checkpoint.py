@@ -267,7 +267,7 @@ def test_a_full_disk_during_a_checkpoint_is_a_clear_error(tmp_path, monkeypatch)
 
     monkeypatch.setattr(torch, "save", no_space)
     store = Checkpoints(tmp_path / "checkpoints")
-    with pytest.raises(HeadstartError, match="cannot write the checkpoint.*No space left on device; free some space"):
+    with pytest.raises(HeadstartError, match=r"cannot write the checkpoint.*\(No space left on device\); free some space"):
         store.save_finished("0-head", {"w": torch.zeros(1)}, [])
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == []  # no temporary file left
 
