@@ -83,6 +83,10 @@ def test_resume_errors(reference, folder, tmp_path, capsys):
     (reference / "checkpoints").mkdir()
     code, _, err = run(capsys, "train", "--resume", reference, "--lr", "0.1")
     assert code == 2 and "drop --lr" in err
+    code, _, err = run(capsys, "train", "--resume", reference, "--workers", "1")  # would change augmentation
+    assert code == 2 and "drop --workers" in err
+    saved = json.loads((reference / "run.json").read_text())["args"]
+    assert Path(saved["data"]).is_absolute() and saved["workers"] == 0
     code, _, err = run(capsys, "train")
     assert code == 2 and "missing argument DATA" in err
 
@@ -105,7 +109,7 @@ def _loop(batches, epochs, store_dir=None, resume=False):
         return float(nn.functional.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
 
     groups = [{"params": list(module.parameters()), "lr": 0.1, "weight_decay": 0.0}]
-    kwargs = dict(cfg=cfg, epochs=epochs, phase="head", device=torch.device("cpu"), precision="fp32", loss_fn=nn.CrossEntropyLoss())
+    kwargs = dict(cfg=cfg, epochs=epochs, phase="head", device=torch.device("cpu"), precision="fp32", loss_fn=nn.CrossEntropyLoss(reduction="sum"))
     if store_dir is None:
         return module, train_loop(module, groups, batches(x, y), 2, evaluate, **kwargs)
     with checkpointing(store_dir, resume=resume, handle_signals=False):

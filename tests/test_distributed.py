@@ -80,25 +80,29 @@ def rank1_of_2(monkeypatch):
 
 
 def test_global_batches_are_dealt_out_and_never_leave_a_process_idle(rank1_of_2):
-    batches = [np.arange(0, 8), np.arange(8, 16), np.arange(16, 17)]
+    batches = [np.arange(0, 8), np.arange(8, 16), np.arange(16, 19)]
     even = distributed.even_batches(batches)
-    assert [len(b) for b in even] == [8, 9]  # the single last example joined the batch before
-    assert distributed.local_part(even[1]).tolist() == [9, 11, 13, 15]
+    assert [len(b) for b in even] == [8, 11]  # 3 examples (fewer than 2 per process) joined the batch before
+    assert distributed.local_part(even[1]).tolist() == [9, 11, 13, 15, 17]
     assert list(distributed.shard(5)) == [1, 3]
-    with pytest.raises(ValueError, match="cannot be shared by 2 processes"):
-        distributed.even_batches([np.arange(1)])
+    with pytest.raises(HeadstartError, match="3 examples are too few to train on with 2 process"):
+        distributed.even_batches([np.arange(3)])
 
 
 def test_resume_needs_the_same_number_of_processes(tmp_path, monkeypatch):
     store = Checkpoints(tmp_path)
     store.save_finished("0-head", {"w": torch.zeros(1)}, [])
     monkeypatch.setattr(distributed, "_WORLD", World(rank=0, size=2))
+    monkeypatch.setattr(distributed, "broadcast", lambda obj: obj)  # (no process group here)
     with pytest.raises(HeadstartError, match="written by 1 process.*same number.*has 2"):
         Checkpoints(tmp_path, resume=True)
 
 
-def test_gradient_accumulation_equals_the_larger_batch():
-    x, y = torch.randn(32, 6, generator=torch.Generator().manual_seed(1)), torch.arange(32) % 3
+@pytest.mark.parametrize("class_weights", [False, True])
+def test_gradient_accumulation_equals_the_larger_batch(class_weights):
+    """40 rows: the last accumulated group is short; with class weights the mean is weighted."""
+    x, y = torch.randn(40, 6, generator=torch.Generator().manual_seed(1)), torch.arange(40) % 3
+    weights = torch.tensor([0.5, 1.0, 3.0]) if class_weights else None
 
     def train(batch: int, accum: int) -> torch.Tensor:
         torch.manual_seed(0)
@@ -106,7 +110,7 @@ def test_gradient_accumulation_equals_the_larger_batch():
         cfg = TrainConfig(task="image", lr=0.01, grad_accum=accum, patience=0, warmup_epochs=0).resolved()
 
         def batches(epoch):
-            for i in range(0, 32, batch):
+            for i in range(0, 40, batch):
                 yield x[i : i + batch], y[i : i + batch]
 
         calls = []
@@ -116,9 +120,48 @@ def test_gradient_accumulation_equals_the_larger_batch():
             return 0.0, float(len(calls))
 
         groups = [{"params": list(module.parameters()), "lr": 0.01, "weight_decay": 0.0}]
-        train_loop(module, groups, batches, 32 // batch, evaluate, cfg=cfg, epochs=3, phase="head",
-                   device=torch.device("cpu"), precision="fp32", loss_fn=nn.CrossEntropyLoss())
+        train_loop(module, groups, batches, -(-40 // batch), evaluate, cfg=cfg, epochs=3, phase="head",
+                   device=torch.device("cpu"), precision="fp32", loss_fn=nn.CrossEntropyLoss(weight=weights, reduction="sum"))
         return module.weight.detach().clone()
 
     assert torch.allclose(train(8, 2), train(16, 1), atol=1e-6)
     assert not torch.allclose(train(8, 1), train(16, 1), atol=1e-4)
+
+
+def _scenario(bad: set[int], n: int, batch: int, seed: int) -> list[tuple[int, int, int]]:
+    """(epoch, rank, batch) where a process's whole share of a batch is in ``bad``."""
+    import torch as t
+
+    found = []
+    for epoch in (1, 2):
+        order = t.randperm(n, generator=t.Generator().manual_seed(seed * 1_000_003 + epoch)).numpy()
+        for rank in (0, 1):
+            distributed._WORLD = World(rank=rank, size=2)
+            try:
+                batches = distributed.even_batches(order[i : i + batch] for i in range(0, n, batch))
+                found += [(epoch, rank, k) for k, b in enumerate(batches) if set(distributed.local_part(b).tolist()) <= bad]
+            finally:
+                distributed._WORLD = None
+    return found
+
+
+def test_two_processes_stay_in_step_with_unreadable_images_and_a_one_image_validation_set(tmp_path):
+    make_folder(tmp_path / "train", per_class=6)
+    files = sorted((tmp_path / "train").rglob("*.png"))  # the order training indexes them in
+    bad = {1, 2, 5, 7, 10, 13, 14, 16}
+    for i in bad:
+        files[i].write_bytes(files[i].read_bytes()[:80])  # truncated
+    make_folder(tmp_path / "val", per_class=1, classes=("red",))  # fewer images than processes
+    args = ["train", "train", "--val", "val", "--backbone", "tiny-cnn", "--weights", "none", "--recipe", "fine-tune",
+            "--head-epochs", "1", "--epochs", "2", "--batch-size", "4", "--precision", "fp32", "--workers", "0",
+            "--no-cache"]
+    # seed 1: some process gets only unreadable images in a batch after its first one
+    assert _scenario(bad, 18, 4, seed=1) and all(k > 0 for _, _, k in _scenario(bad, 18, 4, seed=1))
+    p = torchrun([*args, "--seed", "1", "--out", "ok"], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ok" / "metrics.json").read_text())
+    assert metrics["val"]["n"] == 1 and {r["examples"] for r in metrics["history"] if r["phase"] == "fine-tune"} == {10}
+    # seed 0: a process's very first batch is unreadable: a clear error on every process, no hang
+    assert (1, 0, 0) in _scenario(bad, 18, 4, seed=0)
+    p = torchrun([*args, "--seed", "0", "--out", "stuck"], tmp_path)
+    assert p.returncode != 0 and "error: a process had no decodable image in its first batch" in p.stderr

@@ -378,3 +378,19 @@ def test_check_on_flowers5_is_fast_and_finds_its_duplicates(capsys):
     assert {"duplicates", "conflicting-labels", "ignored-files"} <= kinds and "unreadable" not in kinds
     assert code == (1 if "leakage" in kinds else 0)
     assert seconds < 120, seconds  # a few seconds on a 2-core CPU
+
+
+def test_a_class_of_only_unreadable_images_is_an_empty_class(tmp_path, capsys):
+    """Counts, classes and duplicates are about usable images: unreadable copies of one
+    another are not 'leakage', and a class with none readable is empty."""
+    data = make_folder(tmp_path / "photos", per_class=4)
+    for p in (data / "blue").iterdir():
+        p.write_bytes(p.read_bytes()[:80])  # all truncated the same way: identical bytes
+    code, out, _ = run(capsys, "check", data, "--json")
+    report = json.loads(out)
+    assert code == 1
+    assert report["splits"]["train"]["per_class"]["blue"] == 0
+    kinds = {f["kind"] for f in report["findings"]}
+    assert "empty-class" in kinds and "leakage" not in kinds and "duplicates" not in kinds
+    code, _, err = run(capsys, "train", data, *IMAGE_ARGS, "--out", tmp_path / "run")
+    assert code == 1 and "blue" in err and not (tmp_path / "run").exists()

@@ -78,7 +78,7 @@ def _swap_into_place(tmp: Path, path: Path) -> None:
 
 def _recover(path: Path) -> bool:
     """Put back a model left aside by a save that died between its two renames."""
-    for old in sorted(path.parent.glob(f".{path.name}.*.old")):
+    for old in sorted(path.parent.glob(f".{path.name}.*.old"), key=lambda p: p.stat().st_mtime, reverse=True):
         if (old / CONFIG_FILE).is_file() and (old / WEIGHTS_FILE).is_file():
             try:
                 os.replace(old, path)

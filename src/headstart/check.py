@@ -363,11 +363,13 @@ def check_images(
     ``findings`` are prepended (e.g. a split that could not be made)."""
     start = time.perf_counter()
     sets = {"train": train} if val is None else {"train": train, "val": val}
-    splits = {name: _split_stats(s.labels, s.classes) for name, s in sets.items()}
+    facts = {name: _inspect_all(s.paths, full_decode, workers) for name, s in sets.items()}
+    # Counts, classes and duplicates are about the images training can use: not the unreadable.
+    usable = {name: np.array([f.problem is None for f in facts[name]], dtype=bool) for name in sets}
+    splits = {name: _split_stats(s.labels[usable[name]], s.classes) for name, s in sets.items()}
     out = list(findings)
     class_findings, ratio = _class_findings(splits, "images", "image")
     out += class_findings
-    facts = {name: _inspect_all(s.paths, full_decode, workers) for name, s in sets.items()}
     skipped = list(train.skipped) + (list(val.skipped) if val is not None and val is not train else [])
     skipped += [(str(p), f.problem) for name, s in sets.items() for p, f in zip(s.paths, facts[name]) if f.problem]
     out += _skipped_findings(skipped, "image")
@@ -397,7 +399,7 @@ def check_images(
         parts += [f"{rotated} turned upright by their EXIF orientation"] if rotated else []
         out.append(Finding("info", "conversions", "images " + "; ".join(parts)))
 
-    keys = {name: [f.digest for f in facts[name]] for name in sets}
+    keys = {name: [f.digest if f.problem is None else None for f in facts[name]] for name in sets}
     names = {name: [str(p) for p in s.paths] for name, s in sets.items()}
     labels = {name: [s.classes[i] for i in s.labels.tolist()] for name, s in sets.items()}
     out += _duplicate_findings(keys, names, labels, "images")

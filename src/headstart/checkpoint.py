@@ -109,8 +109,8 @@ class Checkpoints:
         self.saved = self.empty()
         self._blocking = False
         self._pending: int | None = None
-        if resume:
-            self.saved = self.read(self.directory)
+        if resume:  # rank 0 reads; the other processes may run where the file is not
+            self.saved = distributed.broadcast(self.read(self.directory) if distributed.world().is_main else None)
             size = distributed.world().size
             if self.saved["world_size"] != size:
                 raise HeadstartError(
@@ -207,9 +207,9 @@ class Checkpoints:
             yield
         finally:
             self._blocking = False
-            if self._pending is not None:
-                signum, self._pending = self._pending, None
-                raise TrainingInterrupted(signum)
+        if self._pending is not None:  # (an error in the write wins: it propagates instead)
+            signum, self._pending = self._pending, None
+            raise TrainingInterrupted(signum)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._blocking:

@@ -198,7 +198,25 @@ def train(data, val_data, val_split, task, backbone, weights, recipe, epochs, he
 
 RUN_FILE = "run.json"
 # What may differ when a run is resumed: how it reports, not what it computes.
-_RESUME_FREE = {"quiet", "progress", "resume_run", "workers", "log_to"}
+_RESUME_FREE = {"quiet", "progress", "resume_run", "log_to"}
+
+
+def _resumable_args(args: dict) -> dict:
+    """The settings as run.json keeps them: paths absolute (a resume may start elsewhere),
+    and the number of decoding workers fixed (with workers, augmentation draws its own
+    random numbers: a resume on another machine must not change them)."""
+    from .data import default_num_workers
+
+    out = {}
+    for k, v in args.items():
+        if k in ("data", "val_data", "word_vectors", "cache_dir") and v is not None:
+            v = str(Path(v).absolute())
+        elif k in ("weights", "backbone") and v and Path(v).exists():
+            v = str(Path(v).absolute())
+        out[k] = str(v) if isinstance(v, Path) else v
+    if out.get("workers") is None:
+        out["workers"] = default_num_workers()
+    return out
 
 
 def _resumable_run(run: Path, params: dict) -> tuple[Path, dict]:
@@ -220,8 +238,6 @@ def _resumable_run(run: Path, params: dict) -> tuple[Path, dict]:
         saved[k] = Path(saved[k]) if saved.get(k) is not None else None
     saved["hidden"] = tuple(saved.get("hidden") or ())
     saved.update({k: params[k] for k in ("quiet", "progress", "log_to")})
-    if params["workers"] is not None:  # decoding workers do not change the result
-        saved["workers"] = params["workers"]
     return run, saved
 
 
@@ -303,7 +319,7 @@ def _train(data, val_data, val_split, task, backbone, weights, recipe, epochs, h
             raise HeadstartError(made)
         run = made
         if world.is_main:
-            _write_json(run / RUN_FILE, {"args": {k: str(v) if isinstance(v, Path) else v for k, v in args.items()}})
+            _write_json(run / RUN_FILE, {"args": _resumable_args(args)})
     handler = logging.FileHandler(run / "train.log", encoding="utf-8") if world.is_main else logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(handler)
@@ -342,7 +358,6 @@ def _train(data, val_data, val_split, task, backbone, weights, recipe, epochs, h
             raise SystemExit(128 + exc.signum) from None
         if world.is_main:
             model_dir = clf.save(run / "model")
-            shutil.rmtree(run / "checkpoints", ignore_errors=True)  # the model is complete
             _write_json(run / "metrics.json", {
                 "history": clf.history_, "val": clf.val_metrics_, "data": clf.data_summary_,
                 "precision": clf.precision_, "train_seconds": round(clf.train_seconds_, 2),
@@ -353,6 +368,7 @@ def _train(data, val_data, val_split, task, backbone, weights, recipe, epochs, h
             if clf.val_items_ is not None:
                 items = [str(Path(i).absolute()) for i in clf.val_items_] if task == "image" else clf.val_items_
                 write_predictions(run / PREDICTIONS_FILE, items, clf.val_labels_, clf.val_probs_, clf.classes_)
+            shutil.rmtree(run / "checkpoints", ignore_errors=True)  # last: until here, --resume finishes the run
         distributed.finish()
     finally:
         for h in (handler, board):

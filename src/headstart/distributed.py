@@ -26,6 +26,8 @@ from typing import Any, Iterable, Sequence, TypeVar
 import numpy as np
 import torch
 
+from .errors import DataError
+
 T = TypeVar("T")
 
 
@@ -143,18 +145,19 @@ def shard(n: int) -> range:
 
 
 def even_batches(batches: Iterable[np.ndarray]) -> list[np.ndarray]:
-    """Global batches, each at least as large as the world: a smaller one joins the batch
-    before it (so every rank has work in every step)."""
+    """Global batches with at least two examples for each process: a smaller one joins the
+    batch before it (every process has work in every step, and BatchNorm in training mode
+    never sees a batch of one)."""
     size = world().size
     out: list[np.ndarray] = []
     for b in batches:
         b = np.asarray(b)
-        if len(b) < size and out:
+        if len(b) < 2 * size and out:
             out[-1] = np.concatenate([out[-1], b])
         else:
             out.append(b)
-    if out and len(out[-1]) < size:
-        raise ValueError(f"{sum(map(len, out))} examples cannot be shared by {size} processes")
+    if out and len(out[-1]) < 2 * size:
+        raise DataError(f"{sum(map(len, out))} examples are too few to train on with {size} process(es): at least {2 * size} are needed")
     return out
 
 

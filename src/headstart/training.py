@@ -26,7 +26,7 @@ from . import checkpoint, distributed
 from .config import TrainConfig
 from .cache import cached_features
 from .data import ImageDataset, ImageSet, seed_worker, collate, default_num_workers, make_loader
-from .errors import HeadstartError
+from .errors import DataError, HeadstartError
 from .model import ImageModel, freeze_batchnorm, set_trainable
 from .transforms import eval_transform, train_transform
 
@@ -214,6 +214,8 @@ def train_loop(
 
     Inside :func:`headstart.checkpoint.checkpointing`, each epoch ends with a checkpoint,
     and a resumed run skips the phases and epochs the checkpoint holds."""
+    if getattr(loss_fn, "reduction", "sum") != "sum":
+        raise ValueError("train_loop needs a summed loss (reduction='sum'); it divides by the examples' weight itself")
     store = checkpoint.active()
     phase_key = store.next_key(phase) if store else ""
     done = store.finished(phase_key) if store else None
@@ -262,52 +264,82 @@ def train_loop(
         unused = getattr(module, "has_unused_parameters", False)
         forward = nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused)
 
+    # The loss is a sum over examples (weighted by class weight when given); each update divides
+    # the gradients by the total weight of its examples, over every process and accumulated
+    # batch: the gradient of the mean over the whole group, however it was split.
+    weight = getattr(loss_fn, "weight", None)
+    trainable = [p for g in optimizer.param_groups for p in g["params"]]
+
+    def update(total: float) -> None:
+        scaler.unscale_(optimizer)
+        for p in trainable:
+            if p.grad is not None:
+                p.grad.div_(total)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        if average is not None:
+            average.update()
+
     optimizer.zero_grad(set_to_none=True)  # a previous phase may have left gradients behind
+    previous = None  # this process's last usable batch: stands in (with weight 0) for an unusable one
     stopped = False
     for epoch in range(first, epochs + 1):
         start = time.perf_counter()
         module.train()
         if on_train_start:
             on_train_start()
-        seen, loss_sum, correct = 0, 0.0, 0
+        seen, correct, loss_sum, weight_sum = 0, 0, 0.0, 0.0
+        group, pending = 0.0, False
         bar = tqdm(batches(epoch), total=steps_per_epoch, desc=f"{phase} {epoch}/{epochs}", leave=False,
                    disable=not progress or not world.is_main)
         for step, (x, y) in enumerate(bar):
-            x, y = to_device(x, device), y.to(device, non_blocking=True)
+            real = x is not None  # None: no image of this batch could be decoded
+            if real:
+                x, y = to_device(x, device), y.to(device, non_blocking=True)
+                previous = (x, y)
+            elif previous is not None:
+                x, y = previous
+            n = int(y.shape[0]) if real else 0
+            w = (float(weight[y].sum()) if weight is not None else float(n)) if real else 0.0
+            # one small all-reduce agrees on what this step holds (no-op in one process)
+            step_n, step_w, stuck = distributed.all_sum([n, w, float(x is None)], device)
+            if stuck and world.enabled:
+                raise DataError(
+                    "a process had no decodable image in its first batch, so the processes cannot stay in step; "
+                    "remove the unreadable files (`headstart check DATA` lists them) or train with --strict"
+                )
             boundary = (step + 1) % accum == 0 or step + 1 == steps_per_epoch
-            sync = forward.no_sync() if world.enabled and not boundary else contextlib.nullcontext()
-            with sync:
-                with autocast(device, precision):
-                    logits = forward(x)
-                loss = loss_fn(logits.float(), y)
-                n = y.shape[0]
-                hits = int((logits.argmax(1) == y).sum())
-                # this process's share of the global batch, so the averaged gradient is the
-                # gradient of the whole batch; one small all-reduce also agrees on the loss
-                batch_loss, batch_n, batch_hits = distributed.all_sum([loss.item() * n, n, hits], device)
-                if not math.isfinite(batch_loss):
-                    restore_best()
-                    kept = (
-                        f"; the best weights so far are kept in the checkpoint {str(store.path)!r}"
-                        if store and store.enabled and best_state is not None else ""
-                    )
-                    raise checkpoint.NonFiniteLoss(
-                        f"the training loss became {batch_loss / batch_n} in {phase} epoch {epoch}; "
-                        f"lower the learning rate (--lr, --backbone-lr) or check the data{kept}"
-                    )
-                share = n * world.size / batch_n
-                scaler.scale(loss * (share / accum)).backward()
-            if boundary:
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                if average is not None:
-                    average.update()
-            seen += int(batch_n)
-            loss_sum += batch_loss
-            correct += int(batch_hits)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+            if x is not None:
+                sync = forward.no_sync() if world.enabled and not boundary else contextlib.nullcontext()
+                with sync:
+                    with autocast(device, precision):
+                        logits = forward(x)
+                    loss = loss_fn(logits.float(), y) * (1.0 if real else 0.0)
+                    hits = int((logits.argmax(1) == y).sum()) if real else 0
+                    step_loss, step_hits = distributed.all_sum([loss.item(), hits], device)
+                    if not math.isfinite(step_loss):
+                        restore_best()
+                        kept = (
+                            f"; the best weights so far are kept in the checkpoint {str(store.path)!r}"
+                            if store and store.enabled and best_state is not None else ""
+                        )
+                        raise checkpoint.NonFiniteLoss(
+                            f"the training loss became {step_loss / max(step_w, 1e-12)} in {phase} epoch {epoch}; "
+                            f"lower the learning rate (--lr, --backbone-lr) or check the data{kept}"
+                        )
+                    # DDP averages gradients over the processes: times their number, the sum
+                    scaler.scale(loss * world.size).backward()
+                group, pending = group + step_w, True
+                seen, correct, loss_sum, weight_sum = seen + int(step_n), correct + int(step_hits), loss_sum + step_loss, weight_sum + step_w
+            if boundary and pending:
+                if group > 0:
+                    update(group)
+                group, pending = 0.0, False
+            bar.set_postfix(loss=f"{loss_sum / max(weight_sum, 1e-12):.3f}")
+        if pending and group > 0:  # the batches ended before the planned last step
+            update(group)
         distributed.sync_buffers(module)
         with average.applied() if average is not None else contextlib.nullcontext():
             val_loss, val_acc = evaluate()
@@ -316,7 +348,7 @@ def train_loop(
             if improved:  # copied here so an average's weights are the ones kept
                 best_state = copy.deepcopy(module.state_dict())
         record = EpochRecord(
-            phase, epoch, loss_sum / max(seen, 1), correct / max(seen, 1), val_loss, val_acc,
+            phase, epoch, loss_sum / max(weight_sum, 1e-12), correct / max(seen, 1), val_loss, val_acc,
             optimizer.param_groups[0]["lr"], time.perf_counter() - start, seen,
         )
         history.append(record)
@@ -377,8 +409,8 @@ def extract_features(
             f = backbone(x)
         chunks.append(f.flatten(1).float().cpu())
         indices.append(idx.numpy())
-    if not chunks:
-        raise HeadstartError("no image could be decoded; check the files (see the skipped list in the log)")
+    if not chunks:  # the caller decides (a process's shard may hold nothing decodable)
+        return torch.empty(0, 0), np.empty(0, dtype=np.int64), failed
     return torch.cat(chunks), np.concatenate(indices), failed
 
 
@@ -431,9 +463,9 @@ class RecipeResult:
         return [asdict(r) for r in self.history]
 
 
-def distributed_loader(dataset: ImageDataset, cfg: TrainConfig, epoch: int) -> torch.utils.data.DataLoader:
-    """This process's share of each global batch of a shuffled epoch (the same shuffle on
-    every process, from the seed and the epoch)."""
+def epoch_loader(dataset: ImageDataset, cfg: TrainConfig, epoch: int) -> torch.utils.data.DataLoader:
+    """This process's share of each batch of a shuffled epoch (the same shuffle on every
+    process, from the seed and the epoch; no batch too small for BatchNorm)."""
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
     order = torch.randperm(len(dataset), generator=g).numpy()
     batches = distributed.even_batches(order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size))
@@ -454,9 +486,7 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
 
 def _tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> tuple[Batches, int]:
     """Shuffled batches of in-memory rows (this process's share of each), and their number."""
-    cuts = range(0, len(y), batch_size)
-    if distributed.world().enabled:
-        cuts = [int(b[0]) for b in distributed.even_batches(np.arange(len(y))[i : i + batch_size] for i in cuts)]
+    cuts = [int(b[0]) for b in distributed.even_batches(np.arange(len(y))[i : i + batch_size] for i in range(0, len(y), batch_size))]
 
     def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -471,12 +501,19 @@ def _tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int
 def recipe_setup(model: nn.Module, train_labels: np.ndarray, num_classes: int, cfg: TrainConfig):
     """Seed, pick device and precision, move the model, build the loss."""
     seed_everything(cfg.seed)
+    processes = distributed.world().size
+    if cfg.batch_size < 2 * processes:
+        raise HeadstartError(
+            f"--batch-size {cfg.batch_size} is too small for {processes} process(es): it is the global batch, "
+            f"at least 2 per process ({2 * processes})"
+        )
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     log.info("device %s, precision %s, recipe %s", device, precision, cfg.recipe)
     model.to(device)
     weights = class_weights(train_labels, num_classes).to(device) if cfg.class_weight == "balanced" else None
-    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    # summed, not averaged: train_loop divides by the examples' total weight per update
+    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing, reduction="sum")
     return device, precision, loss_fn
 
 
@@ -565,10 +602,13 @@ def run_recipe(
         (weights, preprocessing, precision, view, image contents) was done before."""
         parts = {**cache_parts, **view, "precision": precision, "device": device.type} if cache_parts and cfg.cache else None
         def compute():
-            if not distributed.world().enabled:
-                return extract_features(frozen, dataset, seed=cfg.seed, desc=desc, **common)
-            local = torch.utils.data.Subset(dataset, distributed.shard(len(dataset)))
-            return distributed.gather_rows(*extract_features(frozen, local, seed=cfg.seed, desc=desc, **common))
+            local = dataset
+            if distributed.world().enabled:
+                local = torch.utils.data.Subset(dataset, distributed.shard(len(dataset)))
+            rows = distributed.gather_rows(*extract_features(frozen, local, seed=cfg.seed, desc=desc, **common))
+            if len(rows[1]) == 0:
+                raise DataError("no image could be decoded; check the files (`headstart check DATA` lists them)")
+            return rows
 
         return cached_features(parts, cfg.cache_dir, compute, paths=dataset.paths)
 
@@ -598,20 +638,15 @@ def run_recipe(
     if cfg.recipe in ("fine-tune", "full"):
         groups = unfreeze(model, cfg, head_trained=bool(head_epochs))
         train_ds = ImageDataset(train.paths, train.labels, train_transform(preprocessing, cfg.augment))
-        steps = math.ceil(len(train_ds) / cfg.batch_size)
-        if distributed.world().enabled:
-            n, size = len(train_ds), cfg.batch_size
-            steps = len(distributed.even_batches(np.arange(n)[i : i + size] for i in range(0, n, size)))
+        n, size = len(train_ds), cfg.batch_size
+        steps = len(distributed.even_batches(np.arange(n)[i : i + size] for i in range(0, n, size)))
 
         def image_batches(epoch: int):
-            loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed * 1_000_003 + epoch, num_workers=cfg.num_workers)
-            if distributed.world().enabled:
-                loader = distributed_loader(train_ds, cfg, epoch)
-            for x, y, _, bad in loader:
+            for x, y, _, bad in epoch_loader(train_ds, cfg, epoch):
                 if epoch == 1:
                     note_failed(train.paths, bad)
-                if x is not None:
-                    yield x.contiguous(memory_format=torch.channels_last), y
+                # (None, None) when nothing in this batch decodes: the loop keeps in step
+                yield (x.contiguous(memory_format=torch.channels_last), y) if x is not None else (None, None)
 
         def evaluate_images() -> tuple[float, float]:
             logits, rows, _ = predict_logits(model, val_ds, **common)
