@@ -221,6 +221,63 @@ def test_decoding_equals_load_image(tmp_path):
     assert to_rgb(Image.open(tmp_path / "rgba.png")).mode == "RGB"
 
 
+@pytest.mark.parametrize("pre", [
+    dict(input_size=32, crop_pct=0.875, interpolation="bicubic"),
+    dict(input_size=224, crop_pct=0.9, interpolation="bilinear"),
+    dict(input_size=33, crop_pct=0.8, interpolation="nearest"),
+    dict(input_size=32, crop_pct=1.0, interpolation="bicubic"),
+    dict(input_size=48, crop_pct=1.15, interpolation="bicubic"),  # pads before cropping
+])
+def test_model_input_image_gives_the_same_input_from_less(pre):
+    """What a server keeps of an image gives the very same model input as the whole image,
+    through the ONNX preprocessing and through torchvision's."""
+    from headstart.backbones import Preprocessing
+    from headstart.runtime import model_input_image
+    from headstart.transforms import eval_transform
+
+    pre = {**pre, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
+    transform = eval_transform(Preprocessing(**pre))
+    rng = np.random.default_rng(0)
+    for w, h in [(40, 30), (30, 40), (1000, 37), (37, 1001), (5, 900), (901, 4), (33, 33), (300, 301), (64, 1), (2, 3)]:
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        small = model_input_image(im, pre)
+        short = int(pre["input_size"] / pre["crop_pct"])
+        assert max(small.size) <= max(2 * short, pre["input_size"] + 2), (w, h, small.size)
+        np.testing.assert_array_equal(preprocess_image(small, pre), preprocess_image(im, pre), err_msg=f"{w}x{h}")
+        np.testing.assert_array_equal(transform(small).numpy(), transform(im).numpy(), err_msg=f"{w}x{h}")
+
+
+def test_pixel_limit_is_checked_from_the_header_without_touching_warning_filters(tmp_path):
+    """The limit is an explicit width x height check, safe from many threads at once (no
+    process-global warnings switch)."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    from headstart.errors import DataError
+    from headstart.runtime import ImageTooLarge, model_input_image
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "big.png")
+    Image.new("RGB", (20, 20), (10, 200, 10)).save(tmp_path / "small.png")
+    filters = list(warnings.filters)
+
+    def one(i: int):
+        path = tmp_path / ("big.png" if i % 2 else "small.png")
+        try:
+            return decode_image(path, max_pixels=1000).size
+        except ImageTooLarge as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(64)))
+    assert warnings.filters == filters
+    assert results[0::2] == [(20, 20)] * 32
+    assert all("40x30 is 1,200 pixels; the limit is 1,000" in r for r in results[1::2])
+    assert issubclass(ImageTooLarge, DataError)
+    strip = Image.new("RGB", (1, 5000))
+    with pytest.raises(ImageTooLarge, match="aspect ratio of 1x5000 is too extreme"):
+        model_input_image(strip, {"input_size": 224, "crop_pct": 0.875}, max_pixels=1_000_000)
+
+
 # --------------------------------------------------------------------------- text
 
 
