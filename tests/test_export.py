@@ -112,6 +112,28 @@ def test_parity_with_validation_folder_through_the_cli(image_model, tmp_path, ca
     assert parity["source"] == f"5 inputs from {val}"
 
 
+def test_parity_with_a_validation_csv_and_with_nothing_decodable(image_model, tmp_path, capsys):
+    """--val takes the path,label table `evaluate` takes; a --val with no decodable image
+    is a clear error, not a comparison of two empty arrays."""
+    val = make_folder(tmp_path / "val", per_class=2, seed=8)
+    rows = ["path,label"] + [f"{p.relative_to(tmp_path).as_posix()},{p.parent.name}" for p in sorted(val.rglob("*.png"))]
+    (tmp_path / "val.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", str(image_model), "--out", str(tmp_path / "e"), "--val", str(tmp_path / "val.csv"), "--quiet"])
+    assert exit_.value.code == 0
+    assert f"top-1 agreement 100.00% on {len(rows) - 1} inputs" in capsys.readouterr().out
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (junk / name).write_bytes(b"not an image at all")
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", str(image_model), "--out", str(tmp_path / "j"), "--val", str(junk), "--quiet"])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert f"no decodable images in --val {str(junk)!r}" in err and "shape" not in err
+    assert not (tmp_path / "j").exists()
+
+
 def test_temperature_is_baked_into_the_export(image_model, tmp_path):
     model = shutil.copytree(image_model, tmp_path / "model")
     config = json.loads((model / "config.json").read_text())
