@@ -330,6 +330,30 @@ def test_text_onnx_export_dynamic_axes_and_predictions(text_model, text_onnx):
         onnx_clf.predict_proba(["fine", "  "])
 
 
+def test_text_onnx_export_truncates_from_the_tokenizers_side(text_model, tmp_path):
+    """A tokenizer that truncates on the left keeps the end of a long text, in the ONNX
+    predictor as in PyTorch (also for an export whose description lacks the key)."""
+    model = tmp_path / "left"
+    shutil.copytree(text_model, model)
+    tok_config = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({**tok_config, "truncation_side": "left"}))
+    clf = TextClassifier.load(model, precision="fp32")
+    assert clf.tokenizer_.truncation_side == "left"
+    result = export_model(model, "onnx", tmp_path / "left-onnx", samples=12)  # a third of them past the limit
+    assert result.parity.passed
+    config = json.loads((result.path / EXPORT_CONFIG).read_text())
+    assert config["text"]["truncation_side"] == "left"
+    # Same start, different ends, both past the 64-token limit: only the ends are kept.
+    texts = ["awful boring " * 40 + "good great fun " * 30, "awful boring " * 40 + "terrible bad dull " * 30]
+    onnx_clf = OnnxClassifier.load(result.path)
+    ids = onnx_clf.tokenize(texts)
+    assert ids[0][:-1][-3:] != ids[1][:-1][-3:] and len(ids[0]) == 64
+    np.testing.assert_allclose(onnx_clf.predict_proba(texts), clf.predict_proba(texts), atol=1e-5)
+    del config["text"]["truncation_side"]  # an older export: read from tokenizer_config.json
+    (result.path / EXPORT_CONFIG).write_text(json.dumps(config))
+    assert OnnxClassifier.load(result.path).tokenize(texts) == ids
+
+
 def test_text_torchscript_export(text_model, tmp_path):
     result = export_model(text_model, "torchscript", tmp_path / "ts", samples=8)
     assert result.parity.passed and (result.path / "tokenizer.json").is_file()

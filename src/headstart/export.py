@@ -347,7 +347,7 @@ def _describe(clf, fmt: str, model_dir: Path, temperature: float) -> dict[str, A
             "kind": clf.kind, "max_length": clf.max_length_, "pad_id": _pad_id(clf),
             "tokenizer": "vocab.json" if word else "tokenizer.json",
             "padding": "right, to the longest sequence of the batch; attention_mask 1 on tokens, 0 on padding",
-            **({"lowercase": clf.tokenizer_.lowercase} if word else {}),
+            **({"lowercase": clf.tokenizer_.lowercase} if word else {"truncation_side": clf.tokenizer_.truncation_side}),
         })
     return config
 

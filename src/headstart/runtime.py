@@ -191,17 +191,33 @@ class _WordTokens:
 
 
 class _HFTokens:
-    """A Hugging Face fast tokenizer (``tokenizer.json``) with the model's truncation."""
+    """A Hugging Face fast tokenizer (``tokenizer.json``) with the model's truncation: to
+    ``max_length`` from the model's side (``truncation_side``: "right" keeps the start of a
+    long text, "left" its end). Padding is done by :func:`pad_batch`, on the right, as the
+    PyTorch model's batches are."""
 
-    def __init__(self, path: Path, max_length: int):
+    def __init__(self, path: Path, max_length: int, truncation_side: str = "right"):
         from tokenizers import Tokenizer
 
+        if truncation_side not in ("left", "right"):
+            raise ModelDirError(f"truncation side {truncation_side!r} in {str(path.parent)!r}; expected 'left' or 'right'")
         self.tokenizer = Tokenizer.from_file(str(path))
         self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length=max_length)
+        self.tokenizer.enable_truncation(max_length=max_length, direction=truncation_side)
 
     def __call__(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+
+
+def saved_truncation_side(directory: Path) -> str:
+    """The ``truncation_side`` saved with a tokenizer (``tokenizer_config.json``), for
+    exports whose description predates the key; "right", the default, when absent."""
+    try:
+        config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return "right"
+    side = config.get("truncation_side") if isinstance(config, dict) else None
+    return side if isinstance(side, str) else "right"
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -280,8 +296,11 @@ class OnnxClassifier:
             tok_file = directory / text["tokenizer"]
             if not tok_file.is_file():
                 raise ModelDirError(f"{str(directory)!r} lacks its tokenizer file {text['tokenizer']!r}")
-            maker = _WordTokens if text["kind"] == "word-vectors" else _HFTokens
-            self.tokenize = maker(tok_file, int(text["max_length"]))
+            if text["kind"] == "word-vectors":
+                self.tokenize = _WordTokens(tok_file, int(text["max_length"]))
+            else:
+                side = text.get("truncation_side") or saved_truncation_side(directory)
+                self.tokenize = _HFTokens(tok_file, int(text["max_length"]), side)
 
     @classmethod
     def load(cls, path: str | Path, **kwargs: Any) -> "OnnxClassifier":
