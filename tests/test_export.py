@@ -112,6 +112,28 @@ def test_parity_with_validation_folder_through_the_cli(image_model, tmp_path, ca
     assert parity["source"] == f"5 inputs from {val}"
 
 
+def test_parity_with_a_validation_csv_and_with_nothing_decodable(image_model, tmp_path, capsys):
+    """--val takes the path,label table `evaluate` takes; a --val with no decodable image
+    is a clear error, not a comparison of two empty arrays."""
+    val = make_folder(tmp_path / "val", per_class=2, seed=8)
+    rows = ["path,label"] + [f"{p.relative_to(tmp_path).as_posix()},{p.parent.name}" for p in sorted(val.rglob("*.png"))]
+    (tmp_path / "val.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", str(image_model), "--out", str(tmp_path / "e"), "--val", str(tmp_path / "val.csv"), "--quiet"])
+    assert exit_.value.code == 0
+    assert f"top-1 agreement 100.00% on {len(rows) - 1} inputs" in capsys.readouterr().out
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (junk / name).write_bytes(b"not an image at all")
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", str(image_model), "--out", str(tmp_path / "j"), "--val", str(junk), "--quiet"])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert f"no decodable images in --val {str(junk)!r}" in err and "shape" not in err
+    assert not (tmp_path / "j").exists()
+
+
 def test_temperature_is_baked_into_the_export(image_model, tmp_path):
     model = shutil.copytree(image_model, tmp_path / "model")
     config = json.loads((model / "config.json").read_text())
@@ -221,6 +243,63 @@ def test_decoding_equals_load_image(tmp_path):
     assert to_rgb(Image.open(tmp_path / "rgba.png")).mode == "RGB"
 
 
+@pytest.mark.parametrize("pre", [
+    dict(input_size=32, crop_pct=0.875, interpolation="bicubic"),
+    dict(input_size=224, crop_pct=0.9, interpolation="bilinear"),
+    dict(input_size=33, crop_pct=0.8, interpolation="nearest"),
+    dict(input_size=32, crop_pct=1.0, interpolation="bicubic"),
+    dict(input_size=48, crop_pct=1.15, interpolation="bicubic"),  # pads before cropping
+])
+def test_model_input_image_gives_the_same_input_from_less(pre):
+    """What a server keeps of an image gives the very same model input as the whole image,
+    through the ONNX preprocessing and through torchvision's."""
+    from headstart.backbones import Preprocessing
+    from headstart.runtime import model_input_image
+    from headstart.transforms import eval_transform
+
+    pre = {**pre, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
+    transform = eval_transform(Preprocessing(**pre))
+    rng = np.random.default_rng(0)
+    for w, h in [(40, 30), (30, 40), (1000, 37), (37, 1001), (5, 900), (901, 4), (33, 33), (300, 301), (64, 1), (2, 3)]:
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        small = model_input_image(im, pre)
+        short = int(pre["input_size"] / pre["crop_pct"])
+        assert max(small.size) <= max(2 * short, pre["input_size"] + 2), (w, h, small.size)
+        np.testing.assert_array_equal(preprocess_image(small, pre), preprocess_image(im, pre), err_msg=f"{w}x{h}")
+        np.testing.assert_array_equal(transform(small).numpy(), transform(im).numpy(), err_msg=f"{w}x{h}")
+
+
+def test_pixel_limit_is_checked_from_the_header_without_touching_warning_filters(tmp_path):
+    """The limit is an explicit width x height check, safe from many threads at once (no
+    process-global warnings switch)."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    from headstart.errors import DataError
+    from headstart.runtime import ImageTooLarge, model_input_image
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "big.png")
+    Image.new("RGB", (20, 20), (10, 200, 10)).save(tmp_path / "small.png")
+    filters = list(warnings.filters)
+
+    def one(i: int):
+        path = tmp_path / ("big.png" if i % 2 else "small.png")
+        try:
+            return decode_image(path, max_pixels=1000).size
+        except ImageTooLarge as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(64)))
+    assert warnings.filters == filters
+    assert results[0::2] == [(20, 20)] * 32
+    assert all("40x30 is 1,200 pixels; the limit is 1,000" in r for r in results[1::2])
+    assert issubclass(ImageTooLarge, DataError)
+    strip = Image.new("RGB", (1, 5000))
+    with pytest.raises(ImageTooLarge, match="aspect ratio of 1x5000 is too extreme"):
+        model_input_image(strip, {"input_size": 224, "crop_pct": 0.875}, max_pixels=1_000_000)
+
+
 # --------------------------------------------------------------------------- text
 
 
@@ -249,6 +328,30 @@ def test_text_onnx_export_dynamic_axes_and_predictions(text_model, text_onnx):
         np.testing.assert_allclose(out.sum(1), 1.0, atol=1e-5)
     with pytest.raises(Exception, match="empty"):
         onnx_clf.predict_proba(["fine", "  "])
+
+
+def test_text_onnx_export_truncates_from_the_tokenizers_side(text_model, tmp_path):
+    """A tokenizer that truncates on the left keeps the end of a long text, in the ONNX
+    predictor as in PyTorch (also for an export whose description lacks the key)."""
+    model = tmp_path / "left"
+    shutil.copytree(text_model, model)
+    tok_config = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({**tok_config, "truncation_side": "left"}))
+    clf = TextClassifier.load(model, precision="fp32")
+    assert clf.tokenizer_.truncation_side == "left"
+    result = export_model(model, "onnx", tmp_path / "left-onnx", samples=12)  # a third of them past the limit
+    assert result.parity.passed
+    config = json.loads((result.path / EXPORT_CONFIG).read_text())
+    assert config["text"]["truncation_side"] == "left"
+    # Same start, different ends, both past the 64-token limit: only the ends are kept.
+    texts = ["awful boring " * 40 + "good great fun " * 30, "awful boring " * 40 + "terrible bad dull " * 30]
+    onnx_clf = OnnxClassifier.load(result.path)
+    ids = onnx_clf.tokenize(texts)
+    assert ids[0][:-1][-3:] != ids[1][:-1][-3:] and len(ids[0]) == 64
+    np.testing.assert_allclose(onnx_clf.predict_proba(texts), clf.predict_proba(texts), atol=1e-5)
+    del config["text"]["truncation_side"]  # an older export: read from tokenizer_config.json
+    (result.path / EXPORT_CONFIG).write_text(json.dumps(config))
+    assert OnnxClassifier.load(result.path).tokenize(texts) == ids
 
 
 def test_text_torchscript_export(text_model, tmp_path):

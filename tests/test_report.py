@@ -162,7 +162,7 @@ def test_labels_are_escaped_everywhere(image_run):
     assert EVIL not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert parse(image_run / "run" / "report.html").scripts == 0
     card = (image_run / "run" / "model" / "README.md").read_text()
-    assert EVIL not in card and "&lt;script&gt;alert(1)&lt;/script&gt;" in card
+    assert EVIL not in card and "&lt;script&gt;alert\\(1\\)&lt;/script&gt;" in card
 
 
 def test_temperature_is_fitted_saved_and_applied(image_run):
@@ -196,7 +196,7 @@ def test_model_card(image_run):
     assert f"Accuracy: {metrics['val']['accuracy']:.4f}" in card
     assert "Evaluation set: the validation set, 30% stratified split of train, seed 0" in card
     assert f"T = {metrics['calibration']['temperature']:.4f}" in card
-    assert "none (random initialisation)" in card and "headstart predict MODEL_DIR" in card
+    assert "none \\(random initialisation\\)" in card and "headstart predict MODEL_DIR" in card
 
 
 def test_the_card_names_the_embedded_licences():
@@ -211,6 +211,36 @@ def test_the_card_names_the_embedded_licences():
     other = {"task": "text", "labels": ["a", "b"], "encoder": {"name": "my-bert", "model_config": {}}}
     card = model_card(other)
     assert "see the weights' source" in card and "Not recorded" in card
+
+
+MARKDOWN_LABELS = ["[x](javascript:alert(1))", "![](https://host/p.png)", "*bold* _it_ ~~gone~~", "# heading",
+                   "1. one", "- item", "a|b", "`code`", "back\\slash", "<img src=x onerror=alert(1)>", "&#x5B;x&#x5D;(y)"]
+
+
+def test_the_card_keeps_markdown_in_labels_as_text():
+    from headstart.card import md, model_card
+
+    config = {"task": "image", "labels": MARKDOWN_LABELS, "backbone": {"name": "n![](https://host/q.png)", "arch": "a"},
+              "summary": {"val_accuracy": 0.5, "val_macro_f1": 0.5, "val_n": 4,
+                          "data": {"train": {"n": 4, "source": "[src](https://evil)", "per_class": {MARKDOWN_LABELS[0]: 1}}}}}
+    card = model_card(config)
+    for raw in MARKDOWN_LABELS[:2] + ["n![](https://host/q.png)", "[src](https://evil)"]:
+        assert raw not in card
+    assert md(MARKDOWN_LABELS[0]) == "\\[x\\]\\(javascript:alert\\(1\\)\\)"
+    assert md(MARKDOWN_LABELS[1]) == "\\!\\[\\]\\(https://host/p.png\\)"
+    assert md("1. one") == "1\\. one" and md("- item") == "\\- item" and md("a\nb") == "a b"
+    assert md("0.1.0") == "0.1.0" and md("tiny-cnn") == "tiny-cnn" and md("---") == "\\---"
+    markdown_it = pytest.importorskip("markdown_it")
+    html = markdown_it.MarkdownIt("commonmark").enable("table").render(card)
+    assert "<a " not in html and "<img" not in html and "<em>" not in html and "<del>" not in html
+    assert "<code>" in html  # the card's own code blocks, and no other
+    assert html.count("<h1>") == 1 and "<ol" not in html.split("<h2>Labels</h2>")[1].split("<h2>")[0]
+    # Rendered, every label reads as itself.
+    import html as html_lib
+
+    text = html_lib.unescape(html)
+    for label in MARKDOWN_LABELS:
+        assert label in text, label
 
 
 def test_report_command_rebuilds_the_report(image_run, tmp_path, capsys):

@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
+import resource
+import threading
+import zlib
 
 import numpy as np
 import pytest
@@ -188,7 +192,7 @@ class Flaky:
         return np.array([[0.25, 0.75] if t.startswith("b") else [0.75, 0.25] for t in texts])
 
 
-def test_a_failing_model_call_answers_500_and_spares_the_rest():
+def test_a_failing_model_call_answers_500_and_spares_the_rest(caplog):
     async def scenario():
         import httpx
 
@@ -199,9 +203,152 @@ def test_a_failing_model_call_answers_500_and_spares_the_rest():
             )
             return bad, good, app.state.batcher
 
-    bad, good, _ = asyncio.run(scenario())
-    assert bad.status_code == 500 and "the model broke" in bad.json()["detail"]
-    assert good.status_code == 200 and good.json()["results"][0]["predictions"][0]["label"] == "b"
+    with caplog.at_level(logging.ERROR, logger="headstart.serve"):
+        bad, good, _ = asyncio.run(scenario())
+    assert bad.status_code == 500 and good.status_code == 200
+    assert good.json()["results"][0]["predictions"][0]["label"] == "b"
+    # The client gets a generic message and a request id; the exception goes to the log only.
+    detail, request_id = bad.json()["detail"], bad.headers["x-request-id"]
+    assert "the model broke" not in detail and "RuntimeError" not in detail and request_id in detail
+    logged = [r for r in caplog.records if request_id in r.getMessage()]
+    assert logged and "the model broke" in str(logged[0].exc_info[1])
+
+
+def test_deeply_nested_json_is_422_not_500(text_model):
+    with TestClient(create_app(text_model)) as client:
+        for body in (b"[" * 100_000, b'{"texts": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"):
+            r = client.post("/predict", content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 422 and "not valid JSON" in r.json()["detail"], r.text[:200]
+        assert client.post("/predict", json={"text": "good"}).status_code == 200
+
+
+def test_a_multipart_text_part_over_the_part_limit_is_refused_by_the_parser(text_model):
+    # max_text_chars=50 -> parts up to 50 * 4 + 1024 bytes; a 2000-byte field is cut off while parsing,
+    # not read whole and refused afterwards.
+    with TestClient(create_app(text_model, max_text_chars=50)) as client:
+        r = client.post("/predict", files={"text": (None, "x" * 2000)})
+        assert r.status_code == 413 and "cannot read the multipart body" in r.json()["detail"], r.text
+        r = client.post("/predict", files={"text": (None, "x" * 60)})  # under the part limit: the text check
+        assert r.status_code == 413 and "limit is 50" in r.json()["detail"]
+        r = client.post("/predict", files={"text": (None, "a fine text")})
+        assert r.status_code == 200
+
+
+# --------------------------------------------------------------------------- memory bounds
+
+
+def grey_png(width: int, height: int, rows: int | None = None) -> bytes:
+    """An 8-bit grey PNG of zeros, compressed row by row (never held whole); with ``rows``,
+    only that many rows of pixel data follow the header (a header that promises more)."""
+    import struct
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    comp, row, idat = zlib.compressobj(9), b"\0" * (width + 1), []
+    for _ in range(height if rows is None else rows):
+        idat.append(comp.compress(row))
+    idat.append(comp.flush())
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(idat)) + chunk(b"IEND", b"")
+
+
+def test_huge_pixel_images_are_refused_from_their_header(onnx_image, monkeypatch):
+    from PIL import ImageFile
+
+    loaded = []
+    real_load = ImageFile.ImageFile.load
+
+    def spy(self):
+        loaded.append(self.size)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    huge = grey_png(6000, 6000)  # 36 Mpx in about 35 KB
+    assert len(huge) < 100_000
+    header_only = grey_png(20000, 20000, rows=2)  # 400 Mpx promised, a few bytes of data
+    strip = grey_png(1, 40000)  # 40,000 px, but 36 x 1,440,000 once resized for the 32 px model
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    with TestClient(create_app(onnx_image)) as client:
+        r = client.post("/predict", files=[("files", (f"{i}.png", huge, "image/png")) for i in range(6)])
+        assert r.status_code == 413 and "36,000,000 pixels; the limit is 25,000,000" in r.json()["detail"], r.text
+        r = client.post("/predict", files={"files": ("bomb.png", header_only, "image/png")})
+        assert r.status_code == 413 and "'bomb.png' is too large" in r.json()["detail"], r.text
+        r = client.post("/predict", files={"files": ("strip.png", strip, "image/png")})
+        assert r.status_code == 413 and "aspect ratio of 1x40000 is too extreme" in r.json()["detail"], r.text
+        assert client.get("/health").json()["limits"]["max_pixels"] == 25_000_000
+        assert client.post("/predict", files={"files": ("a.png", png(), "image/png")}).status_code == 200
+    # The refusals came from the header: no image over the limit was decoded.
+    assert all(w * h <= 25_000_000 for w, h in loaded) and (40, 30) in loaded
+    # Peak memory: decoding the six images would have taken over 200 MB (36 MB grey + 108 MB RGB each).
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 100, f"peak RSS grew by {grown_mb:.0f} MB"
+    # A smaller limit applies to ordinary images too.
+    with TestClient(create_app(onnx_image, max_pixels=1000)) as client:
+        r = client.post("/predict", files={"files": ("a.png", png(size=(40, 30)), "image/png")})
+        assert r.status_code == 413 and "1,200 pixels; the limit is 1,000" in r.json()["detail"]
+
+
+def test_served_images_are_cut_down_to_what_the_model_needs(image_dirs, onnx_image):
+    from headstart import load
+    from headstart.serve import model_preprocessing, prepare_image
+
+    wide = png(size=(900, 40), seed=3)
+    tall = png(size=(35, 700), seed=4)
+    for model in (onnx_image, load(image_dirs[0])):
+        pre = model_preprocessing(model)
+        assert pre is not None and pre["input_size"] == 32
+        kept = prepare_image(wide, pre, 25_000_000)
+        short = int(32 / pre["crop_pct"])
+        assert kept.size[1] == short and kept.size[0] < 2 * short  # not 900 px wide any more
+        _, full = expected_top(model, [wide, tall])
+        np.testing.assert_allclose(model.predict_proba([kept, prepare_image(tall, pre, 25_000_000)]), full, atol=1e-6)
+        with TestClient(create_app(model)) as client:
+            r = client.post("/predict?top_k=3", files=[("files", ("w.png", wide, "image/png")), ("files", ("t.png", tall, "image/png"))])
+            assert r.status_code == 200
+            for result, row in zip(r.json()["results"], full):
+                for p in result["predictions"]:
+                    assert p["score"] == pytest.approx(row[model.classes_.index(p["label"])], abs=1e-5)
+
+
+class Slow:
+    """A text model that holds each call until released, to fill the server."""
+
+    task, classes_ = "text", ["a", "b"]
+
+    def __init__(self):
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def predict_proba(self, texts):
+        self.entered.set()
+        self.release.wait(10)
+        return np.array([[0.5, 0.5]] * len(texts))
+
+
+def test_requests_beyond_max_concurrent_get_503_with_retry_after():
+    import httpx
+
+    model = Slow()
+    app = create_app(model, max_concurrent=1)
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            first = asyncio.ensure_future(client.post("/predict", json={"text": "one"}))
+            for _ in range(500):
+                if model.entered.is_set():
+                    break
+                await asyncio.sleep(0.01)
+            busy = await client.post("/predict", json={"text": "two"})
+            health = (await client.get("/health")).json()
+            model.release.set()
+            done = await first
+            again = await client.post("/predict", json={"text": "three"})
+            return busy, health, done, again
+
+    busy, health, done, again = asyncio.run(scenario())
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "1" and "busy" in busy.json()["detail"]
+    assert health["limits"]["max_concurrent"] == 1 and health["limits"]["in_flight"] == 1
+    assert done.status_code == 200 and again.status_code == 200
 
 
 # --------------------------------------------------------------------------- batching
@@ -237,6 +384,20 @@ def test_bad_options():
 
     with pytest.raises(HeadstartError):
         create_app(Flaky(), max_batch=0)
+    for bad in ({"max_pixels": 0}, {"max_concurrent": 0}):
+        with pytest.raises(HeadstartError):
+            create_app(Flaky(), **bad)
+
+
+def test_cli_serve_reports_a_bad_model_before_announcing(tmp_path):
+    from click.testing import CliRunner
+
+    from headstart.cli import cli
+    from headstart.errors import HeadstartError
+
+    result = CliRunner().invoke(cli, ["serve", str(tmp_path / "nonexistent")])
+    assert isinstance(result.exception, HeadstartError)
+    assert "serving" not in result.output
 
 
 def test_cli_serve_help():
@@ -246,5 +407,6 @@ def test_cli_serve_help():
 
     out = CliRunner().invoke(cli, ["serve", "--help"]).output
     assert "--port" in out and "--no-batching" in out and "/predict" in out
+    assert "--max-pixels" in out and "--max-concurrent" in out
     out = CliRunner().invoke(cli, ["export", "--help"]).output
     assert "--format" in out and "parity" in out

@@ -4,14 +4,16 @@ It says what the model does, what it was trained on, how good it is on which dat
 far its confidence can be trusted, where it will fail, and how to use it, so that a model
 directory handed to someone else explains itself. Everything comes from ``config.json``
 (and the validation metrics when they are at hand): the card never claims more than the
-directory holds. Labels and texts are HTML-escaped, so a label such as ``<script>`` shows
-as text wherever the Markdown is rendered.
+directory holds. Labels and texts are HTML-escaped and their Markdown punctuation
+backslash-escaped, so a label such as ``<script>`` or ``[x](javascript:alert(1))`` shows as
+text wherever the Markdown is rendered.
 """
 
 from __future__ import annotations
 
 import html
 import math
+import re
 from typing import Any
 
 CARD_FILE = "README.md"
@@ -20,9 +22,21 @@ UNKNOWN_LICENCE = "see the weights' source"
 MAX_CLASS_ROWS = 50
 
 
+# Markdown punctuation that opens links, images, emphasis, code, headings, tables or escapes.
+_MD_PUNCTUATION = re.compile(r"([\\`*_\[\]()!#~|<>])")
+# Starts of block syntax that only count at the start of a line: lists, quotes, setext rules.
+_MD_LINE_START = re.compile(r"^(\s*)([-+=])(?=\s|$|[-+=])")  # "- x", "+ x", "---", "==="
+_MD_ORDERED = re.compile(r"^(\s*\d+)\.(?=\s|$)")  # "1. x" (a "1) x" is already escaped above)
+
+
 def md(text: Any) -> str:
-    """Text safe inside Markdown and its tables: HTML-escaped, pipes and newlines defused."""
-    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ").replace("`", "&#96;")
+    """Text that shows as itself inside Markdown and its tables: HTML-escaped (no raw HTML,
+    no entities), Markdown punctuation backslash-escaped (a label ``[x](javascript:...)``
+    or ``![](https://host/p.png)`` stays text, not a link or a remote image), line breaks
+    flattened, and a leading list or rule marker defused."""
+    flat = " ".join(str(text).splitlines())
+    escaped = _MD_PUNCTUATION.sub(r"\\\1", html.escape(flat, quote=False))
+    return _MD_ORDERED.sub(r"\1\\.", _MD_LINE_START.sub(r"\1\\\2", escaped))
 
 
 def backbone_info(config: dict[str, Any]) -> dict[str, str]:

@@ -607,8 +607,12 @@ def export(model_dir, fmt, out, val_data, samples, tolerance, quiet):
 @click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
               help="Largest request body; larger ones get 413.")
 @click.option("--max-inputs", type=click.IntRange(min=1), default=32, show_default=True, help="Most images or texts in one request.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=25_000_000, show_default=True,
+              help="Most pixels of one image (width x height), checked before decoding; larger ones get 413.")
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Most prediction requests worked on at once; more get 503 with Retry-After.")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Labels per input when the request does not say.")
-def serve(model_dir, host, port, max_batch, max_wait_ms, no_batching, max_upload_mb, max_inputs, top_k):
+def serve(model_dir, host, port, max_batch, max_wait_ms, no_batching, max_upload_mb, max_inputs, max_pixels, max_concurrent, top_k):
     """Serve a model over HTTP: a web page at /, POST /predict, GET /health, GET /labels,
     API docs at /docs.
 
@@ -626,9 +630,13 @@ def serve(model_dir, host, port, max_batch, max_wait_ms, no_batching, max_upload
     from .serve import serve as run_server
 
     _setup_logging(False)
-    click.echo(f"serving {model_dir} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops", err=True)
-    run_server(model_dir, host=host, port=port, batching=not no_batching, max_batch=max_batch, max_wait_ms=max_wait_ms,
-               max_upload_mb=max_upload_mb, max_inputs=max_inputs, top_k=top_k)
+
+    def ready():  # announced once the model has loaded, never before a load error
+        click.echo(f"serving {model_dir} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops", err=True)
+
+    run_server(model_dir, host=host, port=port, ready=ready, batching=not no_batching, max_batch=max_batch,
+               max_wait_ms=max_wait_ms, max_upload_mb=max_upload_mb, max_inputs=max_inputs, max_pixels=max_pixels,
+               max_concurrent=max_concurrent, top_k=top_k)
 
 
 @cli.command()

@@ -262,10 +262,15 @@ def _torchscript_probs(module, clf, inputs: Sequence) -> np.ndarray:
 
 
 def check_parity(clf, directory: Path, config: dict[str, Any], inputs: Sequence, source: str, temperature: float,
-                 tolerance: float = TOLERANCE) -> Parity:
+                 tolerance: float = TOLERANCE, where: str | None = None) -> Parity:
     """Predict ``inputs`` (image paths or texts) with the PyTorch model and with the export
-    in ``directory``; compare the probabilities."""
+    in ``directory``; compare the probabilities. ``where`` names the inputs' origin in the
+    error when none of them decodes."""
+    n = len(inputs)
     inputs, ref = reference_probs(clf, list(inputs), temperature)
+    if not len(inputs):  # nothing to compare: say so, rather than compare two empty arrays
+        raise DataError(f"no decodable images in {where or source} ({n} file(s) tried); "
+                        "pass image files, a folder of images or a CSV with columns path,label")
     if config["model_format"] == "onnx":
         exported = OnnxClassifier(directory, config).predict_proba(list(inputs))
     else:
@@ -288,13 +293,23 @@ def reference_probs(clf, inputs: list, temperature: float) -> tuple[list, np.nda
     return inputs, torch.softmax(logits.double() / temperature, dim=1).numpy()
 
 
+def _image_files(val: Path) -> list[Path]:
+    """The images of ``--val``: a CSV/TSV of path,label read by the training data reader
+    (the table ``evaluate`` accepts), else image files or folders searched for images."""
+    if val.is_file() and val.suffix.lower() in (".csv", ".tsv"):
+        from .data import read_csv
+
+        return list(read_csv(val).paths)
+    from .image import expand_inputs
+
+    return expand_inputs([val])
+
+
 def sample_inputs(clf, val: str | Path | None, samples: int, scratch: Path, seed: int = 0) -> tuple[list, str]:
     """The parity inputs: up to ``samples`` from ``val``, else generated ones."""
     if val is not None:
         if clf.task == "image":
-            from .image import expand_inputs
-
-            items = _spread(expand_inputs([val]), samples)
+            items = _spread(_image_files(Path(val)), samples)
         else:
             items = _spread(clf._read(val).texts, samples)
         if not items:
@@ -332,7 +347,7 @@ def _describe(clf, fmt: str, model_dir: Path, temperature: float) -> dict[str, A
             "kind": clf.kind, "max_length": clf.max_length_, "pad_id": _pad_id(clf),
             "tokenizer": "vocab.json" if word else "tokenizer.json",
             "padding": "right, to the longest sequence of the batch; attention_mask 1 on tokens, 0 on padding",
-            **({"lowercase": clf.tokenizer_.lowercase} if word else {}),
+            **({"lowercase": clf.tokenizer_.lowercase} if word else {"truncation_side": clf.tokenizer_.truncation_side}),
         })
     return config
 
@@ -401,7 +416,8 @@ def export_model(
         _write_json(tmp / EXPORT_CONFIG, config)
         inputs, source = sample_inputs(clf, val, samples, scratch, seed)
         log.info("parity check on %s", source)
-        parity = check_parity(clf, tmp, config, inputs, source, temperature, tolerance)
+        where = f"--val {str(val)!r}" if val is not None else None
+        parity = check_parity(clf, tmp, config, inputs, source, temperature, tolerance, where=where)
         config["parity"] = {k: v for k, v in parity.to_dict().items() if k != "disagreements"}
         _write_json(tmp / EXPORT_CONFIG, config)
         _write_json(tmp / PARITY_FILE, {**parity.to_dict(), "model_format": fmt, "model_dir": str(model_dir.resolve())})

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import warnings
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -55,21 +54,80 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def decode_image(source: str | Path | bytes) -> Image.Image:
-    """Decode a file or the bytes of one into RGB; a decompression bomb, a truncated file or
-    something that is not an image raises :class:`DataError` with the reason."""
+def pixel_limit(max_pixels: int | None = None) -> int | None:
+    """The most pixels an image may have: ``max_pixels`` when given, else Pillow's
+    decompression bomb limit (``Image.MAX_IMAGE_PIXELS``, None when switched off)."""
+    return max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+
+
+class ImageTooLarge(DataError):
+    """An image over a pixel limit: refused for its size, not because it is broken."""
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int | None) -> None:
+    """Refuse an image by the width and height of its header, before a pixel is decoded.
+
+    An explicit check rather than Pillow's ``DecompressionBombWarning`` turned into an error
+    with ``warnings.catch_warnings``: that switch is process-global and not thread-safe, and
+    servers decode in many threads at once.
+    """
+    w, h = size
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageTooLarge(f"{w}x{h} is {w * h:,} pixels; the limit is {max_pixels:,} (decompression bomb guard)")
+
+
+def decode_image(source: str | Path | bytes, max_pixels: int | None = None) -> Image.Image:
+    """Decode a file or the bytes of one into RGB; an image of more than ``max_pixels``
+    (default: Pillow's decompression bomb limit) is refused from its header, before
+    decoding. A bomb, a truncated file or something that is not an image raises
+    :class:`DataError` with the reason."""
+    limit = pixel_limit(max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-                im.load()
-                return to_rgb(im)
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            check_pixels(im.size, limit)
+            im.load()
+            return to_rgb(im)
     except UnidentifiedImageError:
         raise DataError("not an image (or an image format Pillow cannot read)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DataError(f"too many pixels (more than {Image.MAX_IMAGE_PIXELS}; decompression bomb guard)") from None
+    except Image.DecompressionBombError:  # Pillow's own hard limit, twice MAX_IMAGE_PIXELS
+        raise ImageTooLarge(f"too many pixels (more than {limit}; decompression bomb guard)") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"unreadable image ({exc})") from None
+
+
+def resized_size(size: tuple[int, int], short: int) -> tuple[int, int]:
+    """(width, height) after torchvision's ``Resize(short)``: the short side becomes
+    ``short``, the long side ``int(short * long / short_side)``."""
+    w, h = size
+    return (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+
+
+def model_input_image(im: Image.Image, pre: dict[str, Any], max_pixels: int | None = None) -> Image.Image:
+    """The small image from which the model's preprocessing gives exactly the input it
+    gives from ``im``: ``im`` resized (short side ``input_size / crop_pct``, the same Pillow
+    filter, so the model's own resize then changes nothing) and cut down along its long side
+    to the part around the centre crop. A server keeps this instead of the full-size image.
+
+    The cut keeps ``input_size + 2 d`` pixels centred on the crop, ``d`` chosen so the piece
+    is at least as long as the short side (the model's resize stays a no-op): the model's
+    centre crop then lands on the very same pixels, padding included when ``crop_pct > 1``. An aspect ratio so extreme that the resized image alone would hold more
+    than ``max_pixels`` is refused (a 1x40000 strip would become 256 x 10,240,000)."""
+    size = int(pre["input_size"])
+    short = int(math.floor(size / float(pre["crop_pct"])))
+    new_w, new_h = resized_size(im.size, short)
+    if max_pixels is not None and new_w * new_h > max_pixels:
+        w, h = im.size
+        raise ImageTooLarge(f"the aspect ratio of {w}x{h} is too extreme: resized to {short} px on its short side it "
+                        f"would be {new_w}x{new_h}, over the limit of {max_pixels:,} pixels")
+    if (new_w, new_h) != im.size:
+        im = im.resize((new_w, new_h), _PIL_FILTERS.get(pre.get("interpolation", "bicubic"), Image.BICUBIC))
+    d = max(0, -(-(short - size) // 2))  # ceil: the piece must stay at least `short` long
+    long_side = max(new_w, new_h)
+    start = int(round((long_side - size) / 2.0)) - d  # the model's crop offset, less d
+    if start <= 0 or start + size + 2 * d > long_side:
+        return im
+    box = (start, 0, start + size + 2 * d, new_h) if new_w > new_h else (0, start, new_w, start + size + 2 * d)
+    return im.crop(box)
 
 
 def preprocess_image(im: Image.Image, pre: dict[str, Any]) -> np.ndarray:
@@ -78,13 +136,8 @@ def preprocess_image(im: Image.Image, pre: dict[str, Any]) -> np.ndarray:
     ``Normalize(mean, std)`` do it."""
     size = int(pre["input_size"])
     short = int(math.floor(size / float(pre["crop_pct"])))
-    w, h = im.size
-    # torchvision: the short side becomes `short`, the long side int(short * long / short_side)
-    if w <= h:
-        new_w, new_h = short, int(short * h / w)
-    else:
-        new_w, new_h = int(short * w / h), short
-    if (new_w, new_h) != (w, h):
+    new_w, new_h = resized_size(im.size, short)
+    if (new_w, new_h) != im.size:
         im = im.resize((new_w, new_h), _PIL_FILTERS.get(pre.get("interpolation", "bicubic"), Image.BICUBIC))
     arr = np.asarray(im, dtype=np.uint8)
     if new_w < size or new_h < size:  # torchvision pads with zeros before cropping
@@ -138,17 +191,33 @@ class _WordTokens:
 
 
 class _HFTokens:
-    """A Hugging Face fast tokenizer (``tokenizer.json``) with the model's truncation."""
+    """A Hugging Face fast tokenizer (``tokenizer.json``) with the model's truncation: to
+    ``max_length`` from the model's side (``truncation_side``: "right" keeps the start of a
+    long text, "left" its end). Padding is done by :func:`pad_batch`, on the right, as the
+    PyTorch model's batches are."""
 
-    def __init__(self, path: Path, max_length: int):
+    def __init__(self, path: Path, max_length: int, truncation_side: str = "right"):
         from tokenizers import Tokenizer
 
+        if truncation_side not in ("left", "right"):
+            raise ModelDirError(f"truncation side {truncation_side!r} in {str(path.parent)!r}; expected 'left' or 'right'")
         self.tokenizer = Tokenizer.from_file(str(path))
         self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length=max_length)
+        self.tokenizer.enable_truncation(max_length=max_length, direction=truncation_side)
 
     def __call__(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+
+
+def saved_truncation_side(directory: Path) -> str:
+    """The ``truncation_side`` saved with a tokenizer (``tokenizer_config.json``), for
+    exports whose description predates the key; "right", the default, when absent."""
+    try:
+        config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return "right"
+    side = config.get("truncation_side") if isinstance(config, dict) else None
+    return side if isinstance(side, str) else "right"
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -227,8 +296,11 @@ class OnnxClassifier:
             tok_file = directory / text["tokenizer"]
             if not tok_file.is_file():
                 raise ModelDirError(f"{str(directory)!r} lacks its tokenizer file {text['tokenizer']!r}")
-            maker = _WordTokens if text["kind"] == "word-vectors" else _HFTokens
-            self.tokenize = maker(tok_file, int(text["max_length"]))
+            if text["kind"] == "word-vectors":
+                self.tokenize = _WordTokens(tok_file, int(text["max_length"]))
+            else:
+                side = text.get("truncation_side") or saved_truncation_side(directory)
+                self.tokenize = _HFTokens(tok_file, int(text["max_length"]), side)
 
     @classmethod
     def load(cls, path: str | Path, **kwargs: Any) -> "OnnxClassifier":

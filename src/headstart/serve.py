@@ -6,8 +6,13 @@
 each other are answered by one model call (micro-batching: a queue collects them up to
 ``max_batch`` inputs or ``max_wait_ms``, the model runs in a worker thread so the event loop
 keeps accepting requests). Limits are checked before any work: request size (413), content
-type (415), unreadable images and empty texts (422, with a message). Uploads are read into
-memory, never written to disk.
+type (415), unreadable images and empty texts (422, with a message), images of more than
+``max_pixels`` pixels (413, refused from their header before any pixel is decoded). Uploads
+are read into memory, never written to disk; each image is cut down to the small image the
+model's preprocessing needs right after decoding, so a request holds at most one full-size
+image at a time, at most ``DECODE_SLOTS`` full-size images are decoded at once in the whole
+process, and at most ``max_concurrent`` requests are worked on at once (others get 503 with
+``Retry-After``): the server's memory has a bound.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at run
@@ -16,6 +21,8 @@ memory, never written to disk.
 import asyncio
 import json
 import logging
+import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -31,6 +38,12 @@ log = logging.getLogger("headstart.serve")
 DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_MAX_INPUTS = 32
 DEFAULT_MAX_TEXT_CHARS = 100_000
+DEFAULT_MAX_PIXELS = 25_000_000  # a 5000 x 5000 photo; 75 MB once decoded to RGB
+DEFAULT_MAX_CONCURRENT = 32  # a full default batch of one-image requests
+# Full-size images decoded at once, over all requests: each can take a few times
+# max_pixels * 4 bytes while it is converted to RGB and cut down.
+DECODE_SLOTS = 2
+_decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
 
 
 def load_model(path: str | Path):
@@ -129,6 +142,25 @@ class Batcher:
             self.task.cancel()
 
 
+def model_preprocessing(model) -> dict[str, Any] | None:
+    """The image preprocessing of a served model (input size, crop, interpolation), None
+    when the model does not say (any object with ``predict_proba`` can be served)."""
+    pre = getattr(model, "preprocessing", None)  # an ONNX export's description
+    if pre is None and getattr(model, "preprocessing_", None) is not None:  # a PyTorch classifier
+        pre = model.preprocessing_.to_dict()
+    return pre if isinstance(pre, dict) and {"input_size", "crop_pct"} <= set(pre) else None
+
+
+def prepare_image(data: bytes, preprocessing: dict[str, Any] | None, max_pixels: int):
+    """Decode one upload (refused from its header when over ``max_pixels``) and keep only
+    what the model needs of it; the full-size image is dropped here."""
+    from .runtime import decode_image, model_input_image
+
+    with _decode_slots:  # a thread semaphore: decoding runs in worker threads, whatever the event loop
+        image = decode_image(data, max_pixels=max_pixels)
+        return image if preprocessing is None else model_input_image(image, preprocessing, max_pixels)
+
+
 def _page() -> str:
     return resources.files("headstart").joinpath("static/index.html").read_text(encoding="utf-8")
 
@@ -168,20 +200,26 @@ def create_app(
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     max_inputs: int = DEFAULT_MAX_INPUTS,
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT,
     top_k: int = 5,
 ):
     """The FastAPI app serving ``model``.
 
     ``batching=False`` answers each request with its own model call (one at a time), the
-    baseline the load benchmark compares against.
+    baseline the load benchmark compares against. ``max_pixels`` bounds one image,
+    ``max_concurrent`` the prediction requests worked on at once (body read, decoded,
+    waiting for or in the model); a request beyond it gets 503 at once.
     """
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, HTTPException, Query, Request
     from fastapi.responses import HTMLResponse, JSONResponse
 
-    if max_batch < 1 or max_inputs < 1 or max_upload_mb <= 0 or max_wait_ms < 0:
-        raise HeadstartError("max_batch, max_inputs and max_upload_mb must be positive, max_wait_ms not negative")
+    if min(max_batch, max_inputs, max_pixels, max_concurrent) < 1 or max_upload_mb <= 0 or max_wait_ms < 0:
+        raise HeadstartError(
+            "max_batch, max_inputs, max_pixels, max_concurrent and max_upload_mb must be positive, max_wait_ms not negative"
+        )
     labels = list(model.classes_)
     task = model.task
     max_bytes = int(max_upload_mb * 1024 * 1024)
@@ -193,6 +231,8 @@ def create_app(
     batcher = Batcher(predict, executor, max_batch, max_wait_ms / 1000.0) if batching else None
     page = _page()
     runtime = getattr(model, "runtime", "pytorch")
+    preprocessing = model_preprocessing(model) if task == "image" else None
+    in_flight = 0  # prediction requests being worked on; the event loop is one thread, so a plain count
 
     @asynccontextmanager
     async def lifespan(app):
@@ -220,7 +260,8 @@ def create_app(
             "status": "ok", "task": task, "labels": len(labels), "runtime": runtime, "headstart_version": __version__,
             "batching": {"enabled": batching, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                          "model_calls": batcher.batches if batcher else None},
-            "limits": {"max_upload_mb": max_upload_mb, "max_inputs": max_inputs, "max_text_chars": max_text_chars},
+            "limits": {"max_upload_mb": max_upload_mb, "max_inputs": max_inputs, "max_text_chars": max_text_chars,
+                       "max_pixels": max_pixels, "max_concurrent": max_concurrent, "in_flight": in_flight},
         }
 
     @app.get("/labels")
@@ -244,13 +285,16 @@ def create_app(
 
         class InMemoryParser(MultiPartParser):
             spool_max_size = max_bytes + 1  # uploads stay in memory (the body is already bounded)
-            max_part_size = max_text_chars * 4 + 1024
 
         async def stream():
             yield body
 
+        # max_part_size bounds each non-file field (a text: up to 4 UTF-8 bytes a character);
+        # it is a constructor argument - a class attribute would be overwritten by __init__.
+        parser = InMemoryParser(request.headers, stream(), max_files=max_inputs, max_fields=max_inputs,
+                                max_part_size=max_text_chars * 4 + 1024)
         try:
-            return await InMemoryParser(request.headers, stream(), max_files=max_inputs, max_fields=max_inputs).parse()
+            return await parser.parse()
         except MultiPartException as exc:
             status = 413 if "Too many" in exc.message or "exceeded" in exc.message else 422
             raise HTTPException(status, f"cannot read the multipart body: {exc.message}") from None
@@ -274,8 +318,10 @@ def create_app(
         if media == "application/json":
             try:
                 data = json.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
                 raise HTTPException(422, f"the request body is not valid JSON ({exc})") from None
+            except RecursionError:
+                raise HTTPException(422, "the request body is not valid JSON (nested too deeply)") from None
             if isinstance(data, dict) and isinstance(data.get("texts"), list):
                 texts = data["texts"]
             elif isinstance(data, dict) and "text" in data:
@@ -300,7 +346,7 @@ def create_app(
         from starlette.concurrency import run_in_threadpool
         from starlette.datastructures import UploadFile
 
-        from .runtime import decode_image
+        from .runtime import ImageTooLarge
 
         if media != "multipart/form-data":
             raise HTTPException(415, "this model classifies images; POST multipart/form-data with one or more image files")
@@ -317,14 +363,31 @@ def create_app(
             if declared and not declared.startswith("image/") and declared != "application/octet-stream":
                 raise HTTPException(415, f"{name!r} was sent as {declared}; send image files (image/jpeg, image/png, ...)")
             data = await upload.read()
+            await upload.close()  # the upload's bytes are not needed again
             if not data:
                 raise HTTPException(422, f"{name!r} is empty")
             try:
-                images.append(await run_in_threadpool(decode_image, data))
+                images.append(await run_in_threadpool(prepare_image, data, preprocessing, max_pixels))
+            except ImageTooLarge as exc:
+                raise HTTPException(413, f"{name!r} is too large: {exc}") from None
             except DataError as exc:
                 raise HTTPException(422, f"cannot read {name!r}: {exc}") from None
+            del data
             names.append(name)
         return images, names
+
+    async def read_inputs(request: Request, media: str) -> tuple[list, list[str]]:
+        """The request's inputs (texts, or images cut down to what the model needs) and
+        their names; the raw body is dropped once they are read."""
+        body = await read_body(request)
+        if task == "image":
+            return await image_inputs(request, media, body)
+        return await text_inputs(request, media, body)
+
+    async def run_model(items: list) -> np.ndarray:
+        if batcher is not None:
+            return await batcher.submit(items)
+        return await asyncio.get_running_loop().run_in_executor(executor, predict, items)
 
     @app.post("/predict", openapi_extra=_PREDICT_BODY)
     async def predict_endpoint(
@@ -338,21 +401,25 @@ def create_app(
             raise HTTPException(
                 415, f"content type {media or 'none'!r} is not accepted; send multipart/form-data (images) or application/json (texts)"
             )
-        body = await read_body(request)
-        if task == "image":
-            items, names = await image_inputs(request, media, body)
-        else:
-            items, names = await text_inputs(request, media, body)
+        nonlocal in_flight
+        if in_flight >= max_concurrent:
+            return JSONResponse({"detail": f"the server is busy ({max_concurrent} requests in progress); retry shortly"},
+                                status_code=503, headers={"Retry-After": "1"})
+        in_flight += 1
         try:
-            if batcher is not None:
-                probs = await batcher.submit(items)
-            else:
-                probs = await asyncio.get_running_loop().run_in_executor(executor, predict, items)
+            items, names = await read_inputs(request, media)
+            probs = await run_model(items)
+        except HTTPException:  # a refusal with its own status and message
+            raise
         except HeadstartError as exc:
             raise HTTPException(422, str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - report, keep serving
-            log.exception("prediction failed")
-            return JSONResponse({"detail": f"prediction failed: {type(exc).__name__}: {exc}"}, status_code=500)
+        except Exception:  # noqa: BLE001 - report, keep serving; the details go to the log, never to the client
+            request_id = uuid.uuid4().hex[:16]
+            log.exception("prediction failed (request id %s)", request_id)
+            return JSONResponse({"detail": f"prediction failed; the server log has the details under request id {request_id}"},
+                                status_code=500, headers={"X-Request-ID": request_id})
+        finally:
+            in_flight -= 1
         k = min(top_k_, len(labels))
         results = []
         for name, row in zip(names, probs):
@@ -363,10 +430,13 @@ def create_app(
     return app
 
 
-def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
-    """Load the model at ``path`` and serve it with uvicorn until interrupted."""
+def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, *, ready=None, **options: Any) -> None:
+    """Load the model at ``path`` and serve it with uvicorn until interrupted; ``ready()``
+    is called once the model has loaded and the app is built, just before listening."""
     import uvicorn
 
     model = load_model(path)
     app = create_app(model, **options)
+    if ready is not None:
+        ready()
     uvicorn.run(app, host=host, port=port, log_level="info")
