@@ -348,7 +348,7 @@ def _peak_rss(args: list[str], workdir: Path) -> tuple[float, float, float]:
     t = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
-        raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr[-2000:]}")
     main_kb, child_kb = map(int, done.stderr.strip().splitlines()[-1].split()[1:])
     return main_kb / 1024, child_kb / 1024, time.perf_counter() - t
 
@@ -389,7 +389,7 @@ def row5(image_counts: list[int], text_counts: list[int], sst2: Path) -> list[di
             peaks.append(_peak_rss(["train", str(root), "--recipe", "linear-probe", "--epochs", "3"], tmp))
         (a, wa, sa), (b, wb, sb) = peaks
         out.append(row(
-            f"5a. peak RSS, linear probe on generated 400x300 JPEGs, batch 32",
+            "5a. peak RSS, linear probe on generated 400x300 JPEGs, batch 32",
             f"{image_counts[0]:,} images: {a:,.0f} MB ({sa:.0f} s)", f"{image_counts[1]:,} images: {b:,.0f} MB ({sb:.0f} s)",
             f"{b / a:.2f}x the memory for {image_counts[1] // image_counts[0]}x the images",
             "grows with the batch, not the data", b / a < 1.5,
@@ -450,25 +450,28 @@ def main() -> None:
     train, val = full.subset(tr), full.subset(va)
     start = time.perf_counter()
     rows: list[dict] = []
-
-    def done(new):
-        new = new if isinstance(new, list) else [new]
+    q2 = 256 if q else 1024
+    todo = {  # the long row 1 last, so the others are in even if it is interrupted
+        "2": lambda: row2(full.paths[:: max(1, len(full) // q2)][:q2], precision, 3 if q else 5, explore=args.explore)
+        + [row2b(full, precision, 128 if q else 512, 3 if q else 5, accuracy=not q)],
+        "3": lambda: row3(train, val, 6 if q else 12, 3 if q else 5, 1, args.explore),
+        "4": lambda: [row4(args.sst2, 3 if q else 10, 1600 if q else None)],
+        "5": lambda: row5([300, 3000] if q else [1000, 10000], [5000, 50000] if q else [10000, 100000], args.sst2),
+        "1": lambda: [row1(train, val, precision, 10)],
+    }
+    for key, measure in todo.items():
+        if key not in wanted:
+            continue
+        try:
+            new = measure()
+        except Exception as exc:  # noqa: BLE001 - one failing row must not lose the others
+            new = [row(f"{key}. failed", f"{type(exc).__name__}: {exc}", "", "", "", False)]
         rows.extend(new)
         for r in new:
             say("  -> " + " | ".join(str(v) for v in r.values()))
-
-    if "1" in wanted:
-        done(row1(train, val, precision, 10))
-    if "2" in wanted:
-        step = max(1, len(full) // (256 if q else 1024))
-        done(row2(full.paths[::step][: 256 if q else 1024], precision, 3 if q else 5, explore=args.explore))
-        done(row2b(full, precision, 128 if q else 512, 3 if q else 5, accuracy=not q))
-    if "3" in wanted:
-        done(row3(train, val, 6 if q else 12, 3 if q else 5, 1, args.explore))
-    if "4" in wanted:
-        done(row4(args.sst2, 3 if q else 10, 1600 if q else None))
-    if "5" in wanted:
-        done(row5([300, 3000] if q else [1000, 10000], [10000, 100000] if not q else [5000, 50000], args.sst2))
+        if args.json:
+            args.json.write_text(json.dumps(sorted(rows, key=lambda r: r["row"]), indent=2))
+    rows.sort(key=lambda r: r["row"])
     print(f"{'quick run (not the numbers to quote)' if q else 'full run'}: {machine()}; "
           f"{(time.perf_counter() - start) / 60:.0f} min, every row's sides measured in this one process")
     print()
@@ -477,8 +480,6 @@ def main() -> None:
     for r in rows:
         met = "" if r["met"] is None else ("yes" if r["met"] else "no")
         print(f"| {r['row']} | {r['baseline']} | {r['headstart']} | {r['ratio']} | {r['target']} | {met} |")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
