@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench bench-perf bench-perf-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ bench: install
 	$(PY) bench/text_recipes.py
 	$(PY) bench/wordvec.py
 	$(PY) bench/performance.py
+
+# The performance suite: every target measured side by side in one run, one table
+# (about 30 min on 2 cores; the quick variant about 8 min, for checking, not for quoting).
+bench-perf: install
+	$(PY) bench/suite.py
+
+bench-perf-quick: install
+	$(PY) bench/suite.py --quick
 
 clean:
 	rm -rf $(VENV) .demo runs build *.egg-info

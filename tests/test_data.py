@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
@@ -172,3 +173,35 @@ def test_decompression_bomb_is_skipped(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200 * 200)
     s = scan_folder(root)
     assert ("bomb.png", "too many pixels (decompression bomb guard)") in [(Path(p).name, r) for p, r in s.skipped]
+
+
+def _photo(path: Path, size=(1024, 768)) -> Path:
+    """A JPEG with smooth shapes and fine texture, like a downscaled photo."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
+    rng = np.random.default_rng(0)
+    img = np.stack([128 + 100 * np.sin(6 * xx + c) * np.cos(4 * yy) for c in (0, 1, 2)], -1)
+    img += rng.normal(0, 12, (h, w, 1))
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=90)
+    return path
+
+
+def test_draft_decoding_keeps_the_short_side_and_the_tensor_close(tmp_path):
+    from headstart.backbones import Preprocessing
+    from headstart.transforms import eval_resize, eval_transform
+
+    pre = Preprocessing(input_size=224, crop_pct=0.875, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic")
+    path = _photo(tmp_path / "big.jpg")
+    full, small = load_image(path), load_image(path, draft=eval_resize(pre))
+    assert full.size == (1024, 768) and small.size == (512, 384)  # DCT-domain 1/2 scale, short side >= 256
+    tf = eval_transform(pre)
+    a, b = tf(full), tf(small)
+    assert a.shape == b.shape == (3, 224, 224)
+    # normalised to [-1, 1]: a mean difference of 0.02 is about 2.5 grey levels of 255
+    assert float((a - b).abs().mean()) < 0.02
+    # never below the resize target, and other formats are decoded in full
+    assert load_image(_photo(tmp_path / "mid.jpg", (400, 300)), draft=256).size == (400, 300)
+    Image.open(path).save(tmp_path / "big.png")
+    assert load_image(tmp_path / "big.png", draft=256).size == (1024, 768)
+    ds = ImageDataset([path], None, tf, draft=eval_resize(pre))
+    assert torch.equal(ds[0][0], b)

@@ -104,3 +104,22 @@ def test_compiled_feature_extraction_matches_eager(tmp_path):
     eager = ImageClassifier(**kw).fit(folder)
     compiled = ImageClassifier(**kw, compile=True).fit(folder)
     np.testing.assert_allclose(compiled.predict_proba(folder), eager.predict_proba(folder), atol=1e-4)
+
+
+def test_compiled_fine_tuning_trains_saves_and_predicts_eager(tmp_path):
+    """--compile for phase 2: the training forward and backward compile, the weights keep
+    their names, and the trained model predicts and saves as a plain module."""
+    from conftest import make_folder
+    from headstart import ImageClassifier, load
+
+    folder = make_folder(tmp_path / "p", per_class=6)
+    kw = dict(backbone="tiny-cnn", weights="none", recipe="fine-tune", epochs=1, head_epochs=1, precision="fp32",
+              num_workers=0, seed=0, unfreeze_blocks=1)
+    compiled = ImageClassifier(**kw, compile=True).fit(folder)
+    model = compiled.model_
+    assert model._compiled_call_impl is None
+    assert not any("_orig_mod" in k for k in model.state_dict())
+    eager = ImageClassifier(**kw).fit(folder)
+    np.testing.assert_allclose(compiled.predict_proba(folder), eager.predict_proba(folder), atol=1e-2)
+    compiled.save(tmp_path / "m")
+    np.testing.assert_allclose(load(tmp_path / "m").predict_proba(folder), compiled.predict_proba(folder), atol=1e-6)

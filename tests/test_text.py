@@ -98,6 +98,18 @@ def test_dynamic_padding_and_length_groups(tiny_bert):
     assert [lengths[g].tolist() for g in by_length(lengths, 4)] == [[50, 49, 48, 47], [8, 7, 6, 5]]
 
 
+def test_tokenize_in_chunks_gives_the_same_compact_ids(tiny_bert):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert))
+    texts = ["good", "the movie was really good and the plot was great", "bad", "a long dull plot that was never great"] * 3
+    whole, t1 = tokenize(tok, texts, 8)
+    parts, t2 = tokenize(tok, texts, 8, chunk=5)  # chunks of 5, 5 and 2
+    assert t1 == t2 == 6
+    assert all(a.dtype == np.int32 for a in parts)
+    assert [a.tolist() for a in parts] == [a.tolist() for a in whole] == tok(texts, truncation=True, max_length=8)["input_ids"]
+
+
 def test_truncation_is_counted(text_kwargs):
     long = ["the movie was really " * 30 + "good"] * 6 + ["bad"] * 6
     clf = TextClassifier(**{**text_kwargs, "epochs": 1}, max_length=16).fit(long, ["p"] * 6 + ["n"] * 6)

@@ -158,7 +158,7 @@ def cli(debug: bool) -> None:
 @click.option("--cache-views", type=int, default=1, show_default=True, help="Image: feature-cache views per image for frozen phases (1 = eval view only).")
 @click.option("--cache-dir", help="Where frozen-backbone features (images, text embeddings) are cached [$HEADSTART_CACHE_DIR, else ~/.cache/headstart].")
 @click.option("--no-cache", is_flag=True, help="Compute frozen-backbone features afresh and store nothing.")
-@click.option("--compile", "compile_", is_flag=True, help="Image: torch.compile the backbone for feature extraction (slow to start, faster on large folders).")
+@click.option("--compile", "compile_", is_flag=True, help="Image: torch.compile the frozen feature extraction and the fine-tune/full training (minutes to start on a CPU; for long runs).")
 @click.option("--text-column", help="Text: the column holding the texts [auto: text, sentence, review, content].")
 @click.option("--label-column", help="Label column [auto: label, labels, category, sentiment, class].")
 @click.option("--max-length", type=int, help="Text: token limit; longer texts are truncated and counted [the encoder's, 256 for minilm-l6].")

@@ -227,13 +227,20 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int, classes
     return np.sort(train), np.sort(val)
 
 
-def load_image(path: str | Path) -> Image.Image:
+def load_image(path: str | Path, draft: int | None = None) -> Image.Image:
     """Decode any common image into 8-bit RGB, respecting EXIF orientation.
 
     Transparent pixels are composited on white; 16-bit and float images are scaled to
     8 bits by their value range, not clipped.
+
+    ``draft``: the short side the caller will resize to. A JPEG much larger than that is
+    decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (PIL's draft mode), never below
+    ``draft`` pixels on the short side: a 12-megapixel photo decodes about 10x faster and
+    the resized result stays within a few grey levels of the full decode.
     """
     with Image.open(path) as im:
+        if draft and im.format == "JPEG":
+            im.draft("RGB", (draft, draft))
         im.load()
         im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -251,10 +258,15 @@ def load_image(path: str | Path) -> Image.Image:
 
 class ImageDataset(torch.utils.data.Dataset):
     """Decodes one image per item; a file that fails to decode yields ``None`` so the
-    collate function can drop it and the caller can report it."""
+    collate function can drop it and the caller can report it. ``draft``: see
+    :func:`load_image` (only for a transform that resizes the short side to ``draft``)."""
 
-    def __init__(self, paths: Sequence[Path | str], labels: np.ndarray | None, transform: Callable, views: int = 1):
+    def __init__(
+        self, paths: Sequence[Path | str], labels: np.ndarray | None, transform: Callable, views: int = 1,
+        draft: int | None = None,
+    ):
         self.paths = list(paths)
+        self.draft = draft
         self.labels = labels if labels is not None else np.full(len(self.paths), -1, dtype=np.int64)
         self.transform = transform
         self.views = views
@@ -266,7 +278,7 @@ class ImageDataset(torch.utils.data.Dataset):
         j = i % len(self.paths)
         src = self.paths[j]
         try:
-            image = src.convert("RGB") if isinstance(src, Image.Image) else load_image(src)
+            image = src.convert("RGB") if isinstance(src, Image.Image) else load_image(src, self.draft)
         except Exception as exc:  # noqa: BLE001 - any decode failure skips the file
             return (None, int(self.labels[j]), i, f"{type(exc).__name__}: {exc}")
         return (self.transform(image), int(self.labels[j]), i, None)
@@ -289,8 +301,11 @@ def default_num_workers() -> int:
     import os
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    # Decoding competes with the model for the same cores: give it about a quarter, at least one.
-    return 0 if cpus <= 1 else min(8, max(1, cpus // 4))
+    # Decoding competes with the model for the same cores: give it about a quarter. On one
+    # or two cores a worker process only takes a core from the model's threads mid-batch
+    # (each parallel op waits for its slowest thread) and adds process start-up and IPC:
+    # decoding in the main process between batches measured faster (docs/performance.md).
+    return 0 if cpus <= 2 else min(8, max(1, cpus // 4))
 
 
 def make_loader(

@@ -17,7 +17,7 @@ from .errors import DataError, ModelDirError
 from .evaluation import classification_metrics
 from .model import ImageModel, feature_dim
 from .training import predict_logits, resolve_device, resolve_precision, run_recipe, seed_everything
-from .transforms import eval_transform
+from .transforms import eval_resize, eval_transform
 
 log = logging.getLogger("headstart")
 
@@ -153,7 +153,7 @@ class ImageClassifier(Classifier):
         precision = resolve_precision(self.config.precision, device)
         # The memory format training used: the same convolution kernels, the same numbers.
         self.model_.to(device, memory_format=torch.channels_last)
-        dataset = ImageDataset(items, None, eval_transform(self.preprocessing_))
+        dataset = ImageDataset(items, None, eval_transform(self.preprocessing_), draft=eval_resize(self.preprocessing_))
         return predict_logits(
             self.model_, dataset, batch_size=self.config.batch_size, device=device, precision=precision,
             num_workers=self.config.num_workers if len(items) > 64 else 0, progress=self.progress,

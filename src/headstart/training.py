@@ -28,7 +28,7 @@ from .cache import cached_features
 from .data import ImageDataset, ImageSet, seed_worker, collate, default_num_workers, make_loader
 from .errors import DataError, HeadstartError
 from .model import ImageModel, freeze_batchnorm, set_trainable
-from .transforms import eval_transform, train_transform
+from .transforms import eval_resize, eval_transform, train_transform
 
 log = logging.getLogger("headstart")
 
@@ -583,8 +583,11 @@ def run_recipe(
     start = time.perf_counter()
     device, precision, loss_fn = recipe_setup(model, train.labels, len(train.classes), cfg)
     model.to(memory_format=torch.channels_last)
-    eval_tf = eval_transform(preprocessing)
-    val_ds = ImageDataset(val.paths, val.labels, eval_tf)
+    eval_tf, draft = eval_transform(preprocessing), eval_resize(preprocessing)
+    # Evaluation views decode large JPEGs at reduced scale (never below the resize target),
+    # so cached features from a full decode are never mixed with these: "decode" in the key.
+    eval_view = {"view": "eval", "decode": "draft"}
+    val_ds = ImageDataset(val.paths, val.labels, eval_tf, draft=draft)
     history: list[EpochRecord] = []
     failed: list[tuple[str, str]] = []
     common = dict(batch_size=cfg.batch_size, device=device, precision=precision, num_workers=cfg.num_workers, progress=progress)
@@ -617,7 +620,7 @@ def run_recipe(
     val_feats = None
     if head_epochs:
         set_trainable(model, 0)
-        feats, rows, bad = features(ImageDataset(train.paths, train.labels, eval_tf), "train features", {"view": "eval"})
+        feats, rows, bad = features(ImageDataset(train.paths, train.labels, eval_tf, draft=draft), "train features", eval_view)
         note_failed(train.paths, bad)
         xs, ys = [feats], [torch.as_tensor(train.labels[rows])]
         if cfg.cache_views > 1:
@@ -627,7 +630,7 @@ def run_recipe(
             f2, rows2, _ = features(aug, "augmented views", view)
             xs.append(f2)
             ys.append(torch.as_tensor(train.labels[rows2 % len(train)]))
-        val_feats, val_rows, bad = features(val_ds, "val features", {"view": "eval"})
+        val_feats, val_rows, bad = features(val_ds, "val features", eval_view)
         note_failed(val.paths, bad)
         history += train_head(
             model.head, torch.cat(xs), torch.cat(ys), val_feats, torch.as_tensor(val.labels[val_rows]),
@@ -655,11 +658,17 @@ def run_recipe(
         def on_train_start() -> None:
             freeze_batchnorm(model.backbone, all_bn=cfg.recipe == "fine-tune")
 
+        if cfg.compile:
+            # Compiles the training forward and backward (and evaluation) in place, keeping
+            # the state_dict's keys; about 2 minutes of compilation on a CPU before the
+            # first step, so it pays off on long runs only (docs/performance.md).
+            model.compile()
         history += train_loop(
             model, groups, image_batches, steps, evaluate_images, cfg=cfg,
             epochs=cfg.epochs, phase=cfg.recipe, device=device, precision=precision,
             loss_fn=loss_fn, on_train_start=on_train_start, progress=progress,
         )
+        model._compiled_call_impl = None  # predict and save the plain module
         val_feats = None
 
     # Final validation output of the restored best model.

@@ -27,8 +27,14 @@ def _to_input(pre: Preprocessing) -> list:
     return [T.PILToTensor(), T.ConvertImageDtype(torch.float32), T.Normalize(pre.mean, pre.std)]
 
 
+def eval_resize(pre: Preprocessing) -> int:
+    """The short side ``eval_transform`` resizes to (before its centre crop); decoding
+    may stop at this size (``ImageDataset(draft=...)``)."""
+    return int(math.floor(pre.input_size / pre.crop_pct))
+
+
 def eval_transform(pre: Preprocessing) -> T.Compose:
-    resize = int(math.floor(pre.input_size / pre.crop_pct))
+    resize = eval_resize(pre)
     return T.Compose(
         [T.Resize(resize, interpolation=_interp(pre.interpolation)), T.CenterCrop(pre.input_size), *_to_input(pre)]
     )
