@@ -423,3 +423,28 @@ def test_runtime_and_cli_predict_run_without_torch(image_onnx, text_onnx, tmp_pa
                          capture_output=True, text=True, env={"PYTHONPATH": SRC, "PATH": ""})
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("good great fun\t") and run.stdout.count("positive") == 1
+
+
+def test_large_jpegs_and_pil_images_predict_the_same_on_every_path(image_model, image_onnx, tmp_path):
+    """Large JPEGs decode at reduced scale (draft mode) for training, `predict`, the ONNX
+    runtime and the server alike; a PIL image (RGBA here) is converted by the same rules."""
+    from io import BytesIO
+
+    from headstart.serve import prepare_image
+
+    rng = np.random.default_rng(0)
+    big = tmp_path / "big.jpg"
+    Image.fromarray(rng.integers(0, 255, (900, 1400, 3), dtype=np.uint8)).resize((2800, 1800)).save(big, quality=90)
+    from headstart import load
+
+    torch_model, onnx_model = load(image_model), OnnxClassifier.load(image_onnx)
+    a, b = torch_model.predict_proba(big), onnx_model.predict_proba(big)
+    assert np.abs(a - b).max() < 1e-4
+    served = prepare_image(big.read_bytes(), torch_model.preprocessing_.to_dict(), 50_000_000)
+    assert np.abs(torch_model.predict_proba(served) - a).max() < 1e-4
+    rgba = Image.fromarray(rng.integers(0, 255, (60, 50, 4), dtype=np.uint8), "RGBA")
+    buf = BytesIO()
+    rgba.save(buf, format="PNG")
+    (tmp_path / "rgba.png").write_bytes(buf.getvalue())
+    assert np.abs(torch_model.predict_proba(rgba) - torch_model.predict_proba(tmp_path / "rgba.png")).max() < 1e-6
+    assert np.abs(onnx_model.predict_proba(rgba) - torch_model.predict_proba(rgba)).max() < 1e-4

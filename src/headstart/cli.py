@@ -528,15 +528,13 @@ def predict(model_dir, inputs, top_k, as_json):
     from .runtime import find_export, top_k as take_top
 
     if find_export(model_dir) is not None:
-        from .runtime import OnnxClassifier, expand_image_paths
+        from .runtime import OnnxClassifier
 
         clf = OnnxClassifier.load(model_dir)
-        expand = expand_image_paths
     else:
         from .classifier import load
 
         clf = load(model_dir)
-        expand = None
     if clf.task == "text":
         texts: list[str] = []
         for item in inputs:
@@ -547,10 +545,9 @@ def predict(model_dir, inputs, top_k, as_json):
         for text, row in zip(texts, probs):
             _emit(as_json, text, take_top(row, clf.classes_, top_k))
         return
-    if expand is None:
-        from .image import expand_inputs as expand
+    from .images import expand_inputs
 
-    items = expand(inputs)
+    items = expand_inputs(inputs)
     probs, errors = clf.predict_proba_items(items)
     failed = 0
     for item, row, error in zip(items, probs, errors):

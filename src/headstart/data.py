@@ -19,8 +19,8 @@ import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import DataError
+from .images import IMAGE_EXTENSIONS, is_image_file, load_opened, to_rgb  # noqa: F401 - part of this module's API
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 
 # A truncated JPEG must fail loudly, not decode as a grey half-image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -64,10 +64,6 @@ def known_classes(found: Sequence[str], classes: Sequence[str] | None, where: st
     if extra:
         raise DataError(f"{where} the model does not know: {', '.join(extra)}; known classes are: {', '.join(classes)}")
     return list(classes)
-
-
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
 def _skip_reason(path: Path) -> str | None:
@@ -228,32 +224,9 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int, classes
 
 
 def load_image(path: str | Path, draft: int | None = None) -> Image.Image:
-    """Decode any common image into 8-bit RGB, respecting EXIF orientation.
-
-    Transparent pixels are composited on white; 16-bit and float images are scaled to
-    8 bits by their value range, not clipped.
-
-    ``draft``: the short side the caller will resize to. A JPEG much larger than that is
-    decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (PIL's draft mode), never below
-    ``draft`` pixels on the short side: a 12-megapixel photo decodes about 10x faster and
-    the resized result stays within a few grey levels of the full decode.
-    """
+    """Decode any common image into 8-bit RGB (see :mod:`headstart.images`)."""
     with Image.open(path) as im:
-        if draft and im.format == "JPEG":
-            im.draft("RGB", (draft, draft))
-        im.load()
-        im = ImageOps.exif_transpose(im)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if im.mode == "P":
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA"):
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(background, rgba)
-    return im.convert("RGB")
+        return load_opened(im, draft)
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -278,7 +251,7 @@ class ImageDataset(torch.utils.data.Dataset):
         j = i % len(self.paths)
         src = self.paths[j]
         try:
-            image = src.convert("RGB") if isinstance(src, Image.Image) else load_image(src, self.draft)
+            image = to_rgb(src) if isinstance(src, Image.Image) else load_image(src, self.draft)
         except Exception as exc:  # noqa: BLE001 - any decode failure skips the file
             return (None, int(self.labels[j]), i, f"{type(exc).__name__}: {exc}")
         return (self.transform(image), int(self.labels[j]), i, None)

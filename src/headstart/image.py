@@ -12,7 +12,8 @@ from PIL import Image
 
 from .backbones import BackboneSpec, Preprocessing, create_backbone, resolve_spec
 from .classifier import Classifier
-from .data import IMAGE_EXTENSIONS, ImageDataset, ImageSet, is_image_file, require_two_classes, scan_folder, stratified_split
+from .data import ImageDataset, ImageSet, require_two_classes, scan_folder, stratified_split
+from .images import expand_inputs  # noqa: F401 - headstart.image.expand_inputs is used by the CLI
 from .errors import DataError, ModelDirError
 from .evaluation import classification_metrics
 from .model import ImageModel, feature_dim
@@ -22,23 +23,6 @@ from .transforms import eval_resize, eval_transform
 log = logging.getLogger("headstart")
 
 ImageInput = Union[str, Path, Image.Image]
-
-
-def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files as given; folders searched recursively for image files, in sorted order."""
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
-            if not found:
-                raise DataError(f"folder {str(p)!r} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-            out.extend(found)
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise DataError(f"input {str(p)!r} does not exist")
-    return out
 
 
 class ImageClassifier(Classifier):

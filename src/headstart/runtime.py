@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any, Sequence, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError, HeadstartError, ModelDirError
+from .images import load_opened, to_rgb
 
 EXPORT_FORMAT = "headstart-export"
 EXPORT_VERSION = 1
 EXPORT_CONFIG = "headstart-export.json"
 PARITY_FILE = "parity.json"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 ImageSource = Union[str, Path, bytes, Image.Image]
 
@@ -35,23 +35,6 @@ _PIL_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest":
 
 
 # --------------------------------------------------------------------------- images
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """8-bit RGB by the rules of ``data.load_image``: EXIF orientation applied, 16-bit and
-    float images scaled by their range, transparency composited on white."""
-    im = ImageOps.exif_transpose(im)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if im.mode == "P":
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA"):
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(background, rgba)
-    return im.convert("RGB")
 
 
 def pixel_limit(max_pixels: int | None = None) -> int | None:
@@ -76,7 +59,7 @@ def check_pixels(size: tuple[int, int], max_pixels: int | None) -> None:
         raise ImageTooLarge(f"{w}x{h} is {w * h:,} pixels; the limit is {max_pixels:,} (decompression bomb guard)")
 
 
-def decode_image(source: str | Path | bytes, max_pixels: int | None = None) -> Image.Image:
+def decode_image(source: str | Path | bytes, max_pixels: int | None = None, draft: int | None = None) -> Image.Image:
     """Decode a file or the bytes of one into RGB; an image of more than ``max_pixels``
     (default: Pillow's decompression bomb limit) is refused from its header, before
     decoding. A bomb, a truncated file or something that is not an image raises
@@ -85,14 +68,18 @@ def decode_image(source: str | Path | bytes, max_pixels: int | None = None) -> I
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
             check_pixels(im.size, limit)
-            im.load()
-            return to_rgb(im)
+            return load_opened(im, draft)
     except UnidentifiedImageError:
         raise DataError("not an image (or an image format Pillow cannot read)") from None
     except Image.DecompressionBombError:  # Pillow's own hard limit, twice MAX_IMAGE_PIXELS
         raise ImageTooLarge(f"too many pixels (more than {limit}; decompression bomb guard)") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"unreadable image ({exc})") from None
+
+
+def short_side(pre: dict[str, Any]) -> int:
+    """The short side the evaluation transform resizes to: ``input_size / crop_pct``."""
+    return int(math.floor(int(pre["input_size"]) / float(pre["crop_pct"])))
 
 
 def resized_size(size: tuple[int, int], short: int) -> tuple[int, int]:
@@ -112,8 +99,7 @@ def model_input_image(im: Image.Image, pre: dict[str, Any], max_pixels: int | No
     is at least as long as the short side (the model's resize stays a no-op): the model's
     centre crop then lands on the very same pixels, padding included when ``crop_pct > 1``. An aspect ratio so extreme that the resized image alone would hold more
     than ``max_pixels`` is refused (a 1x40000 strip would become 256 x 10,240,000)."""
-    size = int(pre["input_size"])
-    short = int(math.floor(size / float(pre["crop_pct"])))
+    size, short = int(pre["input_size"]), short_side(pre)
     new_w, new_h = resized_size(im.size, short)
     if max_pixels is not None and new_w * new_h > max_pixels:
         w, h = im.size
@@ -134,8 +120,7 @@ def preprocess_image(im: Image.Image, pre: dict[str, Any]) -> np.ndarray:
     """One RGB image -> float32 CHW, exactly as torchvision's ``Resize(int(input_size /
     crop_pct))``, ``CenterCrop(input_size)``, ``PILToTensor``, ``ConvertImageDtype``,
     ``Normalize(mean, std)`` do it."""
-    size = int(pre["input_size"])
-    short = int(math.floor(size / float(pre["crop_pct"])))
+    size, short = int(pre["input_size"]), short_side(pre)
     new_w, new_h = resized_size(im.size, short)
     if (new_w, new_h) != im.size:
         im = im.resize((new_w, new_h), _PIL_FILTERS.get(pre.get("interpolation", "bicubic"), Image.BICUBIC))
@@ -151,24 +136,6 @@ def preprocess_image(im: Image.Image, pre: dict[str, Any]) -> np.ndarray:
     mean = np.asarray(pre["mean"], dtype=np.float32).reshape(3, 1, 1)
     std = np.asarray(pre["std"], dtype=np.float32).reshape(3, 1, 1)
     return (x - mean) / std
-
-
-def expand_image_paths(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files as given; folders searched recursively for image files (hidden files skipped),
-    in sorted order - the rule of ``image.expand_inputs``, without torch."""
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
-            if not found:
-                raise DataError(f"folder {str(p)!r} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-            out.extend(found)
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise DataError(f"input {str(p)!r} does not exist")
-    return out
 
 
 # --------------------------------------------------------------------------- text
@@ -352,7 +319,7 @@ class OnnxClassifier:
         errors: list[str | None] = [None] * len(items)
         for i, item in enumerate(items):
             try:
-                images.append(to_rgb(item) if isinstance(item, Image.Image) else decode_image(item))
+                images.append(to_rgb(item) if isinstance(item, Image.Image) else decode_image(item, draft=short_side(self.preprocessing)))
                 rows.append(i)
             except DataError as exc:
                 errors[i] = str(exc)

@@ -154,10 +154,11 @@ def model_preprocessing(model) -> dict[str, Any] | None:
 def prepare_image(data: bytes, preprocessing: dict[str, Any] | None, max_pixels: int):
     """Decode one upload (refused from its header when over ``max_pixels``) and keep only
     what the model needs of it; the full-size image is dropped here."""
-    from .runtime import decode_image, model_input_image
+    from .runtime import decode_image, model_input_image, short_side
 
     with _decode_slots:  # a thread semaphore: decoding runs in worker threads, whatever the event loop
-        image = decode_image(data, max_pixels=max_pixels)
+        # JPEGs decode at the reduced scale training and `predict` use, so all paths agree
+        image = decode_image(data, max_pixels=max_pixels, draft=short_side(preprocessing) if preprocessing else None)
         return image if preprocessing is None else model_input_image(image, preprocessing, max_pixels)
 
 
