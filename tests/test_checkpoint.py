@@ -183,8 +183,8 @@ def test_a_real_signal_stops_cleanly_and_resume_equals_uninterrupted(signum, fol
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if (out / "checkpoints" / "last.pt").is_file() and Checkpoints.read(out / "checkpoints")["running"] and \
-                Checkpoints.read(out / "checkpoints")["running"]["key"] == "1-fine-tune":
+        running = Checkpoints.read(out / "checkpoints")["running"] if (out / "checkpoints" / "last.pt").is_file() else None
+        if running is not None and running["key"] == "1-fine-tune":
             break
         time.sleep(0.05)
     proc.send_signal(signum)
