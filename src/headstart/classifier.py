@@ -15,18 +15,14 @@ from . import __version__
 from .artifact import read_config, save_model_dir
 from .calibration import check_temperature
 from .config import HeadConfig, TrainConfig
+from .labels import LabelPredictions
 from .errors import HeadstartError, ModelDirError
 from .evaluation import classification_metrics
 
 log = logging.getLogger("headstart")
 
 
-def top_k(row: np.ndarray, labels: Sequence[str], k: int) -> list[tuple[str, float]]:
-    order = np.argsort(-row, kind="stable")[: max(1, k)]
-    return [(labels[int(i)], float(row[i])) for i in order]
-
-
-class Classifier:
+class Classifier(LabelPredictions):
     """Base of :class:`ImageClassifier` and :class:`TextClassifier`.
 
     Subclasses implement ``fit``, ``predict_proba``, ``evaluate``, ``_state`` (tensors to
@@ -51,18 +47,6 @@ class Classifier:
 
     def predict_proba(self, inputs: Any) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def predict(self, inputs: Any) -> str | list[str]:
-        """Label strings: one for one input, a list for a list."""
-        probs = self.predict_proba(inputs)
-        if probs.ndim == 1:
-            return self.classes_[int(probs.argmax())]
-        return [self.classes_[int(i)] for i in probs.argmax(1)]
-
-    def predict_top_k(self, inputs: Any, k: int = 3) -> list[list[tuple[str, float]]]:
-        """The ``k`` most likely labels with their probabilities, for each input."""
-        probs = np.atleast_2d(self.predict_proba(inputs))
-        return [top_k(row, self.classes_, k) for row in probs]
 
     def _probabilities(self, logits) -> np.ndarray:
         """Class probabilities from logits (a tensor or an array): softmax(logits / T)."""

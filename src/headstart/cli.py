@@ -525,7 +525,8 @@ def predict(model_dir, inputs, top_k, as_json):
 
     MODEL_DIR is a model directory, or an ONNX export (its directory or its model.onnx, from
     `headstart export`), which runs with onnxruntime and needs no PyTorch."""
-    from .runtime import find_export, top_k as take_top
+    from .labels import top_k as take_top
+    from .runtime import find_export
 
     if find_export(model_dir) is not None:
         from .runtime import OnnxClassifier

@@ -21,6 +21,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .labels import LabelPredictions
 from .errors import DataError, HeadstartError, ModelDirError
 from .images import load_opened, to_rgb
 
@@ -221,12 +222,7 @@ def read_export_config(directory: Path) -> dict[str, Any]:
     return config
 
 
-def top_k(row: np.ndarray, labels: Sequence[str], k: int) -> list[tuple[str, float]]:
-    order = np.argsort(-row, kind="stable")[: max(1, k)]
-    return [(labels[int(i)], float(row[i])) for i in order]
-
-
-class OnnxClassifier:
+class OnnxClassifier(LabelPredictions):
     """An exported headstart model run by onnxruntime, with the front of the PyTorch
     classifiers: ``classes_``, ``task``, ``predict``, ``predict_proba``, ``predict_top_k``.
 
@@ -349,16 +345,6 @@ class OnnxClassifier:
                 raise DataError(f"{which} is empty; there is nothing to classify")
             probs = self._run_texts(texts)
         return probs[0] if single else probs
-
-    def predict(self, inputs: Any) -> str | list[str]:
-        probs = self.predict_proba(inputs)
-        if probs.ndim == 1:
-            return self.classes_[int(probs.argmax())]
-        return [self.classes_[int(i)] for i in probs.argmax(1)]
-
-    def predict_top_k(self, inputs: Any, k: int = 3) -> list[list[tuple[str, float]]]:
-        probs = np.atleast_2d(self.predict_proba(inputs))
-        return [top_k(row, self.classes_, k) for row in probs]
 
 
 def load_onnx(path: str | Path, **kwargs: Any) -> OnnxClassifier:
