@@ -288,13 +288,16 @@ def make_loader(
     shuffle: bool = False,
     seed: int = 0,
     num_workers: int | None = None,
+    batches: list[list[int]] | None = None,
 ) -> torch.utils.data.DataLoader:
+    """Decoded, collated batches; ``batches`` (lists of item indices) replaces
+    ``batch_size`` / ``shuffle`` when the caller draws them itself."""
     workers = default_num_workers() if num_workers is None else num_workers
     generator = torch.Generator().manual_seed(seed)
+    sizing = {"batch_sampler": batches} if batches is not None else {"batch_size": batch_size, "shuffle": shuffle}
     return torch.utils.data.DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
+        **sizing,
         num_workers=workers,
         collate_fn=collate,
         generator=generator,

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from . import checkpoint, distributed
 from .config import TrainConfig
 from .cache import cached_features
-from .data import ImageDataset, ImageSet, seed_worker, collate, default_num_workers, make_loader
+from .data import ImageDataset, ImageSet, default_num_workers, make_loader
 from .errors import DataError, HeadstartError
 from .model import ImageModel, freeze_batchnorm, set_trainable
 from .transforms import eval_resize, eval_transform, train_transform
@@ -470,12 +470,8 @@ def epoch_loader(dataset: ImageDataset, cfg: TrainConfig, epoch: int) -> torch.u
     order = torch.randperm(len(dataset), generator=g).numpy()
     batches = distributed.even_batches(order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size))
     local = [distributed.local_part(b).tolist() for b in batches]
-    workers = default_num_workers() if cfg.num_workers is None else cfg.num_workers
-    return torch.utils.data.DataLoader(
-        dataset, batch_sampler=local, num_workers=workers, collate_fn=collate,
-        generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + distributed.world().rank),
-        worker_init_fn=seed_worker, prefetch_factor=4 if workers else None,
-    )
+    seed = cfg.seed * 1_000_003 + epoch * 7919 + distributed.world().rank  # the workers' augmentation
+    return make_loader(dataset, cfg.batch_size, seed=seed, num_workers=cfg.num_workers, batches=local)
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
