@@ -300,7 +300,7 @@ def _image_files(val: Path) -> list[Path]:
         from .data import read_csv
 
         return list(read_csv(val).paths)
-    from .image import expand_inputs
+    from .images import expand_inputs
 
     return expand_inputs([val])
 

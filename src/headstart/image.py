@@ -13,7 +13,7 @@ from PIL import Image
 from .backbones import BackboneSpec, Preprocessing, create_backbone, resolve_spec
 from .classifier import Classifier
 from .data import ImageDataset, ImageSet, require_two_classes, scan_folder, stratified_split
-from .images import expand_inputs  # noqa: F401 - headstart.image.expand_inputs is used by the CLI
+from .images import expand_inputs
 from .errors import DataError, ModelDirError
 from .evaluation import classification_metrics
 from .model import ImageModel, feature_dim
