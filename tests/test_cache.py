@@ -27,7 +27,7 @@ def weights_file(tmp_path):
 @pytest.fixture
 def counted(monkeypatch):
     """Counts real feature extractions (cache misses)."""
-    import headstart.training as training
+    import headstart.image_recipe as training
 
     calls = []
     real = training.extract_features
@@ -46,12 +46,12 @@ def _clf(tiny_kwargs, weights_file, **kw):
 
 def test_second_run_loads_features_and_matches(folder, tiny_kwargs, weights_file, counted):
     first = _clf(tiny_kwargs, weights_file).fit(folder)
-    assert counted == ["train features", "val features"]
+    assert counted == ["features"]  # every image once: cross-validation scores them all
     second = _clf(tiny_kwargs, weights_file).fit(folder)
-    assert counted == ["train features", "val features"]  # nothing recomputed
-    assert first.history_ == [{**r, "seconds": a["seconds"]} for r, a in zip(second.history_, first.history_)]
+    assert counted == ["features"]  # nothing recomputed
+    assert first.val_metrics_ == second.val_metrics_
     np.testing.assert_array_equal(first.predict_proba(folder), second.predict_proba(folder))
-    assert len(list(Path(os.environ["HEADSTART_CACHE_DIR"]).glob("*.safetensors"))) == 2
+    assert len(list(Path(os.environ["HEADSTART_CACHE_DIR"]).glob("*.safetensors"))) == 1
 
 
 def test_changed_file_or_setting_is_never_served_stale(folder, tiny_kwargs, weights_file, counted):
@@ -63,22 +63,22 @@ def test_changed_file_or_setting_is_never_served_stale(folder, tiny_kwargs, weig
     assert len(counted) > n
     n = len(counted)
     _clf(tiny_kwargs, weights_file, pooling="flatten").fit(folder)  # another setting
-    assert len(counted) == n + 2
+    assert len(counted) == n + 1
 
 
 def test_no_cache_and_cache_dir(folder, tiny_kwargs, weights_file, counted, tmp_path):
     _clf(tiny_kwargs, weights_file, cache=False).fit(folder)
     _clf(tiny_kwargs, weights_file, cache=False).fit(folder)
-    assert len(counted) == 4
+    assert len(counted) == 2
     assert not list(Path(os.environ["HEADSTART_CACHE_DIR"]).glob("*"))
     _clf(tiny_kwargs, weights_file, cache_dir=str(tmp_path / "mine")).fit(folder)
-    assert len(list((tmp_path / "mine").glob("*.safetensors"))) == 2
+    assert len(list((tmp_path / "mine").glob("*.safetensors"))) == 1
 
 
 def test_random_weights_are_not_cached(folder, tiny_kwargs, counted):
     ImageClassifier(**tiny_kwargs, recipe="linear-probe").fit(folder)
     ImageClassifier(**tiny_kwargs, recipe="linear-probe").fit(folder)
-    assert len(counted) == 4
+    assert len(counted) == 2
 
 
 def test_damaged_entry_is_recomputed(folder, tiny_kwargs, weights_file, counted):
@@ -86,7 +86,7 @@ def test_damaged_entry_is_recomputed(folder, tiny_kwargs, weights_file, counted)
     for f in Path(os.environ["HEADSTART_CACHE_DIR"]).glob("*.safetensors"):
         f.write_bytes(b"garbage")
     _clf(tiny_kwargs, weights_file).fit(folder)
-    assert len(counted) == 4
+    assert len(counted) == 2
 
 
 def test_text_embeddings_are_cached(text_kwargs, monkeypatch):
@@ -106,10 +106,10 @@ def test_text_embeddings_are_cached(text_kwargs, monkeypatch):
     texts = make_texts(40)
     first = TextClassifier(**{**text_kwargs, "epochs": 3}, recipe="linear-probe").fit(*texts)
     embeds = [c for c in calls if "embeddings" in str(c)]
-    assert len(embeds) == 2
+    assert len(embeds) == 1
     second = TextClassifier(**{**text_kwargs, "epochs": 3}, recipe="linear-probe").fit(*texts)
     assert [c for c in calls if "embeddings" in str(c)] == embeds  # served from the cache
     assert first.val_metrics_["accuracy"] == second.val_metrics_["accuracy"]
     changed = (texts[0][:-1] + ["a brand new sentence"], texts[1])
     TextClassifier(**{**text_kwargs, "epochs": 3}, recipe="linear-probe").fit(*changed)
-    assert len([c for c in calls if "embeddings" in str(c)]) > 2
+    assert len([c for c in calls if "embeddings" in str(c)]) > 1

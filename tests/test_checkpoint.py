@@ -23,7 +23,7 @@ from headstart.config import TrainConfig
 from headstart.errors import HeadstartError
 from headstart.training import train_loop
 
-ARGS = ["--backbone", "tiny-cnn", "--weights", "none", "--epochs", "3", "--head-epochs", "3",
+ARGS = ["--backbone", "tiny-cnn", "--weights", "none", "--recipe", "fine-tune", "--epochs", "3", "--head-epochs", "3",
         "--batch-size", "8", "--precision", "fp32", "--workers", "0", "--quiet", "--no-cache"]
 
 
@@ -51,7 +51,8 @@ def reference(folder, tmp_path, capsys):
     return tmp_path / "reference"
 
 
-@pytest.mark.parametrize("phase,epoch", [("0-head", 2), ("1-fine-tune", 1), ("1-fine-tune", 3)])
+# the fine-tune run held out on the first fold, then its refit on every row
+@pytest.mark.parametrize("phase,epoch", [("0-fine-tune", 1), ("0-fine-tune", 3), ("1-fine-tune refit", 1)])
 def test_interrupted_then_resumed_equals_uninterrupted(phase, epoch, reference, folder, tmp_path, capsys, monkeypatch):
     real_save = Checkpoints.save_epoch
 

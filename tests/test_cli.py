@@ -8,7 +8,7 @@ import pytest
 
 from headstart.cli import main
 
-TINY_ARGS = ["--backbone", "tiny-cnn", "--weights", "none", "--epochs", "1", "--head-epochs", "2",
+TINY_ARGS = ["--backbone", "tiny-cnn", "--weights", "none", "--recipe", "fine-tune", "--epochs", "1", "--head-epochs", "2",
              "--batch-size", "8", "--precision", "fp32", "--workers", "0"]
 
 
@@ -36,7 +36,9 @@ def test_train_writes_the_run_directory(run_dir):
     resolved = json.loads((run_dir / "config.json").read_text())
     assert resolved["training"]["recipe"] == "fine-tune" and resolved["training"]["head_epochs"] == 2
     assert resolved["training"]["epochs"] == 1 and resolved["training"]["backbone_lr"] == 1e-4
-    assert "head epoch 1/2" in (run_dir / "train.log").read_text()
+    log = (run_dir / "train.log").read_text()
+    assert "head: logistic regression, C = " in log and "fine-tune epoch 1/1" in log and "fine-tune refit epoch 1/1" in log
+    assert metrics["recipe"] == "fine-tune" and metrics["protocol"]["kind"] == "holdout" and metrics["protocol"]["refit"]
 
 
 def test_train_refuses_a_non_empty_out(run_dir, folder, capsys):
@@ -184,7 +186,8 @@ def test_demo_command_trains_with_the_defaults(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     assert "validation accuracy:" in out
     cfg = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
-    assert cfg["backbone"]["name"] == "efficientnet_lite0" and cfg["training"]["recipe"] == "fine-tune"
+    assert cfg["backbone"]["name"] == "efficientnet_lite0" and cfg["training"]["recipe"] == "auto"
+    assert cfg["summary"]["recipe"] == "linear-probe"  # 6 images a class are too few to try fine-tuning
 
 
 def test_backbone_of_the_wrong_task_and_impossible_split_fail_before_any_run_dir(folder, tmp_path, capsys, monkeypatch):
@@ -194,6 +197,6 @@ def test_backbone_of_the_wrong_task_and_impossible_split_fail_before_any_run_dir
     assert code == 1 and "is an image backbone" in err
     code, _, err = run(capsys, "train", folder, "--backbone", "minilm-l6")
     assert code == 1 and "is a text backbone" in err
-    code, _, err = run(capsys, "train", tmp_path / "r.csv")
+    code, _, err = run(capsys, "train", tmp_path / "r.csv", "--val-split", "0.2")
     assert code == 1 and "too few for a 20% validation split" in err
     assert not (tmp_path / "runs").exists()

@@ -46,7 +46,7 @@ def check_written_once(run: Path, n_train: int) -> dict:
 def test_two_processes_image(tmp_path):
     make_folder(tmp_path / "train", per_class=7)  # 21 images: uneven shards and a short last batch
     make_folder(tmp_path / "val", per_class=5, seed=1)  # 15: uneven validation shards
-    p = torchrun(["train", "train", "--val", "val", "--backbone", "tiny-cnn", "--weights", "none",
+    p = torchrun(["train", "train", "--val", "val", "--backbone", "tiny-cnn", "--weights", "none", "--recipe", "fine-tune",
                   "--epochs", "2", "--head-epochs", "2", "--batch-size", "8", "--precision", "fp32",
                   "--workers", "0", "--out", "run", "--no-cache"], tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -65,7 +65,7 @@ def test_two_processes_text(tiny_bert, tmp_path):
     (tmp_path / "train.csv").write_text("text,label\n" + rows)
     vt, vl = make_texts(11, seed=5)
     (tmp_path / "val.csv").write_text("text,label\n" + "".join(f'"{t}",{l}\n' for t, l in zip(vt, vl)))
-    p = torchrun(["train", "train.csv", "--val", "val.csv", "--backbone", tiny_bert, "--epochs", "2",
+    p = torchrun(["train", "train.csv", "--val", "val.csv", "--backbone", tiny_bert, "--recipe", "full", "--epochs", "2",
                   "--batch-size", "8", "--grad-accum", "2", "--precision", "fp32", "--out", "run", "--no-cache"], tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     metrics = check_written_once(tmp_path / "run", 37)

@@ -194,7 +194,8 @@ def test_model_card(image_run):
                     "## Limitations", "## How to use it"):
         assert heading in card
     assert f"Accuracy: {metrics['val']['accuracy']:.4f}" in card
-    assert "Evaluation set: the validation set, 30% stratified split of train, seed 0" in card
+    assert f"Validation protocol: {metrics['protocol']['description']}" in card
+    assert "30% stratified split, seed 0" in card and "never trained on" in card
     assert f"T = {metrics['calibration']['temperature']:.4f}" in card
     assert "none \\(random initialisation\\)" in card and "headstart predict MODEL_DIR" in card
 
@@ -416,15 +417,17 @@ def test_log_tensorboard_writes_scalars_per_epoch(tmp_path, capsys, folder):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    code, _, err = run(capsys, "train", folder, *IMAGE_ARGS, "--head-epochs", "3", "--out", tmp_path / "run", "--log", "tensorboard")
+    code, _, err = run(capsys, "train", folder, *IMAGE_ARGS, "--recipe", "fine-tune", "--epochs", "3", "--patience", "0",
+                       "--out", tmp_path / "run", "--log", "tensorboard")
     assert code == 0, err
     acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     acc.Reload()
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    assert [h["phase"] for h in history][:3] == ["fine-tune"] * 3 and len(history) > 3  # then the refit on every row
     assert {"loss/train", "loss/val", "accuracy/train", "accuracy/val", "lr", "phase"} <= set(acc.Tags()["scalars"])
-    vals = acc.Scalars("accuracy/val")
-    assert [v.step for v in vals] == list(range(1, len(history) + 1))
-    assert [round(v.value, 5) for v in vals] == [round(h["val_accuracy"], 5) for h in history]
+    vals = acc.Scalars("accuracy/val")  # the refit has nothing left to validate on
+    assert [v.step for v in vals] == [1, 2, 3]
+    assert [round(v.value, 5) for v in vals] == [round(h["val_accuracy"], 5) for h in history[:3]]
     assert [v.value for v in acc.Scalars("phase")] == [0.0] * 3 + [1.0] * (len(history) - 3)
 
 

@@ -21,14 +21,15 @@ def texts():
 
 @pytest.fixture
 def trained_text(texts, text_kwargs):
-    return TextClassifier(**text_kwargs).fit(*texts)
+    return TextClassifier(**text_kwargs, recipe="full").fit(*texts)
 
 
 def test_fits_lists_and_learns(trained_text):
     m = trained_text.val_metrics_
     assert trained_text.classes_ == ["negative", "positive"]
     assert m["n"] == 10 and m["accuracy"] >= 0.8
-    assert [r["phase"] for r in trained_text.history_] == ["full"] * 8
+    phases = [r["phase"] for r in trained_text.history_]
+    assert phases[:8] == ["full"] * 8 and set(phases[8:]) == {"full refit"}  # the held-out fold, then every row
     assert trained_text.predict("a great and wonderful movie") == "positive"
     assert trained_text.predict(["awful , boring plot", "i love it"]) == ["negative", "positive"]
 
@@ -74,7 +75,7 @@ def _fit_and_diff(clf, texts, monkeypatch) -> set[str]:
 def test_linear_probe_freezes_the_encoder(texts, text_kwargs, monkeypatch):
     clf = TextClassifier(**{**text_kwargs, "epochs": 3}, recipe="linear-probe")
     assert _fit_and_diff(clf, texts, monkeypatch) == set()
-    assert [r["phase"] for r in clf.history_] == ["head"] * 3
+    assert clf.history_ == [] and clf.recipe_ == "linear-probe"
 
 
 def test_fine_tune_trains_only_the_top_layer(texts, text_kwargs, monkeypatch):

@@ -66,6 +66,19 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _recipe_line(recipe: str, training: dict) -> str:
+    """What trained the saved model, in one line."""
+    if recipe == "linear-probe":
+        what = "the backbone frozen, the head solved on its features"
+    elif recipe in ("fine-tune", "full"):
+        what = f"{training.get('epochs', '?')} epoch(s) of {'the top blocks' if recipe == 'fine-tune' else 'every layer'}"
+    else:
+        what = "chosen on validation"
+    asked = training.get("recipe")
+    chosen = f" (chosen by {md(asked)})" if asked and asked != recipe else ""
+    return f"- Recipe: {md(recipe)}{chosen}, {what}; seed {training.get('seed', '?')}"
+
+
 def _class_table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows[:MAX_CLASS_ROWS]]
@@ -102,9 +115,7 @@ def model_card(config: dict[str, Any], val_metrics: dict[str, Any] | None = None
         f"- Weights from: {md(bb['source'])}",
         f"- Licence of the pretrained weights: {md(bb['licence'])}. The trained model is derived from them; "
         "check that licence before you distribute it.",
-        f"- Recipe: {md(training.get('recipe', '?'))}, {training.get('epochs', '?')} epochs"
-        + (f" after {training['head_epochs']} head epochs" if training.get("recipe") == "fine-tune" else "")
-        + f", seed {training.get('seed', '?')}",
+        _recipe_line(summary.get("recipe") or training.get("recipe", "?"), training),
     ]
     if task == "image" and "preprocessing" in config:
         pre = config["preprocessing"]
@@ -124,7 +135,8 @@ def model_card(config: dict[str, Any], val_metrics: dict[str, Any] | None = None
             out.append(f"- {data['skipped']} input(s) skipped as unreadable or empty")
         oov = data.get("oov")
         if oov:
-            out.append(f"- Words without a vector: {_pct(oov['train']['rate'])} of training tokens, {_pct(oov['val']['rate'])} of validation tokens")
+            val_oov = f", {_pct(oov['val']['rate'])} of validation tokens" if oov.get("val") else ""
+            out.append(f"- Words without a vector: {_pct(oov['train']['rate'])} of training tokens{val_oov}")
         counts = [(label, (data.get("train") or {}).get("per_class", {}).get(label, 0),
                    (data.get("val") or {}).get("per_class", {}).get(label, 0)) for label in labels]
         if counts:
@@ -135,8 +147,9 @@ def model_card(config: dict[str, Any], val_metrics: dict[str, Any] | None = None
     if "val_accuracy" in summary:
         n = int(summary.get("val_n") or 0)
         acc = float(summary["val_accuracy"])
-        val_source = (data.get("val") or {}).get("source", "the validation set")
-        out.append(f"Evaluation set: the validation set, {md(val_source)} ({n} {what}).")
+        protocol = summary.get("protocol") or {}
+        val_source = protocol.get("description") or (data.get("val") or {}).get("source", "the validation set")
+        out.append(f"Validation protocol: {md(val_source)} ({n} {what}).")
         out.append("")
         interval = ""
         if n:
@@ -148,8 +161,9 @@ def model_card(config: dict[str, Any], val_metrics: dict[str, Any] | None = None
             rows = [[md(c), f"{pc[c]['precision']:.3f}", f"{pc[c]['recall']:.3f}", f"{pc[c]['f1']:.3f}", str(pc[c]['support'])]
                     for c in labels if c in pc]
             out += ["", *_class_table(["class", "precision", "recall", "F1", "support"], rows)]
-        out += ["", "The validation set also chose the best epoch (and the temperature below), so these numbers "
-                "are somewhat optimistic: measure on data the model never saw with `headstart evaluate`."]
+        out += ["", "No scored row was trained on by the model that scored it, but the same rows also chose the "
+                "regularisation, the recipe or the best epoch (and the temperature below), so these numbers are somewhat "
+                "optimistic: measure on data the model never saw with `headstart evaluate`."]
     else:
         out.append("Not recorded: evaluate the model on labelled data with `headstart evaluate MODEL DATA`.")
     out += ["", "## Calibration", ""]

@@ -526,7 +526,7 @@ def unusable(task: str, exc: Exception) -> CheckReport:
 
 
 def check_path(
-    data: str | Path, val: str | Path | None = None, *, task: str = "image", val_split: float | None = 0.2,
+    data: str | Path, val: str | Path | None = None, *, task: str = "image", val_split: float | None = None,
     seed: int = 0, full_decode: bool = False, text_column: str | None = None, label_column: str | None = None,
     encoding: str | None = None,
 ) -> CheckReport:

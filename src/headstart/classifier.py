@@ -57,26 +57,37 @@ class Classifier(LabelPredictions):
             return np.zeros(logits.shape, dtype=np.float64)
         return apply_temperature(logits, self.temperature_)
 
-    def _record_fit(self, result, train_summary: dict, val_summary: dict, skipped: int,
-                    val_items: Sequence[str] | None = None) -> None:
-        """Keep what the fit learned about itself: history, a temperature fitted on the
-        validation output, validation metrics of the calibrated model, and the validation
-        predictions (with ``val_items`` naming each row) for reports."""
-        from .calibration import calibrate, log_probs
+    def _record_fit(self, result, train_summary: dict, skipped: int, items: Sequence[str] | None = None) -> None:
+        """Keep what the fit learned about itself: history, the validation protocol and what
+        it measured, a temperature fitted on the validation logits (out-of-fold under
+        cross-validation: never from rows the scoring model trained on), the calibrated
+        validation metrics, and the validation predictions (``items`` names every item the
+        fit saw, data then validation set) for reports."""
+        from .calibration import calibrate
+        from .labels import class_counts
 
         self.history_ = result.history_dicts()
-        logits = log_probs(result.val_probs)
+        self.protocol_ = result.protocol.to_dict()
+        self.recipe_ = result.recipe
+        self.tried_ = result.tried
+        self.head_info_ = {k: v for k, v in result.head.items() if k != "path"}
+        self.cv_path_ = result.head.get("path")
+        logits = np.asarray(result.val_logits, dtype=np.float64)
         self.temperature_, self.calibration_ = calibrate(logits, result.val_labels)
         self.val_labels_ = np.asarray(result.val_labels, dtype=np.int64)
         self.val_probs_ = self._probabilities(logits)
-        self.val_items_ = list(val_items) if val_items is not None and len(val_items) == len(self.val_labels_) else None
+        self.val_items_ = [items[int(i)] for i in result.val_rows] if items is not None else None
         self.val_metrics_ = classification_metrics(self.val_labels_, self.val_probs_, self.classes_)
+        self.val_metrics_["protocol"] = self.protocol_["description"]
         self.train_seconds_ = result.seconds
         self.precision_ = result.precision
+        val_summary = {"source": self.protocol_["description"], "n": int(len(self.val_labels_)),
+                       "per_class": class_counts(self.val_labels_, self.classes_), "protocol": self.protocol_}
         self.data_summary_ = {"train": train_summary, "val": val_summary, "skipped": skipped}
         log.info(
-            "validation accuracy %.4f, macro F1 %.4f (%d examples); %.1fs",
-            self.val_metrics_["accuracy"], self.val_metrics_["macro_f1"], self.val_metrics_["n"], result.seconds,
+            "recipe %s; validation accuracy %.4f, macro F1 %.4f (%d examples: %s); %.1fs",
+            self.recipe_, self.val_metrics_["accuracy"], self.val_metrics_["macro_f1"], self.val_metrics_["n"],
+            self.protocol_["description"], result.seconds,
         )
 
     def to_config(self) -> dict[str, Any]:
@@ -92,9 +103,11 @@ class Classifier(LabelPredictions):
         }
         if hasattr(self, "val_metrics_"):
             cfg["summary"] = {
+                "recipe": getattr(self, "recipe_", self.config.recipe),
                 "val_accuracy": self.val_metrics_["accuracy"],
                 "val_macro_f1": self.val_metrics_["macro_f1"],
                 "val_n": self.val_metrics_["n"],
+                "protocol": getattr(self, "protocol_", None),
                 "data": self.data_summary_,
                 "precision": self.precision_,
                 "train_seconds": round(self.train_seconds_, 2),

@@ -128,13 +128,18 @@ def cli(debug: bool) -> None:
 @click.option("--resume", "resume_run", type=click.Path(path_type=Path),
               help="Continue the interrupted run in this run directory from its last checkpoint, with its settings.")
 @click.option("--val", "val_data", type=click.Path(path_type=Path), help="Separate validation data (folder, CSV, TSV, JSON Lines).")
-@click.option("--val-split", type=float, default=0.2, show_default=True, help="Validation fraction when --val is not given (stratified).")
+@click.option("--val-split", type=float, help="Hold out this stratified fraction for validation instead of cross-validating (when --val is not given).")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+              help="Without --val: stratified cross-validation folds that choose the head's regularisation and the recipe and score every row out-of-fold (fewer when a class is smaller).")
+@click.option("--refit/--no-refit", default=None,
+              help="Train the final model on every labelled row after validating [on without --val, off with it].")
+@click.option("--time-budget", type=click.FloatRange(min=0), help="Seconds for the whole fit: auto tries fine-tuning and refits only within it [600 on a CPU, no limit on a GPU; 0 = no limit].")
 @click.option("--task", type=click.Choice(["image", "text"]), help="Inferred from DATA when omitted: a folder (or a CSV with a path column) is image, a table of texts is text.")
 @click.option("--backbone", help="Image: efficientnet_lite0 (default) or any timm name. Text: minilm-l6 (default), a local Hugging Face directory or a hub id. See `headstart backbones`.")
 @click.option("--weights", help="Image: local .pth/.safetensors state dict for the backbone, or 'none' for random init.")
-@click.option("--recipe", type=click.Choice(RECIPES), help="linear-probe: frozen backbone, head only. fine-tune: head, then the top blocks. full: everything. [image fine-tune, text full, word vectors linear-probe]")
-@click.option("--epochs", type=int, help="Epochs of the main phase [image: linear-probe 30, fine-tune 4, full 8; text: 30, 3, 3; word vectors: 20].")
-@click.option("--head-epochs", type=int, help="fine-tune: epochs of the head phase on cached features [20].")
+@click.option("--recipe", type=click.Choice(RECIPES), help="auto: the probe, then fine-tuning when data and time allow, kept only if it validates better. linear-probe: frozen backbone, the head solved on cached features. fine-tune: that head, then the top blocks. full: everything. [auto; word vectors linear-probe]")
+@click.option("--epochs", type=int, help="Epochs of the phase that trains backbone weights [image: auto and fine-tune 4, full 8; text: 3; word vectors: 20]. A linear head is solved, so epochs do not apply to it; with --hidden they bound the head's training [30].")
+@click.option("--head-epochs", type=int, help="Epochs bound for a head with --hidden layers before fine-tuning [20]; a linear head is solved instead.")
 @click.option("--batch-size", type=int, default=32, show_default=True,
               help="Examples per optimizer step; in a distributed run, the global batch shared by all processes.")
 @click.option("--grad-accum", type=int, default=1, show_default=True,
@@ -153,8 +158,8 @@ def cli(debug: bool) -> None:
 @click.option("--class-weight", type=click.Choice(["balanced"]), help="Weight the loss by inverse class frequency.")
 @click.option("--ema", type=float, help="Evaluate and keep an exponential moving average of the weights with this decay (e.g. 0.98).")
 @click.option("--hidden", type=int, multiple=True, help="Hidden dense layer width in the head (repeat for more).")
-@click.option("--dropout", type=float, help="Dropout in the head [image 0.2, text 0.1].")
-@click.option("--pooling", type=click.Choice(POOLINGS["image"] + POOLINGS["text"]), help="Image avg|flatten [avg]; text mean|cls [the encoder's own].")
+@click.option("--dropout", type=float, help="Dropout in the head [image 0.2, text 0.1, word-vector CNN 0.5].")
+@click.option("--pooling", type=click.Choice(POOLINGS["image"] + POOLINGS["text"]), help="Image avg|flatten [avg]; text mean|cls [the encoder's own]; word vectors mean|max|mean+max [cnn: max].")
 @click.option("--cache-views", type=int, default=1, show_default=True, help="Image: feature-cache views per image for frozen phases (1 = eval view only).")
 @click.option("--cache-dir", help="Where frozen-backbone features (images, text embeddings) are cached [$HEADSTART_CACHE_DIR, else ~/.cache/headstart].")
 @click.option("--no-cache", is_flag=True, help="Compute frozen-backbone features afresh and store nothing.")
@@ -164,8 +169,8 @@ def cli(debug: bool) -> None:
 @click.option("--max-length", type=int, help="Text: token limit; longer texts are truncated and counted [the encoder's, 256 for minilm-l6].")
 @click.option("--encoding", help="Text: file encoding when not UTF-8 (e.g. latin-1).")
 @click.option("--word-vectors", type=click.Path(path_type=Path), help="Text: a word-vector file (GloVe, word2vec .txt/.bin, fastText .vec) as the backbone.")
-@click.option("--sequence-encoder", type=click.Choice(["none", "bilstm", "cnn"]), default="none", show_default=True,
-              help="Word vectors: a small encoder between the vectors and the pooling.")
+@click.option("--sequence-encoder", type=click.Choice(["none", "bilstm", "cnn"]),
+              help="Word vectors: a small encoder between the vectors and the pooling [cnn: filters 3, 4, 5 words wide, max pooling, dropout 0.5]; none = the pooled vectors, whose head is solved.")
 @click.option("--hidden-size", type=int, default=128, show_default=True, help="Word vectors: BiLSTM units per direction / CNN filters per width.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True)
@@ -176,7 +181,7 @@ def cli(debug: bool) -> None:
 @click.option("--progress/--no-progress", default=None, help="Progress bars [on when stderr is a terminal].")
 @click.option("--strict", is_flag=True, help="Refuse to train when the data check finds an error, an unreadable file or train/validation leakage (see `headstart check`).")
 @click.option("--log", "log_to", type=click.Choice(["tensorboard"]), help="Also log per-epoch scalars to TensorBoard (RUN_DIR/tensorboard; needs headstart[tensorboard]).")
-def train(data, val_data, val_split, task, backbone, weights, recipe, epochs, head_epochs, batch_size, grad_accum, lr,
+def train(data, val_data, val_split, folds, refit, time_budget, task, backbone, weights, recipe, epochs, head_epochs, batch_size, grad_accum, lr,
           backbone_lr, unfreeze_blocks, layer_decay, optimizer, weight_decay, label_smoothing, schedule,
           warmup_epochs, patience, augment, class_weight, ema, hidden, dropout, pooling, cache_views, cache_dir, no_cache, compile_, text_column,
           label_column, max_length, encoding, word_vectors, sequence_encoder, hidden_size, precision, device, workers,
@@ -241,7 +246,7 @@ def _resumable_run(run: Path, params: dict) -> tuple[Path, dict]:
     return run, saved
 
 
-def _train(data, val_data, val_split, task, backbone, weights, recipe, epochs, head_epochs, batch_size, grad_accum, lr,
+def _train(data, val_data, val_split, folds, refit, time_budget, task, backbone, weights, recipe, epochs, head_epochs, batch_size, grad_accum, lr,
            backbone_lr, unfreeze_blocks, layer_decay, optimizer, weight_decay, label_smoothing, schedule,
            warmup_epochs, patience, augment, class_weight, ema, hidden, dropout, pooling, cache_views, cache_dir, no_cache, compile_, text_column,
            label_column, max_length, encoding, word_vectors, sequence_encoder, hidden_size, precision, device, workers,
@@ -250,8 +255,8 @@ def _train(data, val_data, val_split, task, backbone, weights, recipe, epochs, h
     from . import distributed
     from .backbones import _REGISTRY as IMAGE_BACKBONES
     from .checkpoint import TrainingInterrupted, checkpointing
-    from .data import require_two_classes, stratified_split
     from .encoders import is_encoder_name
+    from .splits import require_two_classes, stratified_split
     from .report import PREDICTIONS_FILE, build_report, training_notes, write_predictions
 
     world = distributed.init(device)  # launched by torchrun / accelerate launch: one process of many
@@ -267,7 +272,8 @@ def _train(data, val_data, val_split, task, backbone, weights, recipe, epochs, h
         recipe=recipe, epochs=epochs, head_epochs=head_epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, backbone_lr=backbone_lr,
         unfreeze_blocks=unfreeze_blocks, layer_decay=layer_decay, optimizer=optimizer, weight_decay=weight_decay,
         label_smoothing=label_smoothing, schedule=schedule, warmup_epochs=warmup_epochs, patience=patience,
-        class_weight=class_weight, ema=ema, val_split=val_split, seed=seed, precision=precision, device=device,
+        class_weight=class_weight, ema=ema, val_split=val_split, folds=folds, refit=refit, time_budget=time_budget,
+        seed=seed, precision=precision, device=device,
         hidden=hidden or (), progress=sys.stderr.isatty() if progress is None else progress,
     )
     if dropout is not None:
@@ -300,7 +306,7 @@ def _train(data, val_data, val_split, task, backbone, weights, recipe, epochs, h
         val_set = clf._read(val_data, classes=train_set.classes) if val_data else None
         fit = lambda: clf.fit(train_set, val=val_set)  # noqa: E731
     require_two_classes(train_set.labels, train_set.classes)
-    if val_set is None:  # fail on a split that cannot be made before any directory is made
+    if val_set is None and val_split:  # fail on a split that cannot be made before any directory is made
         stratified_split(train_set.labels, val_split, seed, train_set.classes)
     report = _check_before_training(task, data, train_set, val_set, val_split, seed, strict)
     if log_to == "tensorboard":
@@ -359,6 +365,8 @@ def _train(data, val_data, val_split, task, backbone, weights, recipe, epochs, h
         if world.is_main:
             model_dir = clf.save(run / "model")
             _write_json(run / "metrics.json", {
+                "recipe": clf.recipe_, "protocol": clf.protocol_, "tried": clf.tried_, "head": clf.head_info_,
+                "cv_path": clf.cv_path_,
                 "history": clf.history_, "val": clf.val_metrics_, "data": clf.data_summary_,
                 "precision": clf.precision_, "train_seconds": round(clf.train_seconds_, 2),
                 "skipped": [{"path": p, "reason": r} for p, r in clf.skipped_], "processes": world.size,
@@ -378,7 +386,8 @@ def _train(data, val_data, val_split, task, backbone, weights, recipe, epochs, h
     if not world.is_main:
         return
     m = clf.val_metrics_
-    click.echo(f"validation accuracy: {m['accuracy']:.4f}  macro F1: {m['macro_f1']:.4f}  (n={m['n']})")
+    click.echo(f"recipe: {clf.recipe_}")
+    click.echo(f"validation accuracy: {m['accuracy']:.4f}  macro F1: {m['macro_f1']:.4f}  (n={m['n']}; {clf.protocol_['description']})")
     click.echo(f"model saved to {model_dir}")
     try:
         click.echo(f"report: {build_report(run)}")
@@ -408,8 +417,8 @@ def _check_before_training(task, data, train_set, val_set, val_split, seed, stri
 @cli.command()
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--val", "val_data", type=click.Path(path_type=Path), help="Separate validation data; checked for leakage against DATA.")
-@click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
-              help="Without --val: check the stratified split `train` would make (0 = check DATA as one set).")
+@click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Without --val: check the stratified split `train --val-split` would make (0 = check DATA as one set, as cross-validation uses it).")
 @click.option("--seed", type=int, default=0, show_default=True, help="The split's seed, as in `train`.")
 @click.option("--task", type=click.Choice(["image", "text"]), help="Inferred from DATA when omitted, as in `train`.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: task, splits, findings (+ imbalance_ratio, lengths).")
@@ -450,16 +459,19 @@ def check(data, val_data, val_split, seed, task, as_json, full_decode, text_colu
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".demo/digits"), show_default=True,
               help="Where to write the demo images.")
 @click.option("--out", help="Run directory [runs/demo-<time>].")
-@click.option("--epochs", type=int, default=2, show_default=True, help="Fine-tune epochs.")
+@click.option("--epochs", type=int, default=2, show_default=True, help="Fine-tune epochs, if auto tries fine-tuning.")
+@click.option("--time-budget", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Seconds for the whole fit (0 = no limit): the default recipe fine-tunes only if it fits.")
 @click.pass_context
-def demo(ctx, data_dir, out, epochs):
-    """Train on an offline sample: scikit-learn's handwritten digits as a folder of PNGs."""
+def demo(ctx, data_dir, out, epochs, time_budget):
+    """Train the default recipe on an offline sample: scikit-learn's handwritten digits as a
+    folder of PNGs."""
     from .demo import write_digits
 
     root = write_digits(data_dir)
     click.echo(f"demo data: {root} (scikit-learn's 1,797 handwritten digits, 10 classes)", err=True)
     out = out or str(_new_run_dir(None, "demo"))
-    ctx.invoke(train, data=root, out=out, epochs=epochs)  # click fills in train's other defaults
+    ctx.invoke(train, data=root, out=out, epochs=epochs, time_budget=time_budget)  # click fills in train's other defaults
 
 
 @cli.command()

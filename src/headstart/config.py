@@ -13,26 +13,28 @@ from typing import Any
 from .errors import HeadstartError
 
 TASKS = ("image", "text")
-RECIPES = ("linear-probe", "fine-tune", "full")
+RECIPES = ("auto", "linear-probe", "fine-tune", "full")
 AUGMENTS = ("none", "light", "classic", "strong")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear")
 POOLINGS = {"image": ("avg", "flatten"), "text": ("mean", "cls", "max", "mean+max")}
 
-# What a field left as None becomes, per task. Images follow the Keras recipe (a new head
-# first, then the top blocks at a lower rate); text follows the Hugging Face one (everything
-# at 2e-5 with linear warmup and decay, a few epochs).
+# What a field left as None becomes, per task. Both start with the probe (a solved linear
+# head on the frozen backbone); ``auto`` then tries phase 2 as the classic recipes do it:
+# images the Keras one (the top blocks at a lower rate), text the Hugging Face one
+# (everything at 2e-5 with linear warmup and decay, a few epochs). ``epochs`` is phase 2's
+# (and a hidden-layer head's under linear-probe): a linear head is solved, not iterated.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "image": {
-        "recipe": "fine-tune", "lr": 1e-3, "schedule": "cosine", "warmup_epochs": 1.0,
+        "recipe": "auto", "lr": 1e-3, "schedule": "cosine", "warmup_epochs": 1.0,
         "label_smoothing": 0.1, "augment": "light", "patience": 5,
-        "epochs": {"linear-probe": 30, "fine-tune": 4, "full": 8},
+        "epochs": {"auto": 4, "linear-probe": 30, "fine-tune": 4, "full": 8},
     },
     "text": {
-        "recipe": "full", "lr": 1e-3, "backbone_lr": 2e-5, "schedule": "linear", "warmup_epochs": 0.3,
+        "recipe": "auto", "lr": 1e-3, "backbone_lr": 2e-5, "schedule": "linear", "warmup_epochs": 0.3,
         "label_smoothing": 0.0, "augment": "none", "patience": 2,
-        "epochs": {"linear-probe": 30, "fine-tune": 3, "full": 3},
+        "epochs": {"auto": 3, "linear-probe": 30, "fine-tune": 3, "full": 3},
     },
 }
 DEFAULT_HEAD_EPOCHS = 20
@@ -92,6 +94,12 @@ class TrainConfig(_JsonMixin):
 
     ``lr`` is the new head's learning rate; ``backbone_lr`` that of the pretrained weights
     being trained (default: images ``lr / 10``, text 2e-5).
+
+    Validation: ``val_split`` None (the default) cross-validates over ``folds`` stratified
+    folds and refits on every row; a fraction holds that share out instead. ``refit``
+    (default: on without a separate validation set) trains the final model on every labelled
+    row. ``time_budget`` (seconds for the whole fit; 0 = no limit; default 600 on a CPU, none
+    on a GPU) bounds what ``auto`` tries and the refits.
     """
 
     task: str = "image"
@@ -117,7 +125,10 @@ class TrainConfig(_JsonMixin):
     cache: bool = True
     cache_dir: str | None = None
     compile: bool = False
-    val_split: float = 0.2
+    val_split: float | None = None
+    folds: int = 5
+    refit: bool | None = None
+    time_budget: float | None = None
     seed: int = 0
     precision: str = "auto"
     num_workers: int | None = None
@@ -161,8 +172,12 @@ class TrainConfig(_JsonMixin):
         if self.patience is not None:
             _positive("patience", self.patience, allow_zero=True)
         _positive("cache_views", self.cache_views)
-        if not 0.0 < self.val_split < 1.0:
+        if self.val_split is not None and not 0.0 < self.val_split < 1.0:
             raise HeadstartError(f"val_split must be in (0, 1); got {self.val_split}")
+        if self.folds < 2:
+            raise HeadstartError(f"folds must be at least 2; got {self.folds}")
+        if self.time_budget is not None:
+            _positive("time_budget", self.time_budget, allow_zero=True)
         if self.num_workers is not None:
             _positive("num_workers", self.num_workers, allow_zero=True)
 
@@ -172,7 +187,7 @@ class TrainConfig(_JsonMixin):
         out = dataclasses.replace(self)
         out.recipe = self.recipe or d["recipe"]
         out.epochs = self.epochs if self.epochs is not None else d["epochs"][out.recipe]
-        if out.recipe != "fine-tune":
+        if out.recipe not in ("fine-tune", "auto"):
             out.head_epochs = 0
         elif self.head_epochs is None:
             out.head_epochs = DEFAULT_HEAD_EPOCHS

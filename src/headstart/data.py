@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import warnings
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,6 +19,8 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import DataError
 from .images import IMAGE_EXTENSIONS, is_image_file, load_opened, to_rgb  # noqa: F401 - part of this module's API
+from .labels import class_counts
+from .splits import require_two_classes, stratified_split  # noqa: F401 - part of this module's API
 
 
 # A truncated JPEG must fail loudly, not decode as a grey half-image.
@@ -47,12 +48,6 @@ class ImageSet:
 
     def class_counts(self) -> dict[str, int]:
         return class_counts(self.labels, self.classes)
-
-
-def class_counts(labels: np.ndarray, classes: Sequence[str]) -> dict[str, int]:
-    """Examples per class name, zero for classes without any."""
-    counts = Counter(labels.tolist())
-    return {c: counts.get(i, 0) for i, c in enumerate(classes)}
 
 
 def known_classes(found: Sequence[str], classes: Sequence[str] | None, where: str) -> list[str]:
@@ -189,38 +184,6 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None, check: bool
         skipped,
         str(path),
     )
-
-
-def require_two_classes(labels: np.ndarray, classes: Sequence[str]) -> None:
-    present = np.unique(labels)
-    if len(present) < 2:
-        raise DataError(
-            f"found only one class ({classes[int(present[0])]!r}); a classifier needs examples of at least two"
-        )
-
-
-def stratified_split(labels: np.ndarray, val_fraction: float, seed: int, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of a stratified train/validation split, the same for the same seed."""
-    from sklearn.model_selection import train_test_split
-
-    require_two_classes(labels, classes)
-    counts = np.bincount(labels, minlength=len(classes))
-    present = [i for i, n in enumerate(counts) if n > 0]
-    small = [classes[i] for i, n in enumerate(counts) if 0 < n < 2]
-    if small:
-        raise DataError(
-            f"class(es) {', '.join(map(repr, small))} have a single example; a stratified split needs "
-            "at least 2 per class. Add examples, or pass a separate validation set with --val"
-        )
-    n_val = int(np.ceil(val_fraction * len(labels)))
-    if n_val < len(present) or len(labels) - n_val < len(present):
-        raise DataError(
-            f"{len(labels)} examples are too few for a {val_fraction:.0%} validation split over "
-            f"{len(present)} classes; add examples, change --val-split, or pass --val"
-        )
-    index = np.arange(len(labels))
-    train, val = train_test_split(index, test_size=n_val, random_state=seed, stratify=labels)
-    return np.sort(train), np.sort(val)
 
 
 def load_image(path: str | Path, draft: int | None = None) -> Image.Image:

@@ -12,12 +12,13 @@ from PIL import Image
 
 from .backbones import BackboneSpec, Preprocessing, create_backbone, resolve_spec
 from .classifier import Classifier
-from .data import ImageDataset, ImageSet, require_two_classes, scan_folder, stratified_split
+from .data import ImageDataset, ImageSet, require_two_classes, scan_folder
 from .images import expand_inputs
 from .errors import DataError, ModelDirError
 from .evaluation import classification_metrics
 from .model import ImageModel, feature_dim
-from .training import predict_logits, resolve_device, resolve_precision, run_recipe, seed_everything
+from .image_recipe import predict_logits, run_image_recipe
+from .training import resolve_device, resolve_precision, seed_everything
 from .transforms import eval_resize, eval_transform
 
 log = logging.getLogger("headstart")
@@ -63,18 +64,14 @@ class ImageClassifier(Classifier):
         return ImageModel(backbone, num_classes, self.head_config, dim)
 
     def fit(self, data: str | Path | ImageSet, val: str | Path | ImageSet | None = None) -> "ImageClassifier":
-        """Train on a class folder (or CSV of path,label); validate on ``val`` or on a
-        stratified split of ``data`` (``val_split``, ``seed``)."""
+        """Train on a class folder (or CSV of path,label). Without ``val`` every image both
+        trains and validates, by stratified k-fold cross-validation (``folds``) and a refit
+        on all of them (or a holdout of ``val_split``); with ``val`` that set validates."""
         cfg = self.config.resolved()
         full = data if isinstance(data, ImageSet) else scan_folder(data)
-        if val is None:
-            tr, va = stratified_split(full.labels, cfg.val_split, cfg.seed, full.classes)
-            train_set, val_set = full.subset(tr), full.subset(va)
-        else:
-            train_set = full
-            val_set = val if isinstance(val, ImageSet) else scan_folder(val, classes=full.classes)
-        require_two_classes(train_set.labels, full.classes)
-        present = set(np.unique(train_set.labels).tolist())
+        val_set = None if val is None else (val if isinstance(val, ImageSet) else scan_folder(val, classes=full.classes))
+        require_two_classes(full.labels, full.classes)
+        present = set(np.unique(full.labels).tolist())
         empty = [c for i, c in enumerate(full.classes) if i not in present]
         if empty:
             raise DataError(
@@ -83,30 +80,27 @@ class ImageClassifier(Classifier):
             )
         spec = resolve_spec(self.backbone)
         self.spec_, self.preprocessing_, self.classes_ = spec, spec.preprocessing, list(full.classes)
-        self.skipped_ = list(full.skipped) + (list(val_set.skipped) if val is not None else [])
+        self.skipped_ = list(full.skipped) + (list(val_set.skipped) if val_set is not None else [])
         log.info(
             "data: %d training and %d validation images in %d classes; %d files skipped",
-            len(train_set), len(val_set), len(self.classes_), len(self.skipped_),
+            len(full), len(val_set) if val_set is not None else 0, len(self.classes_), len(self.skipped_),
         )
         for path, reason in self.skipped_[:20]:
             log.info("skipped %s (%s)", path, reason)
         seed_everything(cfg.seed)  # the new head's initial weights follow the seed too
         self.model_ = self._build(spec, len(self.classes_), pretrained=True)
-        result = run_recipe(
-            self.model_, train_set, val_set, cfg, spec.preprocessing, progress=self.progress, cache_parts=self._cache_parts(spec)
+        result = run_image_recipe(
+            self.model_, full, val_set, cfg, spec.preprocessing, progress=self.progress, cache_parts=self._cache_parts(spec)
         )
+        self.model_ = result.model
         self.config = cfg
         self.skipped_ += result.failed
-        # the rows of the validation output: the validation images that decoded, in order
-        failed = {path for path, _ in result.failed}
-        val_items = [str(p) for p in val_set.paths if str(p) not in failed]
-        val_source = val_set.source if val is not None else f"{cfg.val_split:.0%} stratified split of train, seed {cfg.seed}"
+        items = list(full.paths) + (list(val_set.paths) if val_set is not None else [])
         self._record_fit(
             result,
-            {"source": train_set.source or str(data), "n": len(train_set), "per_class": train_set.class_counts()},
-            {"source": val_source, "n": len(val_set), "per_class": val_set.class_counts()},
+            {"source": full.source or str(data), "n": len(full), "per_class": full.class_counts()},
             len(self.skipped_),
-            val_items=val_items,
+            items=[str(p) for p in items],
         )
         return self
 

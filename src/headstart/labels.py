@@ -1,11 +1,18 @@
 """Labels from probabilities: the prediction front shared by the PyTorch classifiers and the
-ONNX predictor (no torch here)."""
+ONNX predictor, and label counts (no torch here)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Sequence
 
 import numpy as np
+
+
+def class_counts(labels: np.ndarray, classes: Sequence[str]) -> dict[str, int]:
+    """Examples per class name, zero for classes without any."""
+    counts = Counter(np.asarray(labels).tolist())
+    return {c: counts.get(i, 0) for i, c in enumerate(classes)}
 
 
 def top_k(row: np.ndarray, labels: Sequence[str], k: int) -> list[tuple[str, float]]:

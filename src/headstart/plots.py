@@ -65,7 +65,9 @@ def learning_curves(history: Sequence[dict[str, Any]]) -> bytes:
         phases = [h["phase"] for h in history]
         for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
             ax.plot(x, [h[f"train_{key}"] for h in history], marker="o", ms=3, label=f"train {key}")
-            ax.plot(x, [h[f"val_{key}"] for h in history], marker="o", ms=3, label=f"validation {key}")
+            # None: a refit on every labelled row, with nothing left to validate on (a gap)
+            ax.plot(x, [np.nan if h[f"val_{key}"] is None else h[f"val_{key}"] for h in history], marker="o", ms=3,
+                    label=f"validation {key}")
             ax.set_xlabel("epoch (all phases)")
             ax.set_title(title)
             ax.grid(alpha=0.3)

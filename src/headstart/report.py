@@ -136,14 +136,18 @@ def _exact_text_duplicates(train: Sequence[str], val: Sequence[str]) -> list[tup
 
 def training_notes(clf, train_set, val_set=None) -> dict[str, Any]:
     """What training knows about its data beyond the data summary: exact duplicates between
-    the training and validation split, and the token limit texts were cut at. ``val_set``
-    None means the classifier split ``train_set`` itself (the same split is made again)."""
-    from .data import stratified_split
+    the rows that trained and the rows that validated, and the token limit texts were cut
+    at. Under cross-validation every row validates and trains another fold's model, so any
+    duplicate pair within the data is such a pair; with a holdout split, the pairs across it."""
+    from .splits import stratified_split
 
-    if val_set is None:
-        tr, va = stratified_split(train_set.labels, clf.config.val_split, clf.config.seed, train_set.classes)
+    split = getattr(clf.config, "val_split", None)
+    if val_set is None and split:
+        tr, va = stratified_split(train_set.labels, split, clf.config.seed, train_set.classes)
         train_set, val_set = train_set.subset(tr), train_set.subset(va)
-    if clf.task == "image":
+    if val_set is None:  # cross-validation: duplicates within the data
+        pairs = _within_duplicates(train_set.paths if clf.task == "image" else train_set.texts, clf.task)
+    elif clf.task == "image":
         pairs = _exact_image_duplicates(train_set.paths, val_set.paths)
     else:
         pairs = _exact_text_duplicates(train_set.texts, val_set.texts)
@@ -152,6 +156,44 @@ def training_notes(clf, train_set, val_set=None) -> dict[str, Any]:
     if truncated:
         notes["max_length"] = truncated.get("max_length")
     return notes
+
+
+def _within_duplicates(items: Sequence, task: str) -> list[tuple[str, str]]:
+    """Pairs of items of one set that are exact copies (bytes for images, trimmed and
+    case-folded text), each later copy paired with the first."""
+    if task != "image":
+        seen: dict[str, str] = {}
+        pairs = []
+        for t in items:
+            key = " ".join(t.split()).casefold()
+            if key in seen:
+                pairs.append((t, seen[key]))
+            else:
+                seen[key] = t
+        return pairs
+    from .cache import file_digest
+
+    by_size: dict[int, list[Path]] = {}
+    for p in items:
+        try:
+            by_size.setdefault(os.path.getsize(p), []).append(Path(p))
+        except OSError:
+            continue
+    pairs = []
+    for group in by_size.values():
+        if len(group) < 2:
+            continue
+        first: dict[str, Path] = {}
+        for p in group:
+            try:
+                d = file_digest(p)
+            except OSError:
+                continue
+            if d in first:
+                pairs.append((str(p), str(first[d])))
+            else:
+                first[d] = p
+    return pairs
 
 
 def _finding(severity: str, kind: str, message: str, items: Sequence[str] = ()) -> dict[str, Any]:
@@ -370,6 +412,7 @@ def render(
     check_ran: bool = False,
     notes_intro: str | None = None,
     footer: str = "",
+    extra: str = "",
 ) -> str:
     """The page. ``figures`` maps names (learning_curves, confusion_matrix, per_class,
     class_distribution, calibration) to PNG bytes; missing ones are explained."""
@@ -389,6 +432,8 @@ def render(
         + _metric(metrics["accuracy"], [k, "accuracy"]) + _metric(metrics["macro_f1"], [k, "macro_f1"])
         + _metric(metrics["loss"], [k, "loss"]) + "</tr></table></section>",
     ]
+    if extra:
+        parts.append(extra)
     if "learning_curves" in figures:
         parts += ['<section id="learning-curves"><h2>Learning curves</h2>',
                   "<p>Loss and accuracy per epoch on the training and validation data; dashed lines mark where one "
@@ -411,9 +456,9 @@ def render(
             lead = (f"<p>Probabilities are divided by the temperature stored with the model. Expected calibration error "
                     f"({int(c.get('bins', 15))} equal-width confidence bins) and log loss on {e(eval_name)}, without and with it:</p>")
         elif fitted:
-            lead = ("<p>A temperature fitted on the validation set divides the logits (temperature scaling): it changes "
+            lead = ("<p>A temperature fitted on the validation logits divides the logits (temperature scaling): it changes "
                     "how confident the model says it is, never which class it picks. The saved model uses it. It was "
-                    "fitted on the same set these numbers are measured on, so the 'after' numbers are optimistic.</p>")
+                    "fitted on the same rows these numbers are measured on, so the 'after' numbers are optimistic.</p>")
         else:
             lead = f"<p>No temperature was fitted: {e(c.get('reason') or '')}.</p>"
         parts += [lead, "<table><tr><th>temperature</th><th>ECE before</th><th>ECE after</th><th>log loss before</th><th>log loss after</th></tr><tr>",
@@ -454,6 +499,34 @@ def _figures(task_history: Sequence[dict] | None, metrics: dict[str, Any], split
     if calib_panels:
         figures["calibration"] = plots.reliability_diagrams(calib_panels)
     return figures
+
+
+def _tried_html(tried: list[dict], head: dict) -> str:
+    """What the recipe tried, what each scored on the same held-out rows and what was kept."""
+    if not tried and not head:
+        return ""
+    parts = ['<section id="recipes"><h2>Recipes tried</h2>']
+    if head.get("kind"):
+        what = f"C = {head['C']:.3g}, chosen by cross-validation" if head.get("C") is not None else f"{head.get('epochs')} epoch(s)"
+        parts.append(f"<p>The head: {e(head['kind'])}, {e(what)}.</p>")
+    if tried:
+        parts.append("<table><tr><th class=\"l\">recipe</th><th>accuracy</th><th>probe on the same rows</th>"
+                     "<th>rows</th><th>seconds</th><th class=\"l\">outcome</th></tr>")
+        for i, t in enumerate(tried):
+            if t.get("skipped"):
+                parts.append(f'<tr><td class="l">{e(t.get("recipe"))}</td><td></td><td></td><td></td><td></td>'
+                             f'<td class="l">not tried: {e(t["skipped"])}</td></tr>')
+                continue
+            probe = t.get("probe_accuracy")
+            parts.append(
+                f'<tr><td class="l">{e(t.get("recipe"))}</td>'
+                f'<td data-metric="{e(json.dumps(["tried", i, "accuracy"]))}">{float(t.get("accuracy", 0)):.4f}</td>'
+                f'<td>{"" if probe is None else f"{float(probe):.4f}"}</td><td>{int(t.get("n", 0))}</td>'
+                f'<td>{float(t.get("seconds", 0)):.1f}</td><td class="l">{"kept" if t.get("kept") else "not kept"}</td></tr>'
+            )
+        parts.append("</table>")
+    parts.append("</section>")
+    return "\n".join(parts)
 
 
 def _write_outputs(out: Path, page: str, figures: dict[str, bytes]) -> Path:
@@ -554,7 +627,9 @@ def build_report(run_dir: str | Path) -> Path:
     info = [
         ("task", e(task)),
         ("backbone", e(backbone)),
-        ("recipe", e(training.get("recipe", "?"))),
+        ("recipe", e(metrics.get("recipe") or training.get("recipe", "?"))
+         + (f" (asked: {e(training.get('recipe'))})" if metrics.get("recipe") and training.get("recipe") not in (None, metrics.get("recipe")) else "")),
+        ("validation protocol", e((metrics.get("protocol") or {}).get("description") or val_source)),
         ("training data", e(run_config.get("data") or (data.get("train") or {}).get("source", "?"))),
         ("validation data", e(val_source)),
         ("classes", str(len(classes))),
@@ -562,6 +637,7 @@ def build_report(run_dir: str | Path) -> Path:
         ("model", f"<code>{e(run / 'model')}</code>"),
     ]
     page = render(
+        extra=_tried_html(metrics.get("tried") or [], metrics.get("head") or {}),
         title=f"{backbone} {task} classifier: {run.resolve().name}", info=info, task=task, metrics=val, metrics_key="val",
         eval_name=f"the validation set ({val_source}, {val['n']} examples)", calibration=calibration,
         calibration_key="calibration", splits=splits, figures=figures, predictions=predictions, findings=findings,

@@ -46,9 +46,10 @@ class TensorBoardHandler(logging.Handler):
                 self.phases.append(epoch.phase)
             w, s = self.writer, self.step
             w.add_scalar("loss/train", epoch.train_loss, s)
-            w.add_scalar("loss/val", epoch.val_loss, s)
             w.add_scalar("accuracy/train", epoch.train_accuracy, s)
-            w.add_scalar("accuracy/val", epoch.val_accuracy, s)
+            if epoch.val_loss is not None:  # a refit on every row has nothing to validate on
+                w.add_scalar("loss/val", epoch.val_loss, s)
+                w.add_scalar("accuracy/val", epoch.val_accuracy, s)
             w.add_scalar("lr", epoch.lr, s)
             w.add_scalar("epoch_seconds", epoch.seconds, s)
             w.add_scalar("phase", len(self.phases) - 1, s)

@@ -25,9 +25,10 @@ from .evaluation import classification_metrics
 from .model import Head, set_trainable
 from .textdata import TextSet, read_table
 from .training import (
-    EpochRecord, RecipeResult, autocast, loss_and_accuracy, recipe_setup, resolve_device, resolve_precision, seed_everything,
-    train_head, train_loop, unfreeze,
+    EpochRecord, autocast, loss_and_accuracy, recipe_setup, resolve_device, resolve_precision, seed_everything, train_loop,
+    unfreeze,
 )
+from .transfer import RecipeResult, Transfer
 
 log = logging.getLogger("headstart")
 
@@ -140,11 +141,12 @@ def run_batches(fn, ids: Sequence[np.ndarray], pad_id: int, batch_size: int, dev
 
 def train_on_tokens(
     model: nn.Module, groups: list[dict], train_ids: Sequence[np.ndarray], y_train: torch.Tensor,
-    val_ids: Sequence[np.ndarray], y_val: torch.Tensor, pad_id: int, *, cfg: TrainConfig, device, precision: str,
-    loss_fn: nn.Module, eval_batch: int, progress: bool = False,
+    val_ids: Sequence[np.ndarray] | None, y_val: torch.Tensor | None, pad_id: int, *, cfg: TrainConfig, device, precision: str,
+    loss_fn: nn.Module, eval_batch: int, progress: bool = False, epochs: int | None = None, phase: str | None = None,
+    deadline: float | None = None,
 ) -> list[EpochRecord]:
     """``train_loop`` over length-grouped, dynamically padded token batches, validated on
-    ``val_ids`` each epoch."""
+    ``val_ids`` each epoch (None: no validation, the last epoch kept)."""
     lengths = np.array([len(s) for s in train_ids])
     steps = len(distributed.even_batches(length_grouped(lengths, cfg.batch_size, np.random.default_rng([cfg.seed, 1]))))
 
@@ -154,73 +156,109 @@ def train_on_tokens(
             index = distributed.local_part(index)
             yield pad([train_ids[i] for i in index], pad_id), y_train[torch.as_tensor(index)]
 
-    def evaluate() -> tuple[float, float]:
-        model.eval()
-        return loss_and_accuracy(run_batches(model, val_ids, pad_id, eval_batch, device, precision), y_val)
+    evaluate = None
+    if val_ids is not None:
+        def evaluate() -> tuple[float, float]:
+            model.eval()
+            return loss_and_accuracy(run_batches(model, val_ids, pad_id, eval_batch, device, precision), y_val)
 
     return train_loop(
-        model, groups, batches, steps, evaluate, cfg=cfg, epochs=cfg.epochs, phase=cfg.recipe,
-        device=device, precision=precision, loss_fn=loss_fn, progress=progress,
+        model, groups, batches, steps, evaluate, cfg=cfg, epochs=epochs or cfg.epochs, phase=phase or cfg.recipe,
+        device=device, precision=precision, loss_fn=loss_fn, progress=progress, deadline=deadline,
     )
 
 
+class TokenBackend:
+    """The items (training texts, then validation texts) of one transformer or word-vector
+    fit, as token ids; the frozen encoder's embeddings come from the disk cache when this
+    exact computation was done before."""
+
+    def __init__(self, model: nn.Module, ids: list[np.ndarray], texts: list[str], labels: np.ndarray, cfg: TrainConfig, *,
+                 pad_id: int, device, precision: str, loss_fn: nn.Module, progress: bool, cache_parts: dict | None,
+                 max_length: int, eval_batch: int, phase2_recipe: str, val_source: str = ""):
+        self.ids, self.texts, self.labels, self.cfg = ids, texts, labels, cfg
+        self.pad_id, self.device, self.precision, self.loss_fn = pad_id, device, precision, loss_fn
+        self.progress, self.cache_parts, self.max_length = progress, cache_parts, max_length
+        self.eval_batch, self.phase2_recipe, self.val_source = eval_batch, phase2_recipe, val_source
+        self.y = torch.as_tensor(labels)
+
+    def failed(self) -> list[tuple[str, str]]:
+        return []
+
+    def features(self, model: nn.Module) -> tuple[torch.Tensor, np.ndarray]:
+        set_trainable(model, 0)
+        model.to(self.device).eval()
+
+        def embed(batch):
+            return model.embed(batch["input_ids"], batch["attention_mask"])
+
+        def compute():
+            out = run_batches(embed, self.ids, self.pad_id, self.eval_batch, self.device, self.precision, self.progress, "embeddings")
+            return out, np.arange(len(self.ids)), []
+
+        cfg = self.cfg
+        parts = ({**self.cache_parts, "max_length": self.max_length, "precision": self.precision, "device": self.device.type}
+                 if self.cache_parts and cfg.cache else None)
+        feats, rows, _ = cached_features(parts, cfg.cache_dir, compute, texts=self.texts)
+        return feats, rows
+
+    def augmented(self, model: nn.Module, rows: np.ndarray):
+        return None
+
+    def groups(self, model: nn.Module, head_trained: bool, recipe: str) -> list[dict]:
+        return unfreeze(model, self.cfg, head_trained=head_trained, recipe=recipe)
+
+    def train(self, model: nn.Module, train_rows: np.ndarray, eval_rows: np.ndarray | None, *, epochs: int, phase: str,
+              head_trained: bool, deadline: float | None):
+        model.to(self.device)
+        groups = self.groups(model, head_trained, phase.split()[0])
+        try:
+            return train_on_tokens(
+                model, groups, [self.ids[i] for i in train_rows], self.y[torch.as_tensor(train_rows)],
+                [self.ids[i] for i in eval_rows] if eval_rows is not None else None,
+                self.y[torch.as_tensor(eval_rows)] if eval_rows is not None else None, self.pad_id,
+                cfg=self.cfg, device=self.device, precision=self.precision, loss_fn=self.loss_fn, eval_batch=self.eval_batch,
+                progress=self.progress, epochs=epochs, phase=phase, deadline=deadline,
+            )
+        finally:
+            set_trainable(model, None)
+
+    def logits(self, model: nn.Module, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        model.to(self.device).eval()
+        out = run_batches(model, [self.ids[i] for i in rows], self.pad_id, self.eval_batch, self.device, self.precision)
+        return out.numpy(), np.asarray(rows)
+
+
+def token_items(tokenizer, data: TextSet, val: TextSet | None, max_length: int) -> tuple[list, list[str], np.ndarray, dict]:
+    """Token ids, texts and labels of the data then the validation set, and how many of each
+    were cut at ``max_length``."""
+    ids, cut = tokenize(tokenizer, data.texts, max_length)
+    texts, labels = list(data.texts), data.labels
+    val_cut = 0
+    if val is not None:
+        val_ids, val_cut = tokenize(tokenizer, val.texts, max_length)
+        ids, texts, labels = ids + val_ids, texts + list(val.texts), np.concatenate([data.labels, val.labels])
+    if cut or val_cut:
+        log.info("truncated to %d tokens: %d training and %d validation texts", max_length, cut, val_cut)
+    return ids, texts, labels, {"train": cut, "val": val_cut, "max_length": max_length}
+
+
 def run_text_recipe(
-    model: TextModel, tokenizer, train: TextSet, val: TextSet, cfg: TrainConfig, max_length: int, *,
+    model: TextModel, tokenizer, data: TextSet, val: TextSet | None, cfg: TrainConfig, max_length: int, *,
     progress: bool = False, cache_parts: dict | None = None,
 ) -> tuple[RecipeResult, dict[str, int]]:
-    """Train a transformer text ``model`` in place; ``cache_parts`` identify the encoder for
-    the embedding cache of the frozen phase (None: no cache)."""
-    start = time.perf_counter()
-    device, precision, loss_fn = recipe_setup(model, train.labels, len(train.classes), cfg)
+    """Train a transformer text ``model`` with ``cfg.recipe``; ``cache_parts`` identify the
+    encoder for the embedding cache of the frozen backbone (None: no cache)."""
+    device, precision, loss_fn = recipe_setup(model, data.labels, len(data.classes), cfg)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    train_ids, train_trunc = tokenize(tokenizer, train.texts, max_length)
-    val_ids, val_trunc = tokenize(tokenizer, val.texts, max_length)
-    if train_trunc or val_trunc:
-        log.info("truncated to %d tokens: %d training and %d validation texts", max_length, train_trunc, val_trunc)
-    y_train, y_val = torch.as_tensor(train.labels), torch.as_tensor(val.labels)
-    history: list[EpochRecord] = []
-    eval_batch = max(cfg.batch_size, 64)
-
-    def embed(batch):
-        return model.embed(batch["input_ids"], batch["attention_mask"])
-
-    head_epochs = cfg.epochs if cfg.recipe == "linear-probe" else cfg.head_epochs
-    val_feats = None
-    if head_epochs:
-        set_trainable(model, 0)
-        model.eval()
-        def embeddings(ids: Sequence[np.ndarray], texts: list[str], desc: str) -> torch.Tensor:
-            def compute():
-                out = run_batches(embed, ids, pad_id, eval_batch, device, precision, progress, desc)
-                return out, np.arange(len(ids)), []
-
-            parts = {**cache_parts, "max_length": max_length, "precision": precision, "device": device.type} if cache_parts and cfg.cache else None
-            return cached_features(parts, cfg.cache_dir, compute, texts=texts)[0]
-
-        x_train = embeddings(train_ids, train.texts, "train embeddings")
-        val_feats = embeddings(val_ids, val.texts, "val embeddings")
-        history += train_head(
-            model.head, x_train, y_train, val_feats, y_val, cfg=cfg, epochs=head_epochs, device=device, loss_fn=loss_fn
-        )
-
-    if cfg.recipe in ("fine-tune", "full"):
-        groups = unfreeze(model, cfg, head_trained=bool(head_epochs))
-        history += train_on_tokens(
-            model, groups, train_ids, y_train, val_ids, y_val, pad_id,
-            cfg=cfg, device=device, precision=precision, loss_fn=loss_fn, eval_batch=eval_batch, progress=progress,
-        )
-        val_feats = None
-
-    model.eval()
-    if val_feats is not None:
-        with torch.inference_mode():
-            logits = model.head(val_feats.to(device)).float().cpu()
-    else:
-        logits = run_batches(model, val_ids, pad_id, eval_batch, device, precision)
-    set_trainable(model, None)
-    probs = torch.softmax(logits, 1).numpy()
-    truncation = {"train": train_trunc, "val": val_trunc, "max_length": max_length}
-    return RecipeResult(history, probs, val.labels, [], time.perf_counter() - start, precision), truncation
+    ids, texts, labels, truncation = token_items(tokenizer, data, val, max_length)
+    backend = TokenBackend(model, ids, texts, labels, cfg, pad_id=pad_id, device=device, precision=precision, loss_fn=loss_fn,
+                           progress=progress, cache_parts=cache_parts, max_length=max_length,
+                           eval_batch=max(cfg.batch_size, 64), phase2_recipe="full",
+                           val_source=val.source if val is not None else "")
+    result = Transfer(model, backend, cfg, n_data=len(data), n_val=len(val) if val is not None else 0,
+                      classes=list(data.classes), loss_fn=loss_fn).run()
+    return result, truncation
 
 
 # --------------------------------------------------------------------------- the front
@@ -251,21 +289,30 @@ class TextClassifier(Classifier):
         max_length: int | None = None,
         pooling: str | None = None,
         hidden: Sequence[int] = (),
-        dropout: float = 0.1,
+        dropout: float | None = None,
         text_column: str | None = None,
         label_column: str | None = None,
         encoding: str | None = None,
         word_vectors: str | None = None,
-        sequence_encoder: str = "none",
+        sequence_encoder: str | None = None,
         hidden_size: int = 128,
         progress: bool = False,
         **train: Any,
     ):
-        from .wordvec import SEQUENCE_ENCODERS, is_word_vectors
+        from .wordvec import SEQUENCE_ENCODERS, WORD_DEFAULTS, is_word_vectors
 
         self.backbone = str(word_vectors) if word_vectors else backbone
         self.word_vectors = word_vectors
         self.kind = "word-vectors" if word_vectors or is_word_vectors(backbone) else "transformer"
+        if self.kind == "word-vectors":
+            # Kim (2014): a CNN of 3/4/5-word filters over frozen vectors, max-pooled over time
+            sequence_encoder = sequence_encoder or WORD_DEFAULTS["sequence_encoder"]
+            if pooling is None:
+                pooling = WORD_DEFAULTS["pooling"][sequence_encoder]
+            if dropout is None:
+                dropout = WORD_DEFAULTS["dropout"][sequence_encoder]
+        sequence_encoder = sequence_encoder or "none"
+        dropout = 0.1 if dropout is None else dropout
         if sequence_encoder not in SEQUENCE_ENCODERS:
             raise HeadstartError(f"sequence_encoder must be one of {', '.join(SEQUENCE_ENCODERS)}; got {sequence_encoder!r}")
         if sequence_encoder != "none" and self.kind != "word-vectors":
@@ -293,25 +340,23 @@ class TextClassifier(Classifier):
         )
 
     def fit(self, data: Any, labels: Sequence[Any] | None = None, *, val: Any = None, val_labels: Sequence[Any] | None = None) -> "TextClassifier":
-        """Train on a CSV / TSV / JSON Lines file, a DataFrame, or ``texts, labels``;
-        validate on ``val`` (same kinds) or on a stratified split (``val_split``, ``seed``)."""
-        from .data import require_two_classes, stratified_split
+        """Train on a CSV / TSV / JSON Lines file, a DataFrame, or ``texts, labels``. Without
+        ``val`` every row both trains and validates, by stratified k-fold cross-validation
+        (``folds``) and a refit on all of them (or a holdout of ``val_split``); with ``val``
+        (same kinds) that set validates."""
+        from .splits import require_two_classes
 
         cfg = self._resolved()
         full = self._read(data, labels)
-        if val is None:
-            tr, va = stratified_split(full.labels, cfg.val_split, cfg.seed, full.classes)
-            train_set, val_set = full.subset(tr), full.subset(va)
-        else:
-            train_set, val_set = full, self._read(val, val_labels, classes=full.classes)
-        require_two_classes(train_set.labels, full.classes)
+        val_set = None if val is None else self._read(val, val_labels, classes=full.classes)
+        require_two_classes(full.labels, full.classes)
         if self._spec is None and self.kind == "transformer":
             self._spec, self._source = resolve_encoder(self.backbone)
         self.classes_ = list(full.classes)
-        self.skipped_ = list(full.skipped) + (list(val_set.skipped) if val is not None else [])
+        self.skipped_ = list(full.skipped) + (list(val_set.skipped) if val_set is not None else [])
         log.info(
             "data: %d training and %d validation texts, %d labels; %d rows skipped (empty text or label)",
-            len(train_set), len(val_set), len(self.classes_), len(self.skipped_),
+            len(full), len(val_set) if val_set is not None else 0, len(self.classes_), len(self.skipped_),
         )
         seed_everything(cfg.seed)
         oov = None
@@ -321,7 +366,9 @@ class TextClassifier(Classifier):
             vectors = load_word_vectors(None if self.word_vectors else self.backbone, self.word_vectors)
             self.vectors_source_, self.vectors_licence_ = vectors.source, vectors.licence
             self.tokenizer_ = WordTokenizer(vectors.words, vectors.lowercase)
-            oov = {"train": self.tokenizer_.oov(train_set.texts), "val": self.tokenizer_.oov(val_set.texts)}
+            oov = {"train": self.tokenizer_.oov(full.texts)}
+            if val_set is not None:
+                oov["val"] = self.tokenizer_.oov(val_set.texts)
             for split, o in oov.items():
                 log.info(
                     "%s: %.2f%% of %d word tokens have no vector; most frequent: %s", split, 100 * o["rate"], o["tokens"],
@@ -334,26 +381,27 @@ class TextClassifier(Classifier):
             )
             del vectors
             result, self.truncated_ = run_wordvec_recipe(
-                self.model_, self.tokenizer_, train_set, val_set, cfg, self.max_length_, progress=self.progress
+                self.model_, self.tokenizer_, full, val_set, cfg, self.max_length_, progress=self.progress
             )
         else:
             encoder, self.tokenizer_ = load_encoder(self._source, self.backbone)
             self.max_length_ = self._limit(encoder)
             self.model_ = TextModel(encoder, len(self.classes_), self.head_config)
             result, self.truncated_ = run_text_recipe(
-                self.model_, self.tokenizer_, train_set, val_set, cfg, self.max_length_, progress=self.progress,
+                self.model_, self.tokenizer_, full, val_set, cfg, self.max_length_, progress=self.progress,
                 cache_parts=self._cache_parts(),
             )
+        self.model_ = result.model
         self.oov_ = oov
         self.config = cfg
-        val_source = val_set.source if val is not None else f"{cfg.val_split:.0%} stratified split of train, seed {cfg.seed}"
+        items = list(full.texts) + (list(val_set.texts) if val_set is not None else [])
         self._record_fit(
             result,
-            {"source": train_set.source, "n": len(train_set), "per_class": train_set.class_counts(), "truncated": self.truncated_["train"]},
-            {"source": val_source, "n": len(val_set), "per_class": val_set.class_counts(), "truncated": self.truncated_["val"]},
+            {"source": full.source, "n": len(full), "per_class": full.class_counts(), "truncated": self.truncated_["train"]},
             len(self.skipped_),
-            val_items=val_set.texts,
+            items=items,
         )
+        self.data_summary_["val"]["truncated"] = self.truncated_["val"] if val_set is not None else None
         if oov is not None:
             self.data_summary_["oov"] = oov
         return self

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .data import class_counts
+from .labels import class_counts
 from .errors import DataError
 
 TEXT_COLUMNS = ("text", "sentence", "review", "content")

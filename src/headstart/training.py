@@ -1,9 +1,7 @@
-"""One training loop, and the transfer recipe built from it.
+"""One training loop, and the pieces every recipe builds from it (no image or text code here).
 
 ``train_loop`` reads top to bottom: for each epoch, train over batches, evaluate, keep the
-best weights, stop early. ``run_recipe`` is the transfer recipe as one plain function:
-train the head on cached features of the frozen backbone, then (fine-tune) unfreeze the
-top blocks at a lower learning rate, or (full) train everything.
+best weights, stop early. The recipes themselves are in :mod:`headstart.transfer`.
 """
 
 from __future__ import annotations
@@ -24,11 +22,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint, distributed
 from .config import TrainConfig
-from .cache import cached_features
-from .data import ImageDataset, ImageSet, default_num_workers, make_loader
 from .errors import DataError, HeadstartError
-from .model import ImageModel, freeze_batchnorm, set_trainable
-from .transforms import eval_resize, eval_transform, train_transform
+from .model import set_trainable
 
 log = logging.getLogger("headstart")
 
@@ -91,14 +86,18 @@ def seed_everything(seed: int) -> None:
 # --------------------------------------------------------------------------- the loop
 
 
+class OverBudget(HeadstartError):
+    """A training phase cannot finish one epoch within the time budget."""
+
+
 @dataclass
 class EpochRecord:
     phase: str
     epoch: int
     train_loss: float
     train_accuracy: float
-    val_loss: float
-    val_accuracy: float
+    val_loss: float | None  # None: trained on every labelled row, nothing held out
+    val_accuracy: float | None
     lr: float
     seconds: float
     examples: int = 0  # trained on in the epoch, over all processes
@@ -198,7 +197,7 @@ def train_loop(
     groups: list[dict],
     batches: Batches,
     steps_per_epoch: int,
-    evaluate: Evaluate,
+    evaluate: Evaluate | None,
     *,
     cfg: TrainConfig,
     epochs: int,
@@ -208,9 +207,16 @@ def train_loop(
     loss_fn: nn.Module,
     on_train_start: Callable[[], None] | None = None,
     progress: bool = False,
+    deadline: float | None = None,
 ) -> list[EpochRecord]:
     """Train ``module`` for up to ``epochs``; restore the weights of the best validation
-    epoch (highest accuracy, then lowest loss) before returning.
+    epoch (highest accuracy, then lowest loss) before returning. Without ``evaluate`` (a
+    refit on every labelled row: nothing is left to validate on) all ``epochs`` run and the
+    last weights are kept.
+
+    ``deadline`` (a ``time.perf_counter()`` value): no epoch starts that would end after it,
+    judged by the last epoch's length; if the first epoch's first steps show that it alone
+    would end after it, :class:`OverBudget` is raised before it finishes.
 
     Inside :func:`headstart.checkpoint.checkpointing`, each epoch ends with a checkpoint,
     and a resumed run skips the phases and epochs the checkpoint holds."""
@@ -251,7 +257,7 @@ def train_loop(
             first = epochs + 1  # early stopping had ended this phase
 
     def restore_best() -> None:
-        if best_state is not None:
+        if best_state is not None and evaluate is not None:
             module.load_state_dict(best_state)
             best = max(history, key=lambda r: (r.val_accuracy, -r.val_loss))
             log.info("%s: restored the best epoch (%d, val acc %.4f)", phase, best.epoch, best.val_accuracy)
@@ -295,6 +301,13 @@ def train_loop(
         bar = tqdm(batches(epoch), total=steps_per_epoch, desc=f"{phase} {epoch}/{epochs}", leave=False,
                    disable=not progress or not world.is_main)
         for step, (x, y) in enumerate(bar):
+            if deadline is not None and epoch == first and not history and step == min(10, steps_per_epoch - 1) > 0:
+                projected = start + (time.perf_counter() - start) / step * steps_per_epoch
+                if projected > deadline:
+                    raise OverBudget(
+                        f"{phase}: one epoch would take about {projected - start:.0f} s, more than the time left "
+                        f"({max(0.0, deadline - start):.0f} s)"
+                    )
             real = x is not None  # None: no image of this batch could be decoded
             if real:
                 x, y = to_device(x, device), y.to(device, non_blocking=True)
@@ -342,19 +355,20 @@ def train_loop(
             update(group)
         distributed.sync_buffers(module)
         with average.applied() if average is not None else contextlib.nullcontext():
-            val_loss, val_acc = evaluate()
-            score = (val_acc, -val_loss)
-            improved = best_key is None or score > best_key
-            if improved:  # copied here so an average's weights are the ones kept
+            val_loss, val_acc = evaluate() if evaluate is not None else (None, None)
+            score = (val_acc, -val_loss) if evaluate is not None else (0.0, 0.0)
+            improved = evaluate is None or best_key is None or score > best_key
+            if improved and evaluate is not None:  # copied here so an average's weights are the ones kept
                 best_state = copy.deepcopy(module.state_dict())
         record = EpochRecord(
             phase, epoch, loss_sum / max(weight_sum, 1e-12), correct / max(seen, 1), val_loss, val_acc,
             optimizer.param_groups[0]["lr"], time.perf_counter() - start, seen,
         )
         history.append(record)
+        checked = f" | val loss {val_loss:.4f} acc {val_acc:.4f}" if evaluate is not None else ""
         log.info(
-            "%s epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs",
-            phase, epoch, epochs, record.train_loss, record.train_accuracy, val_loss, val_acc, record.seconds,
+            "%s epoch %d/%d: train loss %.4f acc %.4f%s | %.1fs",
+            phase, epoch, epochs, record.train_loss, record.train_accuracy, checked, record.seconds,
             extra={"epoch_record": record},
         )
         if improved:
@@ -362,6 +376,11 @@ def train_loop(
         else:
             stale += 1
             stopped = bool(cfg.patience and stale >= cfg.patience and epoch < epochs)
+            if stopped:
+                log.info("%s: no better validation accuracy for %d epochs; stopping early", phase, stale)
+        if not stopped and deadline is not None and epoch < epochs and time.perf_counter() + record.seconds > deadline:
+            log.info("%s: another epoch would end past the time budget; stopping after epoch %d", phase, epoch)
+            stopped = True
         if store is not None:
             store.save_epoch(phase_key, {
                 "epoch": epoch, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
@@ -371,7 +390,6 @@ def train_loop(
                 "stale": stale, "stopped": stopped,
             })
         if stopped:
-            log.info("%s: no better validation accuracy for %d epochs; stopping early", phase, stale)
             break
     restore_best()
     if store is not None:
@@ -379,99 +397,7 @@ def train_loop(
     return history
 
 
-# --------------------------------------------------------------------------- features
-
-
-@torch.inference_mode()
-def extract_features(
-    backbone: nn.Module,
-    dataset: ImageDataset,
-    *,
-    batch_size: int,
-    device: torch.device,
-    precision: str,
-    num_workers: int | None,
-    seed: int,
-    progress: bool = False,
-    desc: str = "features",
-) -> tuple[torch.Tensor, np.ndarray, list[tuple[int, str]]]:
-    """One forward pass of the frozen backbone per item. Returns (features[n_ok, d] in fp32,
-    item indices of the rows, failed (index, reason))."""
-    backbone.eval()
-    chunks, indices, failed = [], [], []
-    loader = make_loader(dataset, batch_size, seed=seed, num_workers=num_workers)
-    for x, _, idx, bad in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        failed.extend(bad)
-        if x is None:
-            continue
-        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with autocast(device, precision):
-            f = backbone(x)
-        chunks.append(f.flatten(1).float().cpu())
-        indices.append(idx.numpy())
-    if not chunks:  # the caller decides (a process's shard may hold nothing decodable)
-        return torch.empty(0, 0), np.empty(0, dtype=np.int64), failed
-    return torch.cat(chunks), np.concatenate(indices), failed
-
-
-@torch.inference_mode()
-def predict_logits(
-    model: nn.Module,
-    dataset: ImageDataset,
-    *,
-    batch_size: int,
-    device: torch.device,
-    precision: str,
-    num_workers: int | None,
-    progress: bool = False,
-) -> tuple[torch.Tensor, np.ndarray, list[tuple[int, str]]]:
-    model.eval()
-    chunks, indices, failed = [], [], []
-    if distributed.world().enabled:  # each process its shard; gathered below
-        dataset = torch.utils.data.Subset(dataset, distributed.shard(len(dataset)))
-    for x, _, idx, bad in tqdm(
-        make_loader(dataset, batch_size, num_workers=num_workers), desc="predict", leave=False, disable=not progress
-    ):
-        failed.extend(bad)
-        if x is None:
-            continue
-        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with autocast(device, precision):
-            chunks.append(model(x).float().cpu())
-        indices.append(idx.numpy())
-    if distributed.world().enabled:
-        rows = torch.cat(chunks) if chunks else torch.empty(0, 0)
-        return distributed.gather_rows(rows, np.concatenate(indices) if indices else np.empty(0, dtype=np.int64), failed)
-    if not chunks:
-        return torch.empty(0, 0), np.empty(0, dtype=np.int64), failed
-    return torch.cat(chunks), np.concatenate(indices), failed
-
-
 # --------------------------------------------------------------------------- the recipe
-
-
-@dataclass
-class RecipeResult:
-    history: list[EpochRecord]
-    val_probs: np.ndarray
-    val_labels: np.ndarray
-    failed: list[tuple[str, str]]
-    seconds: float
-    precision: str
-
-    def history_dicts(self) -> list[dict]:
-        return [asdict(r) for r in self.history]
-
-
-def epoch_loader(dataset: ImageDataset, cfg: TrainConfig, epoch: int) -> torch.utils.data.DataLoader:
-    """This process's share of each batch of a shuffled epoch (the same shuffle on every
-    process, from the seed and the epoch; no batch too small for BatchNorm)."""
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-    order = torch.randperm(len(dataset), generator=g).numpy()
-    batches = distributed.even_batches(order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size))
-    local = [distributed.local_part(b).tolist() for b in batches]
-    seed = cfg.seed * 1_000_003 + epoch * 7919 + distributed.world().rank  # the workers' augmentation
-    return make_loader(dataset, cfg.batch_size, seed=seed, num_workers=cfg.num_workers, batches=local)
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -517,37 +443,44 @@ def train_head(
     head: nn.Module,
     x_train: torch.Tensor,
     y_train: torch.Tensor,
-    x_val: torch.Tensor,
-    y_val: torch.Tensor,
+    x_val: torch.Tensor | None,
+    y_val: torch.Tensor | None,
     *,
     cfg: TrainConfig,
     epochs: int,
     device: torch.device,
     loss_fn: nn.Module,
+    phase: str = "head",
 ) -> list[EpochRecord]:
-    """Phase 1 of a transfer recipe: the new head on cached features of the frozen backbone."""
-    y_val = y_val.to(device)
+    """A head with hidden layers on cached features of the frozen backbone, by minibatches;
+    early-stopped on ``x_val`` (None: all ``epochs``, the last weights kept)."""
     batch = max(cfg.batch_size, 64)
+    evaluate = None
+    if x_val is not None:
+        y_val = y_val.to(device)
 
-    @torch.inference_mode()
-    def evaluate() -> tuple[float, float]:
-        head.eval()
-        return loss_and_accuracy(head(x_val.to(device)).float(), y_val)
+        @torch.inference_mode()
+        def evaluate() -> tuple[float, float]:
+            head.eval()
+            return loss_and_accuracy(head(x_val.to(device)).float(), y_val)
 
-    log.info("training the head on %d cached feature vectors of width %d", len(y_train), x_train.shape[1])
+    head.to(device)
+    log.info("%s: training the head on %d cached feature vectors of width %d", phase, len(y_train), x_train.shape[1])
     batches, steps = _tensor_batches(x_train, y_train, batch, cfg.seed)
     return train_loop(
         head, param_groups(head.named_parameters(), cfg.lr, cfg.weight_decay), batches, steps,
-        evaluate, cfg=cfg, epochs=epochs, phase="head", device=device, precision="fp32", loss_fn=loss_fn,
+        evaluate, cfg=cfg, epochs=epochs, phase=phase, device=device, precision="fp32", loss_fn=loss_fn,
     )
 
 
-def unfreeze(model: nn.Module, cfg: TrainConfig, head_trained: bool) -> list[dict]:
-    """Phase 2: make the top blocks (fine-tune) or everything (full) trainable and return
-    the optimizer's parameter groups: the head at ``lr`` (or ``backbone_lr`` when it was
-    trained in phase 1), each unfrozen block at ``backbone_lr`` x ``layer_decay``^depth."""
+def unfreeze(model: nn.Module, cfg: TrainConfig, head_trained: bool, recipe: str | None = None) -> list[dict]:
+    """Phase 2: make the top blocks (``fine-tune``) or everything (``full``; ``recipe``
+    defaults to ``cfg.recipe``) trainable and return the optimizer's parameter groups: the
+    head at ``lr`` (or ``backbone_lr`` when it was trained in phase 1), each unfrozen block
+    at ``backbone_lr`` x ``layer_decay``^depth."""
+    recipe = recipe or cfg.recipe
     groups_by_block = model.block_groups()
-    top = cfg.unfreeze_blocks if cfg.recipe == "fine-tune" else None
+    top = cfg.unfreeze_blocks if recipe == "fine-tune" else None
     names = set(set_trainable(model, top))
     head_lr = cfg.backbone_lr if head_trained else cfg.lr
     groups = param_groups(model.head.named_parameters(), head_lr, cfg.weight_decay)
@@ -559,126 +492,5 @@ def unfreeze(model: nn.Module, cfg: TrainConfig, head_trained: bool) -> list[dic
         named = ((n, p) for n, p in params.items() if n in block)
         groups += param_groups(named, cfg.backbone_lr * decay, cfg.weight_decay)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("%s: %d trainable parameters in %d backbone blocks + head", cfg.recipe, n_trainable, len(blocks))
+    log.info("%s: %d trainable parameters in %d backbone blocks + head", recipe, n_trainable, len(blocks))
     return groups
-
-
-def run_recipe(
-    model: ImageModel,
-    train: ImageSet,
-    val: ImageSet,
-    cfg: TrainConfig,
-    preprocessing,
-    *,
-    progress: bool = False,
-    cache_parts: dict | None = None,
-) -> RecipeResult:
-    """Train an image ``model`` in place with ``cfg.recipe`` (a resolved config); return the
-    history and the validation output. ``cache_parts`` identify the backbone's weights for
-    the feature cache (None: no cache)."""
-    start = time.perf_counter()
-    device, precision, loss_fn = recipe_setup(model, train.labels, len(train.classes), cfg)
-    model.to(memory_format=torch.channels_last)
-    eval_tf, draft = eval_transform(preprocessing), eval_resize(preprocessing)
-    # Evaluation views decode large JPEGs at reduced scale (never below the resize target),
-    # so cached features from a full decode are never mixed with these: "decode" in the key.
-    eval_view = {"view": "eval", "decode": "draft"}
-    val_ds = ImageDataset(val.paths, val.labels, eval_tf, draft=draft)
-    history: list[EpochRecord] = []
-    failed: list[tuple[str, str]] = []
-    common = dict(batch_size=cfg.batch_size, device=device, precision=precision, num_workers=cfg.num_workers, progress=progress)
-
-    def note_failed(paths, bad):
-        for i, reason in bad:
-            failed.append((str(paths[i % len(paths)]), reason))
-
-    # torch.compile compiles on the first call: with every feature cached it never does
-    # (about 30 s of compilation for about 1.3x the throughput on a CPU).
-    frozen = torch.compile(model.backbone) if cfg.compile else model.backbone
-
-    def features(dataset: ImageDataset, desc: str, view: dict):
-        """Features of the frozen backbone, from the disk cache when this exact computation
-        (weights, preprocessing, precision, view, image contents) was done before."""
-        parts = {**cache_parts, **view, "precision": precision, "device": device.type} if cache_parts and cfg.cache else None
-        def compute():
-            local = dataset
-            if distributed.world().enabled:
-                local = torch.utils.data.Subset(dataset, distributed.shard(len(dataset)))
-            rows = distributed.gather_rows(*extract_features(frozen, local, seed=cfg.seed, desc=desc, **common))
-            if len(rows[1]) == 0:
-                raise DataError("no image could be decoded; check the files (`headstart check DATA` lists them)")
-            return rows
-
-        return cached_features(parts, cfg.cache_dir, compute, paths=dataset.paths)
-
-    # Phase 1: the head on features of the frozen backbone, computed once.
-    head_epochs = cfg.epochs if cfg.recipe == "linear-probe" else cfg.head_epochs
-    val_feats = None
-    if head_epochs:
-        set_trainable(model, 0)
-        feats, rows, bad = features(ImageDataset(train.paths, train.labels, eval_tf, draft=draft), "train features", eval_view)
-        note_failed(train.paths, bad)
-        xs, ys = [feats], [torch.as_tensor(train.labels[rows])]
-        if cfg.cache_views > 1:
-            aug = ImageDataset(train.paths, train.labels, train_transform(preprocessing, cfg.augment), views=cfg.cache_views - 1)
-            workers = default_num_workers() if cfg.num_workers is None else cfg.num_workers
-            view = {"view": cfg.augment, "views": cfg.cache_views - 1, "seed": cfg.seed, "workers": workers}
-            f2, rows2, _ = features(aug, "augmented views", view)
-            xs.append(f2)
-            ys.append(torch.as_tensor(train.labels[rows2 % len(train)]))
-        val_feats, val_rows, bad = features(val_ds, "val features", eval_view)
-        note_failed(val.paths, bad)
-        history += train_head(
-            model.head, torch.cat(xs), torch.cat(ys), val_feats, torch.as_tensor(val.labels[val_rows]),
-            cfg=cfg, epochs=head_epochs, device=device, loss_fn=loss_fn,
-        )
-
-    # Phase 2: unfreeze the top blocks (fine-tune) or everything (full) and train on images.
-    if cfg.recipe in ("fine-tune", "full"):
-        groups = unfreeze(model, cfg, head_trained=bool(head_epochs))
-        train_ds = ImageDataset(train.paths, train.labels, train_transform(preprocessing, cfg.augment))
-        n, size = len(train_ds), cfg.batch_size
-        steps = len(distributed.even_batches(np.arange(n)[i : i + size] for i in range(0, n, size)))
-
-        def image_batches(epoch: int):
-            for x, y, _, bad in epoch_loader(train_ds, cfg, epoch):
-                if epoch == 1:
-                    note_failed(train.paths, bad)
-                # (None, None) when nothing in this batch decodes: the loop keeps in step
-                yield (x.contiguous(memory_format=torch.channels_last), y) if x is not None else (None, None)
-
-        def evaluate_images() -> tuple[float, float]:
-            logits, rows, _ = predict_logits(model, val_ds, **common)
-            return loss_and_accuracy(logits, torch.as_tensor(val.labels[rows]))
-
-        def on_train_start() -> None:
-            freeze_batchnorm(model.backbone, all_bn=cfg.recipe == "fine-tune")
-
-        if cfg.compile:
-            # Compiles the training forward and backward (and evaluation) in place, keeping
-            # the state_dict's keys; about 2 minutes of compilation on a CPU before the
-            # first step, so it pays off on long runs only (docs/performance.md).
-            model.compile()
-        history += train_loop(
-            model, groups, image_batches, steps, evaluate_images, cfg=cfg,
-            epochs=cfg.epochs, phase=cfg.recipe, device=device, precision=precision,
-            loss_fn=loss_fn, on_train_start=on_train_start, progress=progress,
-        )
-        model._compiled_call_impl = None  # predict and save the plain module
-        val_feats = None
-
-    # Final validation output of the restored best model.
-    if val_feats is not None:
-        with torch.inference_mode():
-            model.head.eval()
-            logits = model.head(val_feats.to(device)).float().cpu()
-    else:
-        logits, val_rows, _ = predict_logits(model, val_ds, **common)
-    set_trainable(model, None)
-    model.eval()
-    probs = torch.softmax(logits, dim=1).numpy()
-    return RecipeResult(history, probs, val.labels[val_rows], _unique(failed), time.perf_counter() - start, precision)
-
-
-def _unique(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    return list(dict.fromkeys(items))

@@ -10,6 +10,7 @@ prediction for any text, words never seen in training included.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -27,12 +28,21 @@ from .config import TrainConfig
 from .errors import BackboneError, DataError, HeadstartError
 from .model import Head, set_trainable
 from .textdata import TextSet
-from .training import RecipeResult, param_groups, recipe_setup
+from .training import param_groups, recipe_setup
+from .transfer import RecipeResult, Transfer
 from .words import PAD, UNK, TOKEN, word_ids  # 0 is padding, 1 an unknown word
 
 log = logging.getLogger("headstart")
 
 SEQUENCE_ENCODERS = ("none", "bilstm", "cnn")
+# What word vectors get when nothing is asked: the convolutional sentence classifier of Kim
+# (2014) on frozen vectors (filters 3, 4 and 5 words wide, max over time, dropout 0.5), which
+# reads word order and short phrases ("how many", "not good") that pooled vectors lose.
+WORD_DEFAULTS = {
+    "sequence_encoder": "cnn",
+    "pooling": {"cnn": "max", "bilstm": "mean+max", "none": "mean"},
+    "dropout": {"cnn": 0.5, "bilstm": 0.2, "none": 0.1},
+}
 WORD_POOLINGS = ("mean", "max", "mean+max")
 VOCAB_FILE = "vocab.json"
 
@@ -241,37 +251,57 @@ class WordVectorModel(nn.Module):
         return [[name for name, _ in self.backbone.named_parameters()]]
 
 
+def _word_vector_backend():
+    from .text import TokenBackend
+
+    class WordVectorBackend(TokenBackend):
+        """Phase 2 of a word-vector model: its own layers (unknown vector, sequence encoder,
+        head) at ``lr``, and the vectors too (at ``backbone_lr``) when ``train_vectors``."""
+
+        train_vectors = False
+
+        def groups(self, model: nn.Module, head_trained: bool, recipe: str) -> list[dict]:
+            set_trainable(model, None if self.train_vectors else 0)
+            own = [(n, p) for n, p in model.named_parameters() if not n.startswith("backbone.")]
+            groups = param_groups(own, self.cfg.lr, self.cfg.weight_decay)
+            if self.train_vectors:
+                # embeddings are not decayed: weight decay would pull every word towards zero
+                groups.append({"params": list(model.backbone.parameters()), "lr": self.cfg.backbone_lr, "weight_decay": 0.0})
+            return groups
+
+    return WordVectorBackend
+
+
 def run_wordvec_recipe(
-    model: WordVectorModel, tokenizer: WordTokenizer, train: TextSet, val: TextSet, cfg: TrainConfig, max_length: int, *, progress: bool = False
+    model: WordVectorModel, tokenizer: WordTokenizer, data: TextSet, val: TextSet | None, cfg: TrainConfig, max_length: int, *,
+    progress: bool = False,
 ) -> tuple[RecipeResult, dict[str, int]]:
-    """linear-probe: vectors frozen, the unknown vector, encoder and head train. full: the
-    vectors train too, at ``backbone_lr``."""
-    from .text import run_batches, tokenize, train_on_tokens
+    """Frozen vectors with no sequence encoder are a fixed feature extractor: the probe
+    solves the head on the pooled vectors. A sequence encoder (BiLSTM, CNN) is trained with
+    the head on token batches, the vectors frozen (``linear-probe``) or trained too (``full``)."""
+    from .text import token_items
 
     if cfg.recipe == "fine-tune":
         raise HeadstartError(
             "word vectors have no blocks to unfreeze; use --recipe linear-probe (frozen vectors, the default) "
             "or --recipe full (vectors trainable)"
         )
-    start = time.perf_counter()
-    device, _, loss_fn = recipe_setup(model, train.labels, len(train.classes), cfg)
+    device, _, loss_fn = recipe_setup(model, data.labels, len(data.classes), cfg)
     precision = "fp32"  # embedding lookups and a small LSTM gain nothing from bf16
-    train_ids, train_trunc = tokenize(tokenizer, train.texts, max_length)
-    val_ids, val_trunc = tokenize(tokenizer, val.texts, max_length)
-    y_train, y_val = torch.as_tensor(train.labels), torch.as_tensor(val.labels)
-    set_trainable(model, None if cfg.recipe == "full" else 0)
-    own = [(n, p) for n, p in model.named_parameters() if not n.startswith("backbone.")]
-    groups = param_groups(own, cfg.lr, cfg.weight_decay)
-    if cfg.recipe == "full":
-        # embeddings are not decayed: weight decay would pull every word towards zero
-        groups.append({"params": list(model.backbone.parameters()), "lr": cfg.backbone_lr, "weight_decay": 0.0})
-    history = train_on_tokens(
-        model, groups, train_ids, y_train, val_ids, y_val, PAD,
-        cfg=cfg, device=device, precision=precision, loss_fn=loss_fn, eval_batch=256, progress=progress,
+    ids, texts, labels, truncation = token_items(tokenizer, data, val, max_length)
+    backend = _word_vector_backend()(
+        model, ids, texts, labels, cfg, pad_id=PAD, device=device, precision=precision, loss_fn=loss_fn,
+        progress=progress, cache_parts=None, max_length=max_length, eval_batch=256, phase2_recipe="full",
+        val_source=val.source if val is not None else "",
     )
-    model.eval()
-    set_trainable(model, None)
-    logits = run_batches(model, val_ids, PAD, 256, device, precision)
-    probs = torch.softmax(logits, 1).numpy()
-    truncation = {"train": train_trunc, "val": val_trunc, "max_length": max_length}
-    return RecipeResult(history, probs, val.labels, [], time.perf_counter() - start, precision), truncation
+    backend.train_vectors = cfg.recipe == "full"
+    run_cfg = cfg
+    if model.sequence_encoder != "none" or cfg.recipe == "full":
+        # an encoder must learn: the "probe" of a BiLSTM or CNN is training it on token batches
+        run_cfg = dataclasses.replace(cfg, recipe="full")
+    elif cfg.recipe == "auto":
+        run_cfg = dataclasses.replace(cfg, recipe="linear-probe")
+    result = Transfer(model, backend, run_cfg, n_data=len(data), n_val=len(val) if val is not None else 0,
+                      classes=list(data.classes), loss_fn=loss_fn).run()
+    result.recipe = cfg.recipe if cfg.recipe != "auto" else run_cfg.recipe
+    return result, truncation

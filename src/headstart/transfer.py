@@ -1,0 +1,426 @@
+"""The transfer recipes, written once for every kind of backbone.
+
+A recipe sees its data through a :class:`Backend` (images, a transformer, word vectors): the
+frozen backbone's features of every item, a training phase that updates backbone weights,
+and the logits of a model on some items. Everything else lives here:
+
+- **the probe**: a linear head on the frozen features is solved (:mod:`headstart.solver`:
+  logistic regression, L2 strength by cross-validation, refitted on every training row); a
+  head with hidden layers is trained by minibatches with the same selection rules (epochs
+  chosen on held-out folds, then a refit);
+- **phase 2**: the top blocks (``fine-tune``) or everything (``full``) trained on the
+  items, early-stopped on a held-out part, and refitted on every row when asked and the
+  time budget allows;
+- **auto**: the probe, then phase 2 when the data and the time budget allow it, kept only
+  if it beats the probe on the same held-out rows;
+- **the protocol** (:mod:`headstart.splits`): with no validation set every reported number
+  is out-of-fold or from a held-out fold, never from rows the scoring model trained on.
+
+Items are numbered once: the training data's rows ``0..n-1``, then the validation set's.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Protocol as TypingProtocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import distributed
+from .config import TrainConfig
+from .solver import LinearFit, select_and_fit
+from .splits import Protocol, fold_count, kfold, stratified_split
+from .training import EpochRecord, OverBudget, class_weights, train_head
+
+log = logging.getLogger("headstart")
+
+# auto tries phase 2 only when the smallest class has at least this many training rows: with
+# fewer, a held-out fold holds a handful of rows per class and cannot tell two recipes apart,
+# and fine-tuning a backbone on a few examples per class mostly memorises them.
+AUTO_MIN_PER_CLASS = 20
+# The default time budget on a CPU (seconds): the probe always runs; phase 2 and refits only
+# when they fit. On a GPU there is no default limit.
+CPU_TIME_BUDGET = 600.0
+
+
+class Backend(TypingProtocol):
+    """What a recipe needs from a kind of backbone. Rows index the combined items."""
+
+    labels: np.ndarray  # of every item
+    precision: str
+    device: torch.device
+
+    def features(self, model: nn.Module) -> tuple[torch.Tensor, np.ndarray]:
+        """Frozen features of every item (fp32), and the rows they belong to (items that decode)."""
+
+    def augmented(self, model: nn.Module, rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray] | None:
+        """Extra feature rows from augmented views of ``rows`` and the row each came from (None: none)."""
+
+    def train(self, model: nn.Module, train_rows: np.ndarray, eval_rows: np.ndarray | None, *, epochs: int,
+              phase: str, head_trained: bool, deadline: float | None) -> list[EpochRecord]:
+        """Phase 2 on the items of ``train_rows``, early-stopped on ``eval_rows`` (None: keep the last epoch)."""
+
+    def logits(self, model: nn.Module, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits of ``model`` on ``rows`` (fp32) and the rows that decoded."""
+
+    def failed(self) -> list[tuple[str, str]]:
+        """Items that could not be read, with the reason."""
+
+
+@dataclass
+class RecipeResult:
+    model: nn.Module  # the final model (trained in place, or a refitted copy)
+    history: list[EpochRecord]
+    val_logits: np.ndarray  # the reported rows' logits, from models that never trained on them
+    val_labels: np.ndarray
+    val_rows: np.ndarray  # item indices of the reported rows
+    protocol: Protocol
+    recipe: str  # the recipe whose model was kept
+    tried: list[dict] = field(default_factory=list)
+    head: dict = field(default_factory=dict)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    precision: str = "fp32"
+
+    def history_dicts(self) -> list[dict]:
+        return [asdict(r) for r in self.history]
+
+
+def time_budget(cfg: TrainConfig, device: torch.device) -> float | None:
+    """Seconds for the whole fit (None: no limit): ``cfg.time_budget``, 0 meaning none;
+    by default 10 minutes on a CPU and no limit on a GPU."""
+    if cfg.time_budget is not None:
+        return None if cfg.time_budget == 0 else float(cfg.time_budget)
+    return None if device.type == "cuda" else CPU_TIME_BUDGET
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(1) == labels).mean()) if len(labels) else 0.0
+
+
+def _set_linear(head: nn.Module, weight: np.ndarray, bias: np.ndarray) -> None:
+    """Copy a solved linear map into the head's last layer."""
+    last = [m for m in head.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.copy_(torch.as_tensor(weight, dtype=last.weight.dtype))
+        last.bias.copy_(torch.as_tensor(bias, dtype=last.bias.dtype))
+
+
+def _is_linear(head: nn.Module) -> bool:
+    return sum(isinstance(m, nn.Linear) for m in head.modules()) == 1
+
+
+def _broadcast_fit(fit: LinearFit | None) -> LinearFit:
+    """Every process solves the same problem; rank 0's answer is the one all keep."""
+    return distributed.broadcast(fit) if distributed.world().enabled else fit
+
+
+class Transfer:
+    """One fit: a backend, a resolved config, and the items' split into data and validation."""
+
+    def __init__(self, model: nn.Module, backend: Backend, cfg: TrainConfig, *, n_data: int, n_val: int,
+                 classes: list[str], loss_fn: nn.Module):
+        self.model, self.backend, self.cfg = model, backend, cfg
+        self.labels = backend.labels
+        self.classes, self.k = classes, len(classes)
+        self.loss_fn = loss_fn
+        self.start = time.perf_counter()
+        budget = time_budget(cfg, backend.device)
+        self.deadline = None if budget is None else self.start + budget
+        self.data_rows = np.arange(n_data)
+        self.tried: list[dict] = []
+        self.history: list[EpochRecord] = []
+        self.given_val = n_val > 0
+        # The protocol: a given validation set, a holdout split of the data, or k-fold CV on all of it.
+        if self.given_val:
+            self.train_rows, self.eval_rows = self.data_rows, np.arange(n_data, n_data + n_val)
+            self.protocol = Protocol("given", n_val, source=getattr(backend, "val_source", ""))
+        elif cfg.val_split:
+            tr, va = stratified_split(self.labels[self.data_rows], cfg.val_split, cfg.seed, classes)
+            self.train_rows, self.eval_rows = tr, va
+            self.protocol = Protocol("holdout", len(va), fraction=cfg.val_split,
+                                     source=f"{cfg.val_split:.0%} stratified split, seed {cfg.seed}")
+        else:
+            self.train_rows, self.eval_rows = self.data_rows, None
+            folds = fold_count(self.labels[self.data_rows], cfg.folds)
+            self.folds = kfold(self.labels[self.data_rows], folds, cfg.seed)
+            self.protocol = Protocol("cross-validation", n_data, folds=folds)
+        self.refit = cfg.refit if cfg.refit is not None else not self.given_val
+
+    # ------------------------------------------------------------------ helpers
+
+    def time_left(self) -> float:
+        return math.inf if self.deadline is None else self.deadline - time.perf_counter()
+
+    def _weights(self, rows: np.ndarray) -> np.ndarray | None:
+        if self.cfg.class_weight != "balanced":
+            return None
+        return class_weights(self.labels[self.data_rows], self.k).numpy()[self.labels[rows]]
+
+    # ------------------------------------------------------------------ the probe
+
+    def probe_features(self) -> None:
+        """The frozen features of every item, once (and augmented views of the training data)."""
+        feats, rows = self.backend.features(self.model)
+        self.feats = {int(r): i for i, r in enumerate(rows)}  # item -> feature row
+        self.x = feats
+        self.aug = self.backend.augmented(self.model, self.train_rows) if self.cfg.cache_views > 1 else None
+
+    def _x(self, rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """Features of the given items that decoded, and those items."""
+        ok = np.asarray([r for r in rows if int(r) in self.feats], dtype=np.int64)
+        return self.x[torch.as_tensor([self.feats[int(r)] for r in ok], dtype=torch.long)], ok
+
+    def _with_views(self, rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """Training features of ``rows`` plus the augmented views of those same rows only."""
+        x, ok = self._x(rows)
+        if self.aug is None:
+            return x, self.labels[ok]
+        xa, src = self.aug
+        keep = np.isin(src, ok)
+        return torch.cat([x, xa[torch.as_tensor(np.flatnonzero(keep))]]), np.concatenate([self.labels[ok], self.labels[src[keep]]])
+
+    def solve(self, rows: np.ndarray, folds: list | None) -> tuple[LinearFit, np.ndarray]:
+        """Logistic regression on ``rows`` (C by k-fold CV over them, or over ``folds``),
+        refitted on all of them; returns the fit and the rows used."""
+        x, ok = self._x(rows)
+        y = self.labels[ok]
+        if folds is None:
+            folds = kfold(y, fold_count(y, self.cfg.folds), self.cfg.seed)
+        else:  # folds over `rows`; keep the rows that decoded
+            pos = {int(r): i for i, r in enumerate(ok)}
+            folds = [(np.asarray([pos[int(rows[i])] for i in tr if int(rows[i]) in pos]),
+                      np.asarray([pos[int(rows[i])] for i in va if int(rows[i]) in pos])) for tr, va in folds]
+        augment = None
+        if self.aug is not None:
+            xa, src = self.aug
+            keep = np.isin(src, ok)
+            pos = {int(r): i for i, r in enumerate(ok)}
+            augment = (xa[torch.as_tensor(np.flatnonzero(keep))], np.asarray([pos[int(s)] for s in src[keep]]))
+        fit = None
+        if distributed.world().is_main:
+            fit = select_and_fit(x, y, self.k, folds=folds, sample_weight=self._weights(ok), augment=augment)
+        return _broadcast_fit(fit), ok
+
+    def _sgd_head(self, head: nn.Module, train_rows: np.ndarray, eval_rows: np.ndarray | None, epochs: int,
+                  phase: str) -> list[EpochRecord]:
+        x, y = self._with_views(train_rows)
+        if eval_rows is None:
+            xv, yv = None, None
+        else:
+            xv, ok = self._x(eval_rows)
+            yv = torch.as_tensor(self.labels[ok])
+        return train_head(head, x, torch.as_tensor(y), xv, yv, cfg=self.cfg, epochs=epochs,
+                          device=self.backend.device, loss_fn=self.loss_fn, phase=phase)
+
+    def _head_logits(self, head: nn.Module, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x, ok = self._x(rows)
+        head.eval()
+        with torch.inference_mode():
+            return head.to(self.backend.device)(x.to(self.backend.device)).float().cpu().numpy(), ok
+
+    def fit_head(self, head: nn.Module, train_rows: np.ndarray, *, C: float | None = None) -> dict:
+        """Fit ``head`` on the features of ``train_rows`` (every one of them): solved at ``C``
+        when given, else with C chosen by CV; a hidden-layer head by minibatches for the
+        number of epochs chosen by :meth:`probe`."""
+        if _is_linear(head):
+            if C is None:
+                fit, _ = self.solve(train_rows, None)
+            else:
+                from .solver import fit_logistic
+
+                x, y = self._with_views(train_rows)
+                fit = _broadcast_fit(LinearFit(fit_logistic(x, y, self.k, C=C, sample_weight=None if self.cfg.class_weight != "balanced"
+                                                            else class_weights(self.labels[self.data_rows], self.k).numpy()[y]), None))
+            _set_linear(head, fit.solution.weight, fit.solution.bias)
+            return {"kind": "logistic regression (L-BFGS)", "C": fit.solution.C, "path": fit.path}
+        epochs = getattr(self, "head_epochs_chosen", None) or self.cfg.head_epochs or self.cfg.epochs
+        self.history += self._sgd_head(head, train_rows, None, epochs, "head refit")
+        return {"kind": "minibatch", "epochs": epochs}
+
+    def probe(self) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Fit the probe's head on every training row. Returns the reported rows' logits
+        (out-of-fold under CV, else of the held-out rows from a model that never saw them),
+        those rows, and a description of the head."""
+        head = self.model.head
+        if _is_linear(head):
+            if self.eval_rows is None:  # CV: out-of-fold logits of every row; the fit is on all of them
+                fit, ok = self.solve(self.train_rows, self.folds)
+                _set_linear(head, fit.solution.weight, fit.solution.bias)
+                self.C = fit.solution.C
+                return fit.oof_logits.astype(np.float32), ok, {"kind": "logistic regression (L-BFGS)", "C": self.C, "path": fit.path}
+            fit, _ = self.solve(self.train_rows, None)
+            _set_linear(head, fit.solution.weight, fit.solution.bias)
+            self.C = fit.solution.C
+            logits, ok = self._head_logits(head, self.eval_rows)
+            info = {"kind": "logistic regression (L-BFGS)", "C": self.C, "path": fit.path}
+            if self.refit:
+                self.fit_head(head, np.concatenate([self.train_rows, self.eval_rows]), C=self.C)
+            return logits, ok, info
+        # A head with hidden layers: minibatches, epochs chosen on held-out rows.
+        self.C = None
+        epochs = self.cfg.head_epochs if self.cfg.recipe in ("fine-tune", "auto") and self.cfg.head_epochs else self.cfg.epochs
+        initial = copy.deepcopy(head.state_dict())
+        if self.eval_rows is None:
+            oof, rows, best = [], [], []
+            for i, (tr, va) in enumerate(self.folds):
+                head.load_state_dict(initial)
+                hist = self._sgd_head(head, self.train_rows[tr], self.train_rows[va], epochs, f"head fold {i + 1}")
+                best.append(max(hist, key=lambda r: (r.val_accuracy, -r.val_loss)).epoch)
+                logits, ok = self._head_logits(head, self.train_rows[va])
+                oof.append(logits)
+                rows.append(ok)
+            self.head_epochs_chosen = int(np.median(best))
+            order = np.concatenate(rows)
+            logits = np.concatenate(oof)
+            head.load_state_dict(initial)
+            self.fit_head(head, self.train_rows)
+            return logits, order, {"kind": "minibatch", "epochs": self.head_epochs_chosen, "fold_best_epochs": best}
+        hist = self._sgd_head(head, self.train_rows, self.eval_rows, epochs, "head")
+        self.history += hist
+        self.head_epochs_chosen = max(hist, key=lambda r: (r.val_accuracy, -r.val_loss)).epoch
+        logits, ok = self._head_logits(head, self.eval_rows)
+        if self.refit:
+            head.load_state_dict(initial)
+            self.fit_head(head, np.concatenate([self.train_rows, self.eval_rows]))
+        return logits, ok, {"kind": "minibatch", "epochs": self.head_epochs_chosen}
+
+    # ------------------------------------------------------------------ phase 2
+
+    def phase2(self, recipe: str, pristine: nn.Module, probe_logits: dict | None) -> dict | None:
+        """Phase 2 (``fine-tune`` or ``full``) on a copy of the pretrained model: early-stopped
+        on the held-out rows (under CV: the first fold), refitted on every row when asked and
+        affordable. Returns what it measured (None: the time budget did not allow it)."""
+        cfg = self.cfg
+        if self.eval_rows is not None:
+            train_rows, eval_rows = self.train_rows, self.eval_rows
+        else:
+            tr, va = self.folds[0]
+            train_rows, eval_rows = self.train_rows[tr], self.train_rows[va]
+        start = time.perf_counter()
+        model = copy.deepcopy(pristine)
+        head_trained = recipe == "fine-tune"
+        if head_trained:
+            self.fit_head(model.head, train_rows, C=self.C)
+        # the budget bounds what auto tries; a recipe the user asked for trains to its end
+        deadline = self.deadline if cfg.recipe == "auto" else None
+        try:
+            hist = self.backend.train(model, train_rows, eval_rows, epochs=cfg.epochs, phase=recipe,
+                                      head_trained=head_trained, deadline=deadline)
+        except OverBudget as exc:
+            log.info("%s not tried: %s", recipe, exc)
+            self.tried.append({"recipe": recipe, "skipped": str(exc)})
+            return None
+        logits, ok = self.backend.logits(model, eval_rows)
+        score = _accuracy(logits, self.labels[ok])
+        best = max(hist, key=lambda r: (r.val_accuracy, -r.val_loss))
+        entry = {"recipe": recipe, "accuracy": score, "n": int(len(ok)), "epochs": len(hist), "best_epoch": best.epoch,
+                 "seconds": round(time.perf_counter() - start, 1)}
+        if probe_logits is not None:  # the probe on the same rows, trained on the same rows
+            pos = {int(r): i for i, r in enumerate(probe_logits["rows"])}
+            both = np.asarray([r for r in ok if int(r) in pos], dtype=np.int64)
+            probe_acc = _accuracy(probe_logits["logits"][[pos[int(r)] for r in both]], self.labels[both])
+            entry["probe_accuracy"] = probe_acc
+        return {"model": model, "history": hist, "logits": logits, "rows": ok, "entry": entry,
+                "train_rows": train_rows, "eval_rows": eval_rows, "best_epoch": best.epoch}
+
+    def refit_phase2(self, recipe: str, pristine: nn.Module, tried: dict) -> nn.Module | None:
+        """Phase 2 again on every labelled row, for the epochs that held out best; None when
+        the time budget cannot hold it (estimated from the held-out run, scaled by rows)."""
+        # every labelled row: the data (under CV or a holdout split), plus a given validation set
+        rows = np.concatenate([self.train_rows, self.eval_rows]) if self.given_val else self.data_rows
+        epochs = tried["best_epoch"]
+        per_epoch = [r.seconds for r in tried["history"]]
+        estimate = sum(per_epoch[:epochs]) * len(rows) / max(1, len(tried["train_rows"]))
+        if estimate > self.time_left():
+            log.info("%s: not refitted on all %d rows: about %.0f s, over the %.0f s left of the time budget",
+                     recipe, len(rows), estimate, max(0.0, self.time_left()))
+            return None
+        model = copy.deepcopy(pristine)
+        head_trained = recipe == "fine-tune"
+        if head_trained:
+            self.fit_head(model.head, rows, C=self.C)
+        log.info("%s: refitting on all %d labelled rows for %d epoch(s)", recipe, len(rows), epochs)
+        self.history += self.backend.train(model, rows, None, epochs=epochs, phase=f"{recipe} refit",
+                                           head_trained=head_trained, deadline=None)
+        return model
+
+    # ------------------------------------------------------------------ the recipes
+
+    def run(self) -> RecipeResult:
+        cfg = self.cfg
+        recipe = cfg.recipe
+        phase2_recipe = {"auto": getattr(self.backend, "phase2_recipe", "fine-tune"), "fine-tune": "fine-tune", "full": "full"}.get(recipe)
+        needs_probe = recipe in ("auto", "linear-probe", "fine-tune")
+        pristine = copy.deepcopy(self.model) if phase2_recipe else None
+        self.C = None
+        probe = None
+        head_info: dict = {}
+        if needs_probe:
+            self.probe_features()
+            logits, rows, head_info = self.probe()
+            probe = {"logits": logits, "rows": rows}
+            if recipe in ("auto", "linear-probe"):
+                self.tried.append({"recipe": "linear-probe", "accuracy": _accuracy(logits, self.labels[rows]),
+                                   "n": int(len(rows)), "seconds": round(time.perf_counter() - self.start, 1),
+                                   "protocol": self.protocol.kind})
+        final_model, final_recipe = self.model, "linear-probe"
+        report = probe
+        if phase2_recipe and recipe == "auto":
+            counts = np.bincount(self.labels[self.train_rows], minlength=self.k)
+            smallest = int(counts[counts > 0].min())
+            if smallest < AUTO_MIN_PER_CLASS:
+                reason = f"the smallest class has {smallest} training rows (fewer than {AUTO_MIN_PER_CLASS})"
+                log.info("auto: %s not tried: %s", phase2_recipe, reason)
+                self.tried.append({"recipe": phase2_recipe, "skipped": reason})
+                phase2_recipe = None
+            elif self.time_left() <= 0:
+                reason = "the time budget was spent on the probe"
+                self.tried.append({"recipe": phase2_recipe, "skipped": reason})
+                phase2_recipe = None
+        if phase2_recipe:
+            tried = self.phase2(phase2_recipe, pristine, probe if recipe == "auto" else None)
+            if tried is not None:
+                entry = tried["entry"]
+                self.tried.append(entry)
+                keep = recipe != "auto" or entry["accuracy"] > entry.get("probe_accuracy", -1.0)
+                if recipe == "auto":
+                    log.info("auto: %s %.4f vs linear-probe %.4f on the same %d held-out rows: keeping %s",
+                             phase2_recipe, entry["accuracy"], entry["probe_accuracy"], entry["n"],
+                             phase2_recipe if keep else "linear-probe")
+                entry["kept"] = keep
+                self.history += tried["history"]  # shown in the report either way, its outcome in `tried`
+                if keep:
+                    final_model, final_recipe = tried["model"], phase2_recipe
+                    report = {"logits": tried["logits"], "rows": tried["rows"]}
+                    if self.eval_rows is None:  # CV: phase 2 is judged on its held-out fold
+                        self.protocol = Protocol("holdout", len(tried["rows"]), folds=self.protocol.folds,
+                                                 source=f"fold 1 of the {self.protocol.folds}-fold split")
+                    refitted = self.refit_phase2(phase2_recipe, pristine, tried) if self.refit else None
+                    if refitted is not None:
+                        final_model = refitted
+                    self.refit_done = refitted is not None
+        if self.tried and recipe == "linear-probe":
+            self.tried[0]["kept"] = True
+        elif self.tried and recipe == "auto" and final_recipe == "linear-probe":
+            self.tried[0]["kept"] = True
+        if final_recipe == "linear-probe":
+            self.protocol.refit = self.refit or self.protocol.kind == "cross-validation"
+        else:
+            self.protocol.refit = bool(getattr(self, "refit_done", False))
+        for p in final_model.parameters():
+            p.requires_grad_(True)
+        final_model.eval()
+        rows = report["rows"]
+        return RecipeResult(
+            model=final_model, history=self.history, val_logits=np.asarray(report["logits"], dtype=np.float32),
+            val_labels=self.labels[rows], val_rows=rows, protocol=self.protocol, recipe=final_recipe,
+            tried=self.tried, head={k: v for k, v in head_info.items()}, failed=self.backend.failed(),
+            seconds=time.perf_counter() - self.start, precision=self.backend.precision,
+        )

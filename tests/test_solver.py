@@ -1,0 +1,194 @@
+"""The solved head, cross-validation and refits: the solver agrees with scikit-learn, folds
+never leak, the final model sees every row, and auto keeps the better recipe."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from headstart.config import TrainConfig
+from headstart.solver import fit_logistic, select_and_fit
+from headstart.splits import fold_count, kfold
+from headstart import transfer
+from headstart.transfer import Transfer
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def _blobs(n=120, d=12, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    centres = rng.normal(0, 1.5, (k, d))
+    return (centres[y] + rng.normal(0, 1.0, (n, d))) * rng.uniform(0.5, 3, d) + rng.normal(0, 2, d), y
+
+
+@pytest.mark.parametrize("C", [0.01, 1.0, 30.0])
+def test_solver_matches_scikit_learn(C):
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = _blobs()
+    ours = fit_logistic(x, y, 3, C=C)
+    mean, std = x.mean(0), x.std(0)
+    sk = LogisticRegression(C=C, max_iter=10_000, tol=1e-10).fit((x - mean) / std, y)
+    np.testing.assert_allclose(_softmax(ours.logits(x)), sk.predict_proba((x - mean) / std), atol=2e-4)
+
+
+def test_solver_weights_classes():
+    x, y = _blobs(seed=1)
+    plain = fit_logistic(x, y, 3, C=0.05)
+    weights = np.where(y == 0, 10.0, 1.0)
+    weighted = fit_logistic(x, y, 3, C=0.05, sample_weight=weights)
+    assert (weighted.logits(x).argmax(1) == 0).sum() > (plain.logits(x).argmax(1) == 0).sum()
+
+
+def test_folds_cover_every_row_once_and_never_overlap():
+    y = np.repeat([0, 1, 2], [9, 5, 30])
+    k = fold_count(y, 5)
+    assert k == 5
+    folds = kfold(y, k, seed=3)
+    held = np.concatenate([va for _, va in folds])
+    assert sorted(held.tolist()) == list(range(len(y)))
+    for tr, va in folds:
+        assert not set(tr) & set(va)
+        assert set(np.unique(y[tr])) == {0, 1, 2}
+    assert fold_count(np.repeat([0, 1], [2, 50]), 5) == 2
+    assert [va.tolist() for _, va in kfold(y, k, seed=3)] == [va.tolist() for _, va in folds]
+
+
+def test_out_of_fold_predictions_never_come_from_a_model_that_saw_the_row():
+    # Each row carries its own identity feature and a random label: a model that saw a row
+    # predicts its label; one that did not can only guess.
+    rng = np.random.default_rng(0)
+    n = 60
+    y = rng.integers(0, 2, n)
+    x = np.eye(n) * 10.0
+    fit = select_and_fit(x, y, 2, n_folds=5, seed=0, Cs=(1e2,))
+    assert (fit.solution.logits(x).argmax(1) == y).mean() == 1.0  # the refit memorised every row
+    assert (fit.oof_logits.argmax(1) == y).mean() < 0.75
+    # augmented views of a row (here: copies) train only folds that do not hold it out
+    views = (x.copy(), np.arange(n))
+    fit = select_and_fit(x, y, 2, n_folds=5, seed=0, Cs=(1e2,), augment=views)
+    assert (fit.oof_logits.argmax(1) == y).mean() < 0.75
+
+
+def test_cross_validation_chooses_the_regularisation_and_refits_on_every_row():
+    x, y = _blobs(n=90, d=40, seed=2)
+    fit = select_and_fit(x, y, 3, n_folds=3, seed=0)
+    assert fit.solution.C in [p["C"] for p in fit.path]
+    best = max(fit.path, key=lambda p: (p["accuracy"], -p["log_loss"]))
+    assert fit.solution.C == best["C"]
+    again = fit_logistic(x, y, 3, C=fit.solution.C, max_iter=2000, tol=1e-8)
+    np.testing.assert_allclose(_softmax(fit.solution.logits(x)), _softmax(again.logits(x)), atol=5e-3)
+
+
+# --------------------------------------------------------------------------- the recipes, on a fake backbone
+
+
+class _Model(nn.Module):
+    def __init__(self, d: int, k: int):
+        super().__init__()
+        self.backbone = nn.Linear(d, d)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(d, k))
+        self.quality = "pretrained"
+
+
+class FakeBackend:
+    """Features are the given array; phase 2 marks the model; its logits are either the
+    truth (a "good" phase 2) or noise (a "bad" one)."""
+
+    precision = "fp32"
+    device = torch.device("cpu")
+    phase2_recipe = "fine-tune"
+
+    def __init__(self, x, labels, phase2_quality: str):
+        self.x, self.labels, self.quality = torch.as_tensor(x, dtype=torch.float32), labels, phase2_quality
+        self.trained: list[tuple[np.ndarray, np.ndarray | None]] = []
+
+    def failed(self):
+        return []
+
+    def features(self, model):
+        return self.x, np.arange(len(self.x))
+
+    def augmented(self, model, rows):
+        return None
+
+    def train(self, model, train_rows, eval_rows, *, epochs, phase, head_trained, deadline):
+        from headstart.training import EpochRecord
+
+        self.trained.append((np.asarray(train_rows), None if eval_rows is None else np.asarray(eval_rows)))
+        model.quality = self.quality
+        return [EpochRecord(phase, e, 0.0, 1.0, 0.0, 1.0, 0.1, 0.0, len(train_rows)) for e in range(1, epochs + 1)]
+
+    def logits(self, model, rows):
+        rows = np.asarray(rows)
+        k = int(self.labels.max()) + 1
+        if model.quality == "good":
+            return np.eye(k)[self.labels[rows]] * 5.0, rows
+        if model.quality == "bad":
+            return np.eye(k)[(self.labels[rows] + 1) % k] * 5.0, rows
+        with torch.inference_mode():
+            return model.head(self.x[rows]).numpy(), rows
+
+
+def _transfer(quality: str, recipe: str = "auto", **cfg_kw):
+    rng = np.random.default_rng(0)
+    k, per = 3, 30
+    y = np.repeat(np.arange(k), per)
+    x = np.eye(k)[y] * 1.0 + rng.normal(0, 1.2, (len(y), k))  # a probe gets most, not all, right
+    cfg = TrainConfig(recipe=recipe, epochs=2, seed=0, **cfg_kw).resolved()
+    backend = FakeBackend(x, y, quality)
+    model = _Model(k, k)
+    t = Transfer(model, backend, cfg, n_data=len(y), n_val=0, classes=["a", "b", "c"],
+                 loss_fn=nn.CrossEntropyLoss(reduction="sum"))
+    return t.run(), backend
+
+
+def test_auto_keeps_fine_tuning_only_when_it_beats_the_probe_on_the_same_rows():
+    good, backend = _transfer("good")
+    assert good.recipe == "fine-tune" and good.model.quality == "good"
+    entry = [t for t in good.tried if t["recipe"] == "fine-tune"][0]
+    assert entry["kept"] and entry["accuracy"] > entry["probe_accuracy"]
+    assert good.protocol.kind == "holdout"  # judged on its held-out fold, never trained on
+    held_out_train, held_out = backend.trained[0]
+    assert not set(held_out_train) & set(held_out)
+    assert set(good.val_rows) == set(held_out)
+
+    bad, _ = _transfer("bad")
+    assert bad.recipe == "linear-probe" and bad.model.quality == "pretrained"
+    assert bad.protocol.kind == "cross-validation" and len(bad.val_rows) == 90  # out-of-fold, every row
+    assert [t["kept"] for t in bad.tried] == [True, False]
+
+
+def test_refit_trains_the_final_model_on_every_row():
+    result, backend = _transfer("good", recipe="fine-tune")
+    last_train, last_eval = backend.trained[-1]
+    assert last_eval is None and sorted(last_train.tolist()) == list(range(90))
+    assert result.protocol.refit
+    _, backend = _transfer("good", recipe="fine-tune", refit=False)
+    assert len(backend.trained) == 1
+
+
+def test_auto_skips_phase_two_on_few_examples(monkeypatch):
+    monkeypatch.setattr(transfer, "AUTO_MIN_PER_CLASS", 31)
+    result, backend = _transfer("good")
+    assert result.recipe == "linear-probe" and not backend.trained
+    assert "30 training rows" in result.tried[1]["skipped"]
+
+
+def test_the_probe_head_is_the_solution_on_every_row():
+    result, _ = _transfer("bad", recipe="linear-probe")
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 30)
+    x = np.eye(3)[y] * 1.0 + rng.normal(0, 1.2, (90, 3))
+    C = result.head["C"]
+    direct = fit_logistic(x, y, 3, C=C)
+    with torch.inference_mode():
+        head = result.model.head(torch.as_tensor(x, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(_softmax(head), _softmax(direct.logits(x)), atol=1e-3)
