@@ -80,7 +80,8 @@ def _features(clf, data, kind: str) -> np.ndarray:
         feats, rows = backend.features(model)
     else:
         from headstart.encoders import load_encoder
-        from headstart.text import TextModel, TokenBackend, token_items
+        from headstart.text import TextModel
+        from headstart.tokens import TokenBackend, token_items
 
         encoder, tokenizer = load_encoder(clf._source, clf.backbone)
         model = TextModel(encoder, len(clf.classes_), clf.head_config)

@@ -30,7 +30,7 @@ import torch
 from headstart import TextClassifier
 from headstart.encoders import load_encoder, resolve_encoder
 from headstart.evaluation import classification_metrics
-from headstart.text import pad
+from headstart.tokens import pad
 from headstart.textdata import read_table
 from headstart.training import autocast, resolve_device, resolve_precision, seed_everything
 

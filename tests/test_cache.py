@@ -90,7 +90,7 @@ def test_damaged_entry_is_recomputed(folder, tiny_kwargs, weights_file, counted)
 
 
 def test_text_embeddings_are_cached(text_kwargs, monkeypatch):
-    import headstart.text as text_mod
+    import headstart.tokens as text_mod
     from headstart import TextClassifier
 
     from conftest import make_texts

@@ -8,7 +8,7 @@ import torch
 
 from headstart import TextClassifier
 from headstart.errors import DataError, HeadstartError, ModelDirError
-from headstart.text import by_length, length_grouped, pad, tokenize
+from headstart.tokens import by_length, length_grouped, pad, tokenize
 from headstart.textdata import read_table
 
 from conftest import make_texts

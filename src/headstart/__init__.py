@@ -25,7 +25,7 @@ _LAZY = {
     "Preprocessing": "backbones",
     "list_backbones": "backbones",
     "register_backbone": "backbones",
-    "load": "classifier",
+    "load": "loading",
     "HeadConfig": "config",
     "TrainConfig": "config",
     "ImageClassifier": "image",

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import BackboneError
+from .registry import Registry
 
 
 @dataclass(frozen=True)
@@ -90,20 +91,6 @@ class BackboneSpec:
         return self.local_weights is not None and self.local_weights() is not None
 
 
-class Registry(dict):
-    """Specs by name; registering a taken name is an error unless ``overwrite``."""
-
-    def __init__(self, what: str):
-        super().__init__()
-        self.what = what
-
-    def register(self, spec, *, overwrite: bool = False):
-        if spec.name in self and not overwrite:
-            raise BackboneError(f"a {self.what} named {spec.name!r} is already registered")
-        self[spec.name] = spec
-        return spec
-
-
 _REGISTRY: Registry = Registry("backbone")
 
 
@@ -113,6 +100,11 @@ def register_backbone(spec: BackboneSpec, *, overwrite: bool = False) -> Backbon
 
 def list_backbones() -> list[BackboneSpec]:
     return list(_REGISTRY.values())
+
+
+def is_image_backbone(name: str) -> bool:
+    """Whether ``name`` is a registered image backbone (embedded or added)."""
+    return name in _REGISTRY
 
 
 def _package_weights(module: str, cls: str) -> Callable[[], str | None]:

@@ -30,15 +30,18 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .cache import file_digest
-from .data import ImageSet, load_image, scan_folder, stratified_split
+from .splits import stratified_split
 from .errors import DataError
 from .textdata import TextSet, read_table
+
+if TYPE_CHECKING:
+    from .data import ImageSet
 
 TINY_SIDE = 32  # px: below this on either side an image carries little for a 224 px backbone
 IMBALANCE_WARNING = 10.0  # largest / smallest class size from which imbalance is a warning
@@ -57,6 +60,12 @@ EXTENSION_FORMATS = {
     ".jpg": {"JPEG", "MPO"}, ".jpeg": {"JPEG", "MPO"}, ".png": {"PNG"}, ".gif": {"GIF"},
     ".bmp": {"BMP", "DIB"}, ".webp": {"WEBP"}, ".tif": {"TIFF"}, ".tiff": {"TIFF"},
 }
+def _load_image(path):
+    from .data import load_image  # the image reader, imported only when images are checked
+
+    return load_image(path)
+
+
 # Modes load_image converts to 8-bit RGB; worth a note because they are easy to get wrong.
 CONVERTED_MODES = frozenset({"CMYK", "I;16", "I;16B", "I;16L", "I", "F", "P", "RGBA", "LA", "PA", "1", "YCbCr", "LAB"})
 
@@ -312,7 +321,7 @@ def _inspect_image(path: Path, full_decode: bool) -> _ImageFacts:
             facts.format, facts.size, facts.mode = im.format, im.size, im.mode
             facts.rotated = _orientation(im) not in (0, 1)
             if full_decode:
-                load_image(path)
+                _load_image(path)
             elif im.format in ("JPEG", "MPO"):
                 im.draft(im.mode, (1, 1))  # 1/8-scale DCT: all entropy data read, little pixel work
                 im.load()
@@ -334,7 +343,7 @@ def _inspect_image(path: Path, full_decode: bool) -> _ImageFacts:
 def _decodes(path: Path) -> bool:
     """Whether training's own decoder reads the file: the judge when a cheap check fails."""
     try:
-        load_image(path)
+        _load_image(path)
     except Exception:  # noqa: BLE001
         return False
     return True
@@ -355,7 +364,7 @@ def _inspect_all(paths: Sequence[Path], full_decode: bool, workers: int | None) 
 
 
 def check_images(
-    train: ImageSet, val: ImageSet | None = None, *, full_decode: bool = False, workers: int | None = None,
+    train: "ImageSet", val: "ImageSet | None" = None, *, full_decode: bool = False, workers: int | None = None,
     findings: Sequence[Finding] = (),
 ) -> CheckReport:
     """Check a training set and an optional validation set of images (see the module doc).
@@ -508,7 +517,7 @@ def _ordered(findings: list[Finding]) -> list[Finding]:
 
 
 def check_sets(
-    task: str, full: ImageSet | TextSet, val: ImageSet | TextSet | None = None, *,
+    task: str, full: "ImageSet | TextSet", val: "ImageSet | TextSet | None" = None, *,
     val_split: float | None = None, seed: int = 0, full_decode: bool = False,
 ) -> CheckReport:
     """Check data as ``train`` will use it: ``val``, or else the same stratified split of
@@ -534,6 +543,8 @@ def check_path(
     read gives an ``unusable-data`` error in the report instead of an exception."""
     try:
         if task == "image":
+            from .data import scan_folder
+
             full = scan_folder(data)
             val_set = scan_folder(val, classes=full.classes) if val else None
         else:

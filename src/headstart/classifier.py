@@ -1,5 +1,5 @@
 """What image and text classifiers share: the scikit-learn style front, the summary of a
-fit, saving, and loading any model directory by its task."""
+fit, saving and loading (:mod:`headstart.loading` loads any model directory by its task)."""
 
 from __future__ import annotations
 
@@ -180,18 +180,3 @@ class Classifier(LabelPredictions):
     @classmethod
     def _from_config(cls, config: dict[str, Any], path: Path, **kwargs: Any):  # pragma: no cover - abstract
         raise NotImplementedError
-
-
-def load(path: str | Path, **kwargs: Any) -> Classifier:
-    """Load any headstart model directory as the classifier of its task."""
-    config = read_config(path)
-    task = config.get("task")
-    if task == "image":
-        from .image import ImageClassifier
-
-        return ImageClassifier._from_config(config, Path(path), **kwargs)
-    if task == "text":
-        from .text import TextClassifier
-
-        return TextClassifier._from_config(config, Path(path), **kwargs)
-    raise ModelDirError(f"{str(path)!r} holds a model of unknown task {task!r}; upgrade headstart")

@@ -70,6 +70,12 @@ def _infer_task(data: Path, backbone: str | None) -> str:
     )
 
 
+def _is_image_backbone(name: str) -> bool:
+    from .backbones import is_image_backbone
+
+    return is_image_backbone(name)
+
+
 def _new_run_dir(out: str | None, backbone: str) -> Path:
     if out:
         run = Path(out)
@@ -253,7 +259,6 @@ def _train(data, val_data, val_split, folds, refit, time_budget, task, backbone,
            seed, out, quiet, progress, log_to, strict, run: Path | None, resume: bool):
     args = {k: v for k, v in locals().items() if k not in ("run", "resume")}  # kept in run.json for --resume
     from . import distributed
-    from .backbones import _REGISTRY as IMAGE_BACKBONES
     from .checkpoint import TrainingInterrupted, checkpointing
     from .encoders import is_encoder_name
     from .splits import require_two_classes, stratified_split
@@ -264,7 +269,7 @@ def _train(data, val_data, val_split, folds, refit, time_budget, task, backbone,
     if not data.exists():
         raise DataError(f"data path {str(data)!r} does not exist")
     task = task or ("text" if word_vectors else _infer_task(data, backbone))
-    if backbone and task == "text" and backbone in IMAGE_BACKBONES:
+    if backbone and task == "text" and not is_encoder_name(backbone) and _is_image_backbone(backbone):
         raise HeadstartError(f"{backbone!r} is an image backbone but {str(data)!r} is text; use --backbone minilm-l6, glove-6b-50d, or a Hugging Face model directory")
     if backbone and task == "image" and is_encoder_name(backbone):
         raise HeadstartError(f"{backbone!r} is a text backbone but {str(data)!r} holds images; use --backbone efficientnet_lite0 or a timm model name")
@@ -485,7 +490,7 @@ def demo(ctx, data_dir, out, epochs, time_budget):
               help="Also write an HTML report (confusion matrix, per-class scores, calibration, mistakes) to this directory.")
 def evaluate(model_dir, data, as_json, text_column, label_column, encoding, report_dir):
     """Evaluate a saved model on labelled DATA (image folder / CSV of path,label, or a text table)."""
-    from .classifier import load
+    from .loading import load
     from .evaluation import format_metrics
 
     clf = load(model_dir)
@@ -545,7 +550,7 @@ def predict(model_dir, inputs, top_k, as_json):
 
         clf = OnnxClassifier.load(model_dir)
     else:
-        from .classifier import load
+        from .loading import load
 
         clf = load(model_dir)
     if clf.task == "text":
@@ -656,7 +661,7 @@ def backbones(show_all, as_json):
     """List the backbones: the embedded ones work offline."""
     from .backbones import list_backbones
     from .encoders import list_encoders
-    from .wordvec import EMBEDDED_VECTORS
+    from .vectors import EMBEDDED_VECTORS
 
     rows = [
         {"name": s.name, "task": "image", "offline": s.offline, "input": f"{s.preprocessing.input_size} px",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .backbones import Registry
+from .registry import Registry
 from .errors import BackboneError
 
 log = logging.getLogger("headstart")
@@ -70,7 +70,7 @@ register_encoder(
 
 def is_encoder_name(name: str) -> bool:
     """Whether ``name`` is meant as a text backbone rather than an image backbone."""
-    from .wordvec import EMBEDDED_VECTORS
+    from .vectors import EMBEDDED_VECTORS
 
     return name in _ENCODERS or name in EMBEDDED_VECTORS or (Path(name).is_dir() and (Path(name) / "config.json").is_file())
 

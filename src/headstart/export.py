@@ -251,7 +251,7 @@ def _torchscript_probs(module, clf, inputs: Sequence) -> np.ndarray:
             transform = eval_transform(clf.preprocessing_)
             out = [module(torch.stack([transform(load_image(p)) for p in inputs[i : i + 32]])) for i in range(0, len(inputs), 32)]
             return torch.cat(out).double().numpy()
-        from .text import pad, tokenize
+        from .tokens import pad, tokenize
 
         ids, _ = tokenize(clf.tokenizer_, list(inputs), clf.max_length_)
         out = []
@@ -384,7 +384,7 @@ def export_model(
     kept beside ``out`` as ``<out>.parity-failed`` for inspection, and an export already at
     ``out`` is left untouched.
     """
-    from .classifier import load
+    from .loading import load
 
     if fmt not in FORMATS:
         raise HeadstartError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")

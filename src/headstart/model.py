@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbones import block_groups
 from .config import HeadConfig
 
 
@@ -38,6 +37,8 @@ class ImageModel(nn.Module):
         return self.head(self.backbone(x))
 
     def block_groups(self) -> list[list[str]]:
+        from .backbones import block_groups
+
         return block_groups(self.backbone)
 
 

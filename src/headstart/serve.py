@@ -52,7 +52,7 @@ def load_model(path: str | Path):
 
     if find_export(path) is not None:
         return OnnxClassifier.load(path)
-    from .classifier import load
+    from .loading import load
 
     return load(path)
 
