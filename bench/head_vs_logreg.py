@@ -108,7 +108,7 @@ def _baseline(x_train, y_train, x_test, y_test) -> tuple[float, float]:
     return float((model.predict(x_test) == y_test).mean()), time.perf_counter() - start
 
 
-def run_row(row: str, seed: int, recipe: str | None) -> dict:
+def run_row(row: str, seed: int, recipe: str | None, budget: float | None = None) -> dict:
     from headstart import ImageClassifier, TextClassifier
 
     name, _, shots = row.partition("-")
@@ -116,7 +116,7 @@ def run_row(row: str, seed: int, recipe: str | None) -> dict:
     train, test = (_texts if kind == "text" else _images)(name)
     if shots:
         train = _subsample(train, int(shots), seed)
-    kw = {"seed": seed} | ({"recipe": recipe} if recipe else {})
+    kw = {"seed": seed} | ({"recipe": recipe} if recipe else {}) | ({"time_budget": budget} if budget is not None else {})
     clf = ImageClassifier(**kw) if kind == "image" else TextClassifier(**kw)
     start = time.perf_counter()
     clf.fit(train)
@@ -124,7 +124,7 @@ def run_row(row: str, seed: int, recipe: str | None) -> dict:
     ours = clf.evaluate(test)["accuracy"]
     x_train, x_test = _features(clf, train, kind), _features(clf, test, kind)
     base, base_seconds = _baseline(x_train, train.labels, x_test, test.labels)
-    return {"row": row, "seed": seed, "n_train": len(train), "n_test": len(test), "recipe": clf.recipe_,
+    return {"row": row, "seed": seed, "n_train": len(train), "n_test": len(test), "recipe": clf.recipe_, "tried": clf.tried_,
             "headstart": ours, "headstart_seconds": round(seconds, 1), "logreg": base,
             "logreg_seconds": round(base_seconds, 1), "protocol": clf.protocol_["description"],
             "val_accuracy": clf.val_metrics_["accuracy"]}
@@ -139,6 +139,8 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--recipe", help="headstart's recipe [its default, auto]")
+    parser.add_argument("--time-budget", type=float, help="headstart's --time-budget [its default]; 0 = no limit "
+                        "(a loaded machine runs slower than the budget assumes)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if not SHARED.exists():
@@ -147,7 +149,7 @@ def main() -> None:
     results = []
     for row in args.rows:
         for seed in (args.seeds if "-" in row else args.seeds[:1]):
-            r = run_row(row, seed, args.recipe)
+            r = run_row(row, seed, args.recipe, args.time_budget)
             results.append(r)
             print(json.dumps(r), flush=True)
             if args.json:

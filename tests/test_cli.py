@@ -139,7 +139,7 @@ def text_run(tiny_bert, tmp_path, capsys):
     texts, labels = make_texts(48)
     rows = ["review,sentiment"] + [f'"{t}",{l}' for t, l in zip(texts, labels)]
     (tmp_path / "reviews.csv").write_text("\n".join(rows) + "\n")
-    code, out, err = run(capsys, "train", tmp_path / "reviews.csv", "--backbone", tiny_bert, "--epochs", "8",
+    code, out, err = run(capsys, "train", tmp_path / "reviews.csv", "--backbone", tiny_bert, "--recipe", "full", "--epochs", "8",
                          "--lr", "1e-2", "--backbone-lr", "3e-3", "--batch-size", "8", "--precision", "fp32",
                          "--out", tmp_path / "run", "--quiet")
     assert code == 0, err

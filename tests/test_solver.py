@@ -192,3 +192,16 @@ def test_the_probe_head_is_the_solution_on_every_row():
     with torch.inference_mode():
         head = result.model.head(torch.as_tensor(x, dtype=torch.float32)).numpy()
     np.testing.assert_allclose(_softmax(head), _softmax(direct.logits(x)), atol=1e-3)
+
+
+def test_auto_keeps_the_probe_when_phase_two_does_not_fit_the_time_budget(monkeypatch):
+    from headstart.training import OverBudget
+
+    def too_slow(self, model, train_rows, eval_rows, *, epochs, phase, head_trained, deadline):
+        assert deadline is not None  # auto passes its budget down; a named recipe trains to its end
+        raise OverBudget("fine-tune: one epoch would take about 900 s, more than the time left (500 s)")
+
+    monkeypatch.setattr(FakeBackend, "train", too_slow)
+    result, _ = _transfer("good", time_budget=500)
+    assert result.recipe == "linear-probe" and "900 s" in result.tried[1]["skipped"]
+    assert result.protocol.kind == "cross-validation"

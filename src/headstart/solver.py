@@ -1,8 +1,8 @@
 """The linear head on frozen features, solved rather than iterated.
 
 A linear head on a frozen backbone's features is multinomial logistic regression: a convex
-problem with one answer for each L2 strength. It is solved here by full-batch L-BFGS (in
-torch, float64 on the CPU) on standardised features, with the L2 strength ``C`` (scikit-learn's
+problem with one answer for each L2 strength. It is solved here by full-batch L-BFGS (scipy's,
+with an analytic gradient) on standardised features, with the L2 strength ``C`` (scikit-learn's
 convention: ``C * sum(loss) + ||W||^2 / 2``, the intercept not penalised) chosen by stratified
 k-fold cross-validation over a grid, warm-started along the path from strong to weak
 regularisation. The chosen solution is mapped back to the raw features, so the head stays a
@@ -159,7 +159,7 @@ def select_and_fit(
     sample_weight: np.ndarray | None = None,
     augment: tuple[np.ndarray | torch.Tensor, np.ndarray] | None = None,
     max_iter: int = 100,
-    tol: float = 1e-5,
+    tol: float = 1e-4,
 ) -> LinearFit:
     """Choose ``C`` by k-fold cross-validation (out-of-fold accuracy, then log-loss), then
     refit on every row. ``folds`` (pairs of training and held-out row indices) override
