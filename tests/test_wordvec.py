@@ -8,7 +8,7 @@ import torch
 
 from headstart import TextClassifier
 from headstart.errors import DataError, HeadstartError
-from headstart.wordvec import WordTokenizer, read_vector_file
+from headstart.wordvec import WORD_DEFAULTS, WordTokenizer, read_vector_file
 
 from conftest import FILLER, NEGATIVE, POSITIVE, make_texts
 
@@ -95,8 +95,14 @@ def test_frozen_by_default_learns_and_reports_oov(wv_kwargs):
     assert torch.equal(clf.model_.backbone.weight.detach(), original)  # frozen really frozen
     assert clf.model_.unk.detach().abs().sum() > 0  # the unknown vector is learned
     assert clf.val_metrics_["accuracy"] >= 0.9
-    assert clf.oov_["train"]["top_unknown"][0][0] == "xyzzy" and clf.data_summary_["oov"]["val"]["rate"] > 0
-    assert clf.config.recipe == "linear-probe"
+    assert clf.oov_["train"]["top_unknown"][0][0] == "xyzzy" and clf.data_summary_["oov"]["train"]["rate"] > 0
+    assert clf.config.recipe == "linear-probe" and clf.sequence_encoder == WORD_DEFAULTS["sequence_encoder"]
+
+
+def test_pooled_vectors_without_an_encoder_get_a_solved_head(wv_kwargs):
+    clf = TextClassifier(**wv_kwargs, sequence_encoder="none").fit(*make_texts(60))
+    assert clf.history_ == [] and clf.head_info_["kind"].startswith("logistic regression")
+    assert clf.val_metrics_["accuracy"] >= 0.9 and clf.protocol_["kind"] == "cross-validation"
 
 
 def test_full_recipe_trains_the_vectors(wv_kwargs):
