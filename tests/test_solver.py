@@ -33,7 +33,7 @@ def test_solver_matches_scikit_learn(C):
     from sklearn.linear_model import LogisticRegression
 
     x, y = _blobs()
-    ours = fit_logistic(x, y, 3, C=C)
+    ours = fit_logistic(x, y, 3, C=C, max_iter=2000, tol=1e-8)
     mean, std = x.mean(0), x.std(0)
     sk = LogisticRegression(C=C, max_iter=10_000, tol=1e-10).fit((x - mean) / std, y)
     np.testing.assert_allclose(_softmax(ours.logits(x)), sk.predict_proba((x - mean) / std), atol=2e-4)
@@ -43,7 +43,7 @@ def test_solver_weights_classes():
     x, y = _blobs(seed=1)
     plain = fit_logistic(x, y, 3, C=0.05)
     weights = np.where(y == 0, 10.0, 1.0)
-    weighted = fit_logistic(x, y, 3, C=0.05, sample_weight=weights)
+    weighted = fit_logistic(x, y, 3, C=0.05, sample_weight=weights)  # the defaults: tolerance 1e-4, as scikit-learn's
     assert (weighted.logits(x).argmax(1) == 0).sum() > (plain.logits(x).argmax(1) == 0).sum()
 
 
@@ -163,6 +163,7 @@ def test_auto_keeps_fine_tuning_only_when_it_beats_the_probe_on_the_same_rows():
     bad, _ = _transfer("bad")
     assert bad.recipe == "linear-probe" and bad.model.quality == "pretrained"
     assert bad.protocol.kind == "cross-validation" and len(bad.val_rows) == 90  # out-of-fold, every row
+    assert len(bad.protocol.fold_accuracy) == 5 and "+/-" in bad.protocol.description  # the spread over the folds
     assert [t["kept"] for t in bad.tried] == [True, False]
 
 
@@ -188,7 +189,7 @@ def test_the_probe_head_is_the_solution_on_every_row():
     y = np.repeat(np.arange(3), 30)
     x = np.eye(3)[y] * 1.0 + rng.normal(0, 1.2, (90, 3))
     C = result.head["C"]
-    direct = fit_logistic(x, y, 3, C=C)
+    direct = fit_logistic(x, y, 3, C=C, max_iter=2000, tol=1e-8)
     with torch.inference_mode():
         head = result.model.head(torch.as_tensor(x, dtype=torch.float32)).numpy()
     np.testing.assert_allclose(_softmax(head), _softmax(direct.logits(x)), atol=1e-3)

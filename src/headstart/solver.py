@@ -131,7 +131,7 @@ def _log_loss(logits: np.ndarray, y: np.ndarray) -> float:
 
 
 def fit_logistic(x: np.ndarray | torch.Tensor, y: np.ndarray, num_classes: int, *, C: float,
-                 sample_weight: np.ndarray | None = None, max_iter: int = 500, tol: float = 1e-6) -> LinearSolution:
+                 sample_weight: np.ndarray | None = None, max_iter: int = 200, tol: float = 1e-4) -> LinearSolution:
     """One multinomial logistic regression at a given ``C``."""
     xt, yt, wt = _tensors(x, y, sample_weight)
     scaler = _Scaler(xt)

@@ -89,12 +89,16 @@ class Protocol:
     fraction: float | None = None
     source: str = ""
     refit: bool = False  # the final model was refitted on every labelled row
+    fold_accuracy: list[float] | None = None  # under cross-validation: the accuracy on each held-out fold
 
     @property
     def description(self) -> str:
         if self.kind == "cross-validation":
             text = (f"{self.folds}-fold stratified cross-validation: each of the {self.n} rows is scored by a model "
                     "trained without it (out-of-fold)")
+            if self.fold_accuracy:
+                acc = np.asarray(self.fold_accuracy)
+                text += f"; accuracy {acc.mean():.3f} +/- {acc.std():.3f} over the folds"
         elif self.kind == "holdout":
             text = f"a stratified holdout of {self.n} rows ({self.source}), never trained on by the scoring model"
         else:

@@ -254,6 +254,8 @@ class Transfer:
                 fit, ok = self.solve(self.train_rows, self.folds)
                 _set_linear(head, fit.solution.weight, fit.solution.bias)
                 self.C = fit.solution.C
+                y = self.labels[ok]
+                self.protocol.fold_accuracy = [_accuracy(fit.oof_logits[va], y[va]) for _, va in fit.folds if len(va)]
                 return fit.oof_logits.astype(np.float32), ok, {"kind": "logistic regression (L-BFGS)", "C": self.C, "path": fit.path}
             fit, _ = self.solve(self.train_rows, None)
             _set_linear(head, fit.solution.weight, fit.solution.bias)
