@@ -30,7 +30,7 @@ IMAGE_ARGS = ["--backbone", TINY, "--weights", "none", "--epochs", "1", "--head-
 
 
 def text_args(tiny_bert) -> list[str]:
-    return ["--backbone", str(tiny_bert), "--epochs", "3", "--batch-size", "8", "--lr", "1e-2", "--backbone-lr", "3e-3",
+    return ["--backbone", str(tiny_bert), "--epochs", "8", "--batch-size", "8", "--lr", "1e-2", "--backbone-lr", "3e-3",
             "--precision", "fp32", "--patience", "0", "--no-cache"]
 
 

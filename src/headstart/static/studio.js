@@ -24,6 +24,7 @@ function withToken(url) {
 }
 
 function showError(message) {
+  if (message) $("upload-status").textContent = "";
   const box = $("error");
   box.textContent = message || "";
   box.hidden = !message;
@@ -367,6 +368,7 @@ function selectRun(rid) {
   });
   source.addEventListener("end", () => {
     source.close();
+    loadInfo().catch(() => {});
     if (state.source === source) state.source = null;
     if (state.project && state.project.id === pid) guarded(() => openProject(pid, true).then(() => showModel(state.project.runs.find((x) => x.id === rid))));
   });
@@ -418,7 +420,9 @@ async function loadInfo() {
   state.info = await api("GET", "/api/info");
   $("budget-field").hidden = !state.info.time_budget;
   const q = state.info.queue;
-  $("queue").textContent = q.running ? "training " + q.running[1] + (q.queued.length ? ", " + q.queued.length + " queued" : "") : "no training running";
+  const name = (id) => (state.projects.find((p) => p.id === id) || { name: id }).name;
+  $("queue").textContent = (q.running ? "training: " + name(q.running[0]) : "no training running") +
+    (q.queued.length ? "; " + q.queued.length + " queued" : "");
 }
 
 // ------------------------------------------------------------------ try, export
