@@ -418,3 +418,63 @@ def test_a_run_left_running_by_a_crashed_studio_is_found_cut_or_finished(tmp_pat
     assert states["a-cut"]["state"] == "cut" and "cut" in states["a-cut"]["message"]
     assert states["b-done"]["state"] == "finished" and states["b-done"]["metrics"]["accuracy"] == 0.75
     assert list(trainer.queue) == [(pid, "c-queued")]
+
+
+def test_a_training_still_running_after_a_crash_is_watched_again(tmp_path):
+    import subprocess
+
+    from headstart.studio import _Adopted
+
+    projects = Projects(tmp_path / "work")
+    pid = projects.create("Fruit", "image")["id"]
+    run_dir = projects.run_dir(pid, "live")
+    run_dir.mkdir(parents=True)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(run_dir)], start_new_session=True)
+    try:
+        run = {"id": "live", "state": "running", "kind": "train", "created": "2026-01-01T00:00:00Z", "pid": child.pid}
+        projects.update(pid, lambda m: m.update(runs=[run]))
+        trainer = Trainer(projects)
+        trainer.recover()
+        assert trainer.current is not None and isinstance(trainer.current[2], _Adopted)
+        assert projects.run(pid, "live")["state"] == "running"
+        trainer.cancel(pid, "live")  # SIGTERM to its process group
+        assert child.wait(30) == -signal.SIGTERM
+        assert trainer.current[2].poll() == 1  # no model: it did not finish
+    finally:
+        child.kill()
+        child.wait()
+
+
+FAKE_TRAIN = """
+import json, sys
+if sys.argv[1:] == ["train", "--help"]:
+    print("Usage: headstart train [OPTIONS] [DATA]\\n  --time-budget MINUTES  Stop training after this many minutes.\\n  --seed INTEGER")
+    sys.exit(0)
+open(sys.argv[0] + ".args", "w").write(json.dumps(sys.argv[1:]))
+print("error: a stand-in for train")
+sys.exit(1)
+"""
+
+
+def test_a_time_budget_is_offered_and_passed_only_when_train_has_one(tmp_path):
+    fake = tmp_path / "fake_train.py"
+    fake.write_text(FAKE_TRAIN)
+    app = create_studio_app(tmp_path / "work", train_command=[sys.executable, str(fake)])
+    with TestClient(app) as client:
+        app.state.trainer.options_known.wait(60)
+        assert client.get("/api/info").json()["time_budget"] is True
+        pid = create(client)
+        assert client.post(f"/api/projects/{pid}/runs", json={"budget_minutes": "soon"}).status_code == 422
+        assert client.post(f"/api/projects/{pid}/runs", json={"budget_minutes": -1}).status_code == 422
+        rid = client.post(f"/api/projects/{pid}/runs", json={"budget_minutes": 2}).json()["run"]["id"]
+        run = wait_for(client, pid, rid, timeout=60)
+        assert run["state"] == "failed" and "a stand-in for train" in run["message"] and not run["resumable"]
+        args = json.loads((tmp_path / "fake_train.py.args").read_text())
+        assert args[args.index("--time-budget") + 1] == "2" and "--no-progress" in args
+    app = create_studio_app(tmp_path / "work2", train_command=[sys.executable, "-c", "print('Usage: train [OPTIONS]')"])
+    with TestClient(app) as client:
+        app.state.trainer.options_known.wait(60)
+        assert client.get("/api/info").json()["time_budget"] is False
+        pid = create(client)
+        r = client.post(f"/api/projects/{pid}/runs", json={"budget_minutes": 2})
+        assert r.status_code == 422 and "--time-budget" in r.json()["detail"]

@@ -2,7 +2,8 @@
 made, filled, checked, trained (tiny models, so it takes seconds), tried and exported,
 all through the page. Needs /usr/bin/chromium and playwright; skips without them.
 
-HEADSTART_SCREENSHOTS=docs pytest tests/test_studio_browser.py refreshes docs/studio.png."""
+HEADSTART_SCREENSHOTS=docs pytest tests/test_studio_browser.py refreshes docs/studio.png and
+docs/studio-text.png."""
 
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ def test_make_try_and_export_an_image_and_a_text_classifier_in_the_browser(tmp_p
         assert set(page.locator("#try-results .label").all_text_contents()) == {"positive", "negative"}
         page.click("#export")
         page.wait_for_function("document.getElementById('export-result').textContent.includes('parity passed')", timeout=120_000)
-        page.screenshot(path=str(shots / "studio-text-full.png"), full_page=True)
+        page.screenshot(path=str(shots / "studio-text.png"), full_page=True)
 
         # both projects are listed, and the image project opens again with its finished run
         assert page.locator("#projects li").count() == 2
