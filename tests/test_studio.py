@@ -155,6 +155,8 @@ def test_images_are_added_per_class_and_bad_uploads_change_nothing(tmp_path):
 
         img = client.get(f"/api/projects/{pid}/images/ripe/a.png")
         assert img.status_code == 200 and img.content == png()
+        thumb = client.get(f"/api/projects/{pid}/images/ripe/a.png?thumb=8")
+        assert thumb.headers["content-type"] == "image/jpeg" and Image.open(io.BytesIO(thumb.content)).size == (8, 8)
         assert client.get(f"/api/projects/{pid}/images/ripe/..%2F..%2Fproject.json").status_code == 404
         assert client.delete(f"/api/projects/{pid}/images/ripe/a.png").status_code == 200
         assert counts(client, pid) == {"ripe": 2}
@@ -372,7 +374,7 @@ def test_train_queue_cancel_try_export_download(tmp_path, tiny_bert):
 
 
 def test_a_restart_during_training_cuts_the_run_and_resume_finishes_it(tmp_path):
-    slow = IMAGE_ARGS[:IMAGE_ARGS.index("--epochs")] + ["--epochs", "40", "--patience", "0", "--head-epochs", "2",
+    slow = IMAGE_ARGS[:IMAGE_ARGS.index("--epochs")] + ["--epochs", "12", "--patience", "0", "--head-epochs", "2",
                                                           "--batch-size", "8", "--precision", "fp32", "--workers", "0", "--no-cache"]
     app = create_studio_app(tmp_path / "work", train_command=[sys.executable, str(TINY_CLI)], train_args={"image": slow})
     with TestClient(app) as client:

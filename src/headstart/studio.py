@@ -1049,8 +1049,26 @@ def create_studio_app(
         return {"added": len(added), "files": added, "project": describe(pid)}
 
     @app.get("/api/projects/{pid}/images/{cls}/{name:path}")
-    async def get_image(pid: str, cls: str, name: str) -> FileResponse:
-        return FileResponse(projects.image_path(pid, cls, name), headers={"Cache-Control": "no-store"})
+    async def get_image(pid: str, cls: str, name: str, thumb: int = Query(0, ge=0, le=512)) -> Response:
+        """An image as uploaded, or (``thumb=N``) cut down to at most N pixels a side, as a JPEG."""
+        path = projects.image_path(pid, cls, name)
+        if not thumb:
+            return FileResponse(path, headers={"Cache-Control": "no-store"})
+
+        def small() -> bytes:
+            from .runtime import decode_image
+
+            image = decode_image(path, max_pixels=limits.max_pixels, draft=thumb)
+            image.thumbnail((thumb, thumb))
+            buf = io.BytesIO()
+            image.save(buf, format="JPEG", quality=85)
+            return buf.getvalue()
+
+        try:
+            data = await run_in_threadpool(small)
+        except DataError as exc:
+            raise HTTPException(422, f"cannot read {cls}/{name}: {exc}") from None
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
 
     @app.delete("/api/projects/{pid}/images/{cls}/{name:path}")
     async def remove_image(pid: str, cls: str, name: str) -> dict[str, Any]:
@@ -1126,7 +1144,7 @@ def create_studio_app(
         log_path = projects.log_path(pid, rid)
 
         async def stream():
-            offset, last, partial = 0, None, b""
+            offset, last, partial, quiet = 0, None, b"", 0
             while True:
                 try:
                     run = projects.run(pid, rid)
@@ -1153,7 +1171,8 @@ def create_studio_app(
                         yield f"event: log\ndata: {json.dumps(partial.decode('utf-8', errors='replace'))}\n\n"
                     yield "event: end\ndata: {}\n\n"
                     return
-                if not lines:
+                quiet = 0 if lines else quiet + 1
+                if quiet and quiet % 25 == 0:  # a comment now and then keeps proxies from closing the stream
                     yield ": keep-alive\n\n"
                 await asyncio.sleep(0.4)
 
@@ -1291,4 +1310,6 @@ def studio(workdir: str | Path, host: str = "127.0.0.1", port: int = DEFAULT_POR
     if ready is not None:
         shown = f"[{host}]" if ":" in host else host
         ready(f"http://{shown}:{port}/" + (f"?token={token}" if token else ""))
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # Open event streams last as long as a training: on Ctrl-C they are closed after a few
+    # seconds, so the shutdown (which stops the training cleanly) is not held up by them.
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)

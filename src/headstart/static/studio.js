@@ -135,9 +135,10 @@ function renderClasses() {
       const thumbs = el("div", { class: "thumbs" });
       for (const name of c.examples) {
         const url = withToken(P() + "/images/" + encodeURIComponent(c.name) + "/" + name.split("/").map(encodeURIComponent).join("/"));
+        const small = url + (url.includes("?") ? "&" : "?") + "thumb=128";
         const key = c.name + "/" + name;
         const t = el("div", { class: "thumb" + (state.flagged.has(key) ? " flagged" : ""), dataset: { key }, title: name },
-          el("a", { href: url, target: "_blank", rel: "noopener" }, el("img", { src: url, alt: name, loading: "lazy" })),
+          el("a", { href: url, target: "_blank", rel: "noopener" }, el("img", { src: small, alt: name, loading: "lazy" })),
           el("button", { class: "remove", type: "button", title: "remove " + name, text: "×",
             onclick: () => guarded(async () => { state.project = await api("DELETE", P() + "/images/" + encodeURIComponent(c.name) + "/" + name.split("/").map(encodeURIComponent).join("/")); renderClasses(); }) }));
         thumbs.append(t);
@@ -207,13 +208,24 @@ async function droppedFiles(dt) {
 async function uploadImages(cls, files) {
   files = files.filter((f) => !f.name.startsWith("."));
   if (!files.length) return;
+  // A large folder goes in several requests, each well under the studio's limits.
+  const limits = (state.info && state.info.limits) || { max_upload_mb: 200, max_files: 2000 };
+  const maxBytes = limits.max_upload_mb * 1024 * 1024 * 0.8, maxFiles = Math.min(200, limits.max_files);
+  const batches = [];
+  let batch = [], size = 0;
+  for (const f of files) {
+    if (batch.length && (batch.length >= maxFiles || size + f.size > maxBytes)) { batches.push(batch); batch = []; size = 0; }
+    batch.push(f); size += f.size;
+  }
+  batches.push(batch);
   await guarded(async () => {
-    let added = 0;
-    for (let i = 0; i < files.length; i += 200) {  // a large folder in several requests
+    let added = 0, sent = 0;
+    for (const part of batches) {
       const form = new FormData();
       form.append("class", cls);
-      for (const f of files.slice(i, i + 200)) form.append("files", f, f.name);
-      $("upload-status").textContent = "uploading " + Math.min(i + 200, files.length) + " of " + files.length + " ...";
+      for (const f of part) form.append("files", f, f.name);
+      sent += part.length;
+      $("upload-status").textContent = "uploading " + sent + " of " + files.length + " ...";
       const r = await api("POST", P() + "/images", form);
       added += r.added;
       state.project = r.project;
