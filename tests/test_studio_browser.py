@@ -122,3 +122,32 @@ def test_make_try_and_export_an_image_and_a_text_classifier_in_the_browser(tmp_p
         page.click("#projects li[data-id] >> text=Colours")
         page.wait_for_function("document.getElementById('project-title').textContent === 'Colours'")
         page.wait_for_selector("#model-panel:not([hidden]) #accuracy")
+
+
+def test_a_run_cut_by_a_restart_is_shown_with_resume_behind_a_token(tmp_path):
+    """A studio that stopped during a training: the project opens, the run says it was cut
+    and offers Resume. The page works with a token (from its address, then its cookie)."""
+    _chromium()
+    from headstart.studio import Projects, create_studio_app
+
+    projects = Projects(tmp_path / "work")
+    pid = projects.create("Colours", "image")["id"]
+    projects.add_images(pid, [("red", "r.png", make_image(tmp_path / "r.png", COLORS["red"]).read_bytes())])
+    rid = "20260101-000000-abcd"
+    run_dir = projects.run_dir(pid, rid)
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text("{}")
+    (run_dir / "checkpoints").mkdir()
+    run = {"id": rid, "state": "running", "kind": "train", "created": "2026-01-01T00:00:00Z", "started": "2026-01-01T00:00:01Z",
+           "ended": None, "message": "", "metrics": None, "export": None, "pid": None}
+    projects.update(pid, lambda m: m.update(runs=[run]))
+    with running(create_studio_app(tmp_path / "work", token="t0k3n")) as url, browser_page() as page:
+        assert page.goto(url).status == 401
+        page.goto(url + "/?token=t0k3n")
+        page.wait_for_selector("body[data-ready='1']")
+        page.click("#projects li >> text=Colours")
+        page.wait_for_selector(".run[data-state='cut']")
+        note = page.text_content(".run[data-state='cut'] .note")
+        assert "the run was cut" in note and "Resume" in note
+        assert page.locator(".run[data-state='cut'] button.resume").is_visible()
+        page.wait_for_function("document.querySelector('.thumb img').naturalWidth > 0")  # the page's images carry the token too

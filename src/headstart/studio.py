@@ -39,7 +39,7 @@ import time
 import unicodedata
 import uuid
 import zipfile
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
