@@ -151,3 +151,13 @@ def test_a_run_cut_by_a_restart_is_shown_with_resume_behind_a_token(tmp_path):
         assert "the run was cut" in note and "Resume" in note
         assert page.locator(".run[data-state='cut'] button.resume").is_visible()
         page.wait_for_function("document.querySelector('.thumb img').naturalWidth > 0")  # the page's images carry the token too
+
+        page.once("dialog", lambda dialog: dialog.accept("Colours, renamed"))
+        page.click("#rename")
+        page.wait_for_function("document.getElementById('project-title').textContent === 'Colours, renamed'")
+        assert page.text_content("#projects li .pname") == "Colours, renamed"
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#delete")
+        page.wait_for_selector("#welcome:not([hidden])")
+        assert page.locator("#projects li").count() == 0
+    assert not (tmp_path / "work" / "projects" / pid).exists()
