@@ -152,6 +152,17 @@ def test_a_run_cut_by_a_restart_is_shown_with_resume_behind_a_token(tmp_path):
         assert page.locator(".run[data-state='cut'] button.resume").is_visible()
         page.wait_for_function("document.querySelector('.thumb img').naturalWidth > 0")  # the page's images carry the token too
 
+        # a folder of class folders, chosen whole
+        for i in range(3):
+            make_image(tmp_path / "dataset" / "blue" / f"b{i}.png", COLORS["blue"], seed=i)
+            make_image(tmp_path / "dataset" / "green" / f"g{i}.png", COLORS["green"], seed=i)
+        (tmp_path / "dataset" / ".DS_Store").write_bytes(b"junk")
+        page.set_input_files("#dataset-folder", str(tmp_path / "dataset"))
+        page.wait_for_selector(".class[data-class='blue']")
+        page.wait_for_function("document.querySelector(\".class[data-class='green'] .count\") &&"
+                               " document.querySelector(\".class[data-class='green'] .count\").textContent === '3 images'")
+        assert page.text_content(".class[data-class='blue'] .count") == "3 images"
+
         page.once("dialog", lambda dialog: dialog.accept("Colours, renamed"))
         page.click("#rename")
         page.wait_for_function("document.getElementById('project-title').textContent === 'Colours, renamed'")

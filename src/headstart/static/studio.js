@@ -235,6 +235,24 @@ async function uploadImages(cls, files) {
   });
 }
 
+async function uploadZip(file) {
+  const form = new FormData();
+  form.append("files", file, file.name);
+  $("upload-status").textContent = "uploading " + file.name + " ...";
+  const r = await api("POST", P() + "/images", form);
+  state.project = r.project; renderClasses();
+  $("upload-status").textContent = "added " + r.added + " image(s) from " + file.name;
+}
+
+async function uploadTable(file) {
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const r = await api("POST", P() + "/texts", form);
+  state.project = r.project; renderClasses();
+  $("upload-status").textContent = "added " + r.added + " text(s) from " + file.name +
+    (r.skipped_count ? "; " + r.skipped_count + " row(s) skipped (empty text or label)" : "");
+}
+
 async function uploadDataset(items) {
   // A folder of class folders: top/class/x.jpg or class/x.jpg, one upload per class.
   const groups = new Map();
@@ -366,6 +384,8 @@ function selectRun(rid) {
   showModel(run);
   const source = new EventSource(withToken(P() + "/runs/" + rid + "/events"));
   state.source = source;
+  // Each connection (a reconnect too, after a restart of the studio) sends the output from its start.
+  source.onopen = () => { $("log").textContent = ""; };
   const pid = state.project.id;
   source.addEventListener("log", (e) => {
     const log = $("log");
@@ -512,30 +532,28 @@ function wire() {
   });
   $("zip-file").addEventListener("change", () => guarded(async () => {
     const file = $("zip-file").files[0];
-    if (!file) return;
-    const form = new FormData();
-    form.append("files", file, file.name);
-    $("upload-status").textContent = "uploading " + file.name + " ...";
-    try {
-      const r = await api("POST", P() + "/images", form);
-      state.project = r.project; renderClasses();
-      $("upload-status").textContent = "added " + r.added + " image(s) from " + file.name;
-    } finally { $("zip-file").value = ""; }
+    try { if (file) await uploadZip(file); } finally { $("zip-file").value = ""; }
   }));
+  // The whole project's drop zone: a zip or a folder of class folders (images), a table (texts).
+  const bulk = $("bulk");
+  bulk.addEventListener("dragover", (e) => { e.preventDefault(); bulk.classList.add("dragover"); });
+  bulk.addEventListener("dragleave", () => bulk.classList.remove("dragover"));
+  bulk.addEventListener("drop", async (e) => {
+    e.preventDefault();
+    bulk.classList.remove("dragover");
+    const items = await droppedFiles(e.dataTransfer);
+    if (!items.length) return;
+    if (state.project.modality === "text") guarded(() => uploadTable(items[0].file));
+    else if (items.length === 1 && items[0].file.name.toLowerCase().endsWith(".zip")) guarded(() => uploadZip(items[0].file));
+    else uploadDataset(items);
+  });
   $("dataset-folder").addEventListener("change", () => {
     const items = [...$("dataset-folder").files].map((file) => ({ file, path: file.webkitRelativePath || file.name }));
     uploadDataset(items).then(() => ($("dataset-folder").value = ""));
   });
   $("table-file").addEventListener("change", () => guarded(async () => {
     const file = $("table-file").files[0];
-    if (!file) return;
-    const form = new FormData();
-    form.append("file", file, file.name);
-    try {
-      const r = await api("POST", P() + "/texts", form);
-      state.project = r.project; renderClasses();
-      $("upload-status").textContent = "added " + r.added + " text(s) from " + file.name + (r.skipped_count ? "; " + r.skipped_count + " row(s) skipped (empty text or label)" : "");
-    } finally { $("table-file").value = ""; }
+    try { if (file) await uploadTable(file); } finally { $("table-file").value = ""; }
   }));
   $("check").addEventListener("click", () => guarded(runCheck));
   $("train").addEventListener("click", () => guarded(train));
