@@ -498,6 +498,7 @@ class Projects:
 
             shutil.copytree(self.data_dir(pid), tmp, copy_function=link,
                             ignore=lambda d, names: [n for n in names if n.startswith(".")])
+            shutil.rmtree(dest, ignore_errors=True)  # left by a start that never began training
             os.replace(tmp, dest)
         return dest if meta["modality"] == "image" else dest / TEXTS_FILE
 
@@ -746,7 +747,7 @@ class Trainer:
             returncode = proc.wait()
             with self.cond:
                 try:
-                    if self.stopping and (pid, rid) not in self.cancelled:
+                    if self.stopping and returncode != 0 and (pid, rid) not in self.cancelled:
                         self.projects.update_run(pid, rid, state="cut", ended=_now(), pid=None,
                                                  message="the studio stopped during this training; the run was cut")
                     else:
