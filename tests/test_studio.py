@@ -252,6 +252,23 @@ def test_the_check_reports_findings_with_links_to_the_items(tmp_path):
         assert client.get(f"/api/projects/{text}/check").json()["findings"][0]["severity"] == "error"
 
 
+def test_names_from_users_are_made_safe_or_refused():
+    from headstart.studio import Refused, image_file_name, safe_name
+
+    assert safe_name("  tabby cat ", "class name") == "tabby cat"
+    assert safe_name("a/b\\c:d*e?f", "class name") == "a_b_c_d_e_f"
+    assert safe_name(".hidden", "class name") == "hidden"
+    assert safe_name("Ünïcödé", "class name") == "Ünïcödé"
+    assert len(safe_name("x" * 500, "class name")) == 100
+    for bad in ("", "..", "...", "/", " . "):
+        with pytest.raises(Refused):
+            safe_name(bad, "class name")
+    assert image_file_name("../../etc/passwd", ".png") == "passwd.png"
+    assert image_file_name("C:\\photos\\cat.JPG", ".jpg") == "cat.JPG"
+    assert image_file_name("cat.jpg", ".png") == "cat.png"  # the extension follows the format
+    assert image_file_name("scan.tiff", ".tif") == "scan.tiff"
+
+
 # --------------------------------------------------------------------------- security
 
 

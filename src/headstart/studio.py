@@ -778,8 +778,8 @@ class Trainer:
         with open(log_path, "ab") as out:
             if run["kind"] == "resume":
                 out.write(b"\n--- resumed ---\n")
-            # Its own session (process group): a signal to the studio's terminal does not
-            # reach it unasked, and a cancel reaches the whole group.
+            # A process group of its own: Ctrl-C in the studio's terminal does not reach it
+            # unasked (the studio stops it cleanly), and a cancel reaches the whole group.
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     cwd=self.projects.dir(pid), env=self.env, start_new_session=True)
         self.projects.update_run(pid, rid, state="running", started=_now(), pid=proc.pid, message="")
