@@ -807,8 +807,12 @@ class Trainer:
 
 
 def _signal_group(proc, signum: int) -> None:
+    """Signal the training's process group (where there are process groups; else the process)."""
     try:
-        os.killpg(proc.pid, signum)
+        if hasattr(os, "killpg"):
+            os.killpg(proc.pid, signum)
+        else:
+            os.kill(proc.pid, signal.SIGTERM if signum != getattr(signal, "SIGKILL", None) else signum)
     except (ProcessLookupError, PermissionError, OSError):
         pass
 

@@ -512,7 +512,7 @@ function wire() {
     const name = prompt("New name of the project", state.project.name);
     if (name == null) return;
     state.project = await api("PATCH", P(), { name });
-    renderProject(); await loadProjects();
+    await loadProjects(); renderProject();
   }));
   $("delete").addEventListener("click", () => guarded(async () => {
     if (!confirm("Delete the project " + state.project.name + ", its data and its runs? This cannot be undone.")) return;
