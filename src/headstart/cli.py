@@ -124,6 +124,7 @@ def cli(debug: bool) -> None:
       headstart predict runs/<name>/model some.jpg more/ --top-k 3
       headstart export runs/<name>/model --format onnx
       headstart serve runs/<name>/model
+      headstart studio                             # the same in the browser
       headstart report runs/<name>
       headstart backbones
     """
@@ -652,6 +653,40 @@ def serve(model_dir, host, port, max_batch, max_wait_ms, no_batching, max_upload
     run_server(model_dir, host=host, port=port, ready=ready, batching=not no_batching, max_batch=max_batch,
                max_wait_ms=max_wait_ms, max_upload_mb=max_upload_mb, max_inputs=max_inputs, max_pixels=max_pixels,
                max_concurrent=max_concurrent, top_k=top_k)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to listen on; anything beyond loopback needs --token.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("studio"), show_default=True,
+              help="Where projects, their data and their runs are kept.")
+@click.option("--token", envvar="HEADSTART_STUDIO_TOKEN", help="Require this secret on every request "
+              "(Authorization: Bearer T, or ?token=T in the address) [$HEADSTART_STUDIO_TOKEN].")
+def studio(host, port, workdir, token):
+    """A web app to make a classifier in the browser: projects of images or texts, the
+    data check, training with live progress (one at a time, the rest queued), the report,
+    trying the model, ONNX export and a zip of the model. Local, offline, no build step.
+
+    \b
+      headstart studio                      # then open http://127.0.0.1:8765/
+      headstart studio --workdir ~/studio --port 9000
+      headstart studio --host 0.0.0.0 --token "$(openssl rand -hex 16)"
+    """
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise HeadstartError("the studio needs FastAPI and uvicorn: pip install 'headstart[serve]'") from None
+    from .studio import check_binding, studio as run_studio
+
+    check_binding(host, token)
+    _setup_logging(False)
+
+    def ready(url):
+        click.echo(f"headstart studio: {url} (projects in {workdir}); Ctrl-C stops", err=True)
+
+    run_studio(workdir, host=host, port=port, token=token, ready=ready)
 
 
 @cli.command()

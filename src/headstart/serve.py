@@ -162,8 +162,62 @@ def prepare_image(data: bytes, preprocessing: dict[str, Any] | None, max_pixels:
         return image if preprocessing is None else model_input_image(image, preprocessing, max_pixels)
 
 
+def static_text(name: str) -> str:
+    """A file of the package's static folder (the web pages and their scripts)."""
+    return resources.files("headstart").joinpath("static", name).read_text(encoding="utf-8")
+
+
 def _page() -> str:
-    return resources.files("headstart").joinpath("static/index.html").read_text(encoding="utf-8")
+    return static_text("index.html")
+
+
+async def read_limited_body(request, max_bytes: int, max_upload_mb: float) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``max_bytes``
+    (from Content-Length, else while it streams in)."""
+    from fastapi import HTTPException
+
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise HTTPException(413, f"request of {int(length)} bytes exceeds the limit of {max_upload_mb:g} MB")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise HTTPException(413, f"request exceeds the limit of {max_upload_mb:g} MB")
+    return bytes(body)
+
+
+async def parse_multipart(request, body: bytes, *, max_files: int, max_fields: int, max_part_size: int):
+    """A multipart body already read (and bounded) into memory, parsed without spooling to
+    disk; too many parts is 413, a malformed body 422."""
+    from fastapi import HTTPException
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    class InMemoryParser(MultiPartParser):
+        spool_max_size = len(body) + 1  # uploads stay in memory (the body is already bounded)
+
+    async def stream():
+        yield body
+
+    # max_part_size bounds each non-file field; it is a constructor argument - a class
+    # attribute would be overwritten by __init__.
+    parser = InMemoryParser(request.headers, stream(), max_files=max_files, max_fields=max_fields,
+                            max_part_size=max_part_size)
+    try:
+        return await parser.parse()
+    except MultiPartException as exc:
+        status = 413 if "Too many" in exc.message or "exceeded" in exc.message else 422
+        raise HTTPException(status, f"cannot read the multipart body: {exc.message}") from None
+
+
+def top_k_results(names: Sequence[str], probs: np.ndarray, labels: Sequence[str], top_k: int) -> list[dict[str, Any]]:
+    """The answer's ``results``: each input's name and its ``top_k`` labels with scores, best first."""
+    k = min(top_k, len(labels))
+    results = []
+    for name, row in zip(names, probs):
+        order = np.argsort(-row, kind="stable")[:k]
+        results.append({"input": name, "predictions": [{"label": labels[int(i)], "score": float(row[i])} for i in order]})
+    return results
 
 
 _PREDICT_BODY = {
@@ -271,34 +325,12 @@ def create_app(
         return {"labels": labels}
 
     async def read_body(request: Request) -> bytes:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_bytes:
-            raise HTTPException(413, f"request of {int(length)} bytes exceeds the limit of {max_upload_mb:g} MB")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_bytes:
-                raise HTTPException(413, f"request exceeds the limit of {max_upload_mb:g} MB")
-        return bytes(body)
+        return await read_limited_body(request, max_bytes, max_upload_mb)
 
     async def parse_form(request: Request, body: bytes):
-        from starlette.formparsers import MultiPartException, MultiPartParser
-
-        class InMemoryParser(MultiPartParser):
-            spool_max_size = max_bytes + 1  # uploads stay in memory (the body is already bounded)
-
-        async def stream():
-            yield body
-
-        # max_part_size bounds each non-file field (a text: up to 4 UTF-8 bytes a character);
-        # it is a constructor argument - a class attribute would be overwritten by __init__.
-        parser = InMemoryParser(request.headers, stream(), max_files=max_inputs, max_fields=max_inputs,
-                                max_part_size=max_text_chars * 4 + 1024)
-        try:
-            return await parser.parse()
-        except MultiPartException as exc:
-            status = 413 if "Too many" in exc.message or "exceeded" in exc.message else 422
-            raise HTTPException(status, f"cannot read the multipart body: {exc.message}") from None
+        # max_part_size bounds each non-file field (a text: up to 4 UTF-8 bytes a character)
+        return await parse_multipart(request, body, max_files=max_inputs, max_fields=max_inputs,
+                                     max_part_size=max_text_chars * 4 + 1024)
 
     def check_texts(texts: Sequence[Any]) -> list[str]:
         if not texts:
@@ -421,12 +453,7 @@ def create_app(
                                 status_code=500, headers={"X-Request-ID": request_id})
         finally:
             in_flight -= 1
-        k = min(top_k_, len(labels))
-        results = []
-        for name, row in zip(names, probs):
-            order = np.argsort(-row, kind="stable")[:k]
-            results.append({"input": name, "predictions": [{"label": labels[int(i)], "score": float(row[i])} for i in order]})
-        return {"task": task, "results": results}
+        return {"task": task, "results": top_k_results(names, probs, labels, top_k_)}
 
     return app
 
