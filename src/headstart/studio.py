@@ -1202,7 +1202,7 @@ def create_studio_app(
         return model_dir
 
     def get_model(pid: str, rid: str):
-        from .classifier import load
+        from .loading import load
 
         with models_lock:
             if (pid, rid) in models:
