@@ -20,7 +20,7 @@ from headstart.cli import main
 from conftest import make_image, make_texts
 
 EVIL = "<script>alert(1)</script>"
-IMAGE_ARGS = ["--backbone", "tiny-cnn", "--weights", "none", "--epochs", "1", "--head-epochs", "12", "--lr", "0.03",
+IMAGE_ARGS = ["--backbone", "tiny-cnn", "--weights", "none", "--recipe", "fine-tune", "--epochs", "1", "--head-epochs", "12", "--lr", "0.03",
               "--batch-size", "8", "--precision", "fp32", "--workers", "0", "--val-split", "0.3", "--no-cache", "--quiet"]
 
 
@@ -194,8 +194,8 @@ def test_model_card(image_run):
                     "## Limitations", "## How to use it"):
         assert heading in card
     assert f"Accuracy: {metrics['val']['accuracy']:.4f}" in card
-    assert f"Validation protocol: {metrics['protocol']['description']}" in card
-    assert "30% stratified split, seed 0" in card and "never trained on" in card
+    line = next(l for l in card.splitlines() if l.startswith("Validation protocol: "))
+    assert "stratified holdout of 27 rows" in line and "30% stratified split, seed 0" in line and "never trained on" in line
     assert f"T = {metrics['calibration']['temperature']:.4f}" in card
     assert "none \\(random initialisation\\)" in card and "headstart predict MODEL_DIR" in card
 
@@ -417,7 +417,7 @@ def test_log_tensorboard_writes_scalars_per_epoch(tmp_path, capsys, folder):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    code, _, err = run(capsys, "train", folder, *IMAGE_ARGS, "--recipe", "fine-tune", "--epochs", "3", "--patience", "0",
+    code, _, err = run(capsys, "train", folder, *IMAGE_ARGS, "--epochs", "3", "--patience", "0",
                        "--out", tmp_path / "run", "--log", "tensorboard")
     assert code == 0, err
     acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))

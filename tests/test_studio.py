@@ -353,7 +353,7 @@ def test_train_queue_cancel_try_export_download(tmp_path, tiny_bert):
         states = [e[1]["state"] for e in events if e[0] == "state"]
         lines = [e[1] for e in events if e[0] == "log"]
         assert states[-1] == "finished" and events[-1][0] == "end"
-        assert any("head epoch 1/2" in line for line in lines) and any("validation accuracy" in line for line in lines)
+        assert any("head: logistic regression" in line for line in lines) and any("validation accuracy" in line for line in lines)
         done = wait_for(client, image, first)
         assert done["state"] == "finished" and 0 <= done["metrics"]["accuracy"] <= 1 and done["has_report"]
         assert wait_for(client, text, second)["state"] == "finished"
@@ -391,7 +391,7 @@ def test_train_queue_cancel_try_export_download(tmp_path, tiny_bert):
 
 
 def test_a_restart_during_training_cuts_the_run_and_resume_finishes_it(tmp_path):
-    slow = IMAGE_ARGS[:IMAGE_ARGS.index("--epochs")] + ["--epochs", "12", "--patience", "0", "--head-epochs", "2",
+    slow = IMAGE_ARGS[:IMAGE_ARGS.index("--epochs")] + ["--recipe", "fine-tune", "--epochs", "12", "--patience", "0", "--head-epochs", "2",
                                                           "--batch-size", "8", "--precision", "fp32", "--workers", "0", "--no-cache"]
     app = create_studio_app(tmp_path / "work", train_command=[sys.executable, str(TINY_CLI)], train_args={"image": slow})
     with TestClient(app) as client:
