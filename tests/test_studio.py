@@ -391,7 +391,7 @@ def test_train_queue_cancel_try_export_download(tmp_path, tiny_bert):
 
 
 def test_a_restart_during_training_cuts_the_run_and_resume_finishes_it(tmp_path):
-    slow = IMAGE_ARGS[:IMAGE_ARGS.index("--epochs")] + ["--recipe", "fine-tune", "--epochs", "12", "--patience", "0", "--head-epochs", "2",
+    slow = IMAGE_ARGS[:IMAGE_ARGS.index("--epochs")] + ["--recipe", "fine-tune", "--epochs", "60", "--patience", "0", "--head-epochs", "2",
                                                           "--batch-size", "8", "--precision", "fp32", "--workers", "0", "--no-cache"]
     app = create_studio_app(tmp_path / "work", train_command=[sys.executable, str(TINY_CLI)], train_args={"image": slow})
     with TestClient(app) as client:
