@@ -225,6 +225,10 @@ def run_text_recipe(
 
 # --------------------------------------------------------------------------- the front
 
+# Position ids of these count from the padding index + 1, so 514 positions hold 512 tokens.
+_POSITIONS_AFTER_PADDING = frozenset({"mpnet", "roberta", "xlm-roberta", "camembert", "longformer"})
+
+
 
 class TextClassifier(Classifier):
     """A pretrained text encoder with a new classification head.
@@ -385,6 +389,8 @@ class TextClassifier(Classifier):
     def _limit(self, encoder) -> int:
         """The token limit: asked for, else the encoder's own, never past its positions."""
         positions = int(getattr(encoder.config, "max_position_embeddings", 512) or 512)
+        if getattr(encoder.config, "model_type", "") in _POSITIONS_AFTER_PADDING:
+            positions -= int(getattr(encoder.config, "pad_token_id", 1) or 0) + 1
         wanted = self.max_length or (self._spec.max_length if self._spec else 512)
         if self.max_length and self.max_length > positions:
             raise HeadstartError(f"max_length {self.max_length} exceeds what the encoder supports ({positions})")
