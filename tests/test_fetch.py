@@ -7,7 +7,6 @@ import hashlib
 import importlib.util
 import io
 import json
-import os
 import subprocess
 import zipfile
 from functools import partial

@@ -19,7 +19,7 @@ from typing import Callable
 
 from .backbones import Registry
 from .errors import BackboneError
-from .fetch import FetchSpec, Part, fetched_dir
+from .fetch import FetchSpec, Part, fetched_dir, target_dir
 
 log = logging.getLogger("headstart")
 
@@ -49,8 +49,6 @@ class EncoderSpec:
     def missing(self, cache_dir: str | os.PathLike | None = None) -> str:
         """Why the weights are not here, and the one command that fixes it."""
         if self.fetch is not None:
-            from .fetch import target_dir
-
             option = f" --cache-dir {cache_dir}" if cache_dir else ""
             return (f"the text encoder {self.name!r} ({self.fetch.size_mb} MB) is not in the headstart cache "
                     f"({target_dir(self.name, cache_dir)}); run `headstart fetch {self.name}{option}` once, then retry")

