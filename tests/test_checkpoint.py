@@ -185,7 +185,7 @@ def test_a_real_signal_stops_cleanly_and_resume_equals_uninterrupted(signum, fol
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         running = Checkpoints.read(out / "checkpoints")["running"] if (out / "checkpoints" / "last.pt").is_file() else None
-        if running is not None and running["key"] == "1-fine-tune":
+        if running is not None and running["key"] == "0-fine-tune":
             break
         time.sleep(0.05)
     proc.send_signal(signum)

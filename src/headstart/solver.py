@@ -56,10 +56,18 @@ class LinearFit:
 
 
 class _Scaler:
+    """Standardisation with a floor: a feature whose variance is under 1% of the average one
+    (a near-constant channel) is scaled as if it had that 1%. Otherwise dividing by its tiny
+    spread turns rounding noise into a strong signal, and the head mapped back to raw
+    features carries weights large enough that float rounding moves its probabilities."""
+
+    FLOOR = 1e-2
+
     def __init__(self, x: torch.Tensor):
         self.mean = x.mean(0)
-        std = x.std(0, unbiased=False)
-        self.scale = torch.where(std > 1e-12, std, torch.ones_like(std))
+        var = x.var(0, unbiased=False)
+        floor = self.FLOOR * float(var.mean()) if float(var.mean()) > 0 else 1.0
+        self.scale = torch.sqrt(var + floor)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.scale

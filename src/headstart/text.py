@@ -82,6 +82,10 @@ def run_text_recipe(
 
 # --------------------------------------------------------------------------- the front
 
+# Position ids of these count from the padding index + 1, so 514 positions hold 512 tokens.
+_POSITIONS_AFTER_PADDING = frozenset({"mpnet", "roberta", "xlm-roberta", "camembert", "longformer"})
+
+
 
 class TextClassifier(Classifier):
     """A pretrained text encoder with a new classification head.
@@ -90,8 +94,8 @@ class TextClassifier(Classifier):
     >>> clf.predict(["This product is great!"])
     ['positive']
 
-    ``backbone``: ``minilm-l6`` (embedded, offline), a local Hugging Face model directory,
-    or a hub id. ``pooling``: ``mean`` or ``cls`` (default: the encoder's own).
+    ``backbone``: ``minilm-l6`` (embedded, offline), ``mpnet-base`` (once fetched with
+    ``headstart fetch mpnet-base``), a local Hugging Face model directory, or a hub id. ``pooling``: ``mean`` or ``cls`` (default: the encoder's own).
 
     Word vectors: ``backbone="glove-6b-50d"`` (embedded) or ``word_vectors="file.vec"``
     (GloVe, word2vec text/binary, fastText), with ``sequence_encoder`` ``none`` | ``bilstm``
@@ -143,7 +147,7 @@ class TextClassifier(Classifier):
             if self.kind == "word-vectors":
                 pooling = "mean"
             else:
-                self._spec, self._source = resolve_encoder(backbone)
+                self._spec, self._source = resolve_encoder(backbone, train.get("cache_dir"))
                 pooling = self._spec.pooling
         super().__init__(hidden=hidden, dropout=dropout, pooling=pooling, progress=progress, **train)
         if max_length is not None and max_length < 2:
@@ -171,7 +175,7 @@ class TextClassifier(Classifier):
         val_set = None if val is None else self._read(val, val_labels, classes=full.classes)
         require_two_classes(full.labels, full.classes)
         if self._spec is None and self.kind == "transformer":
-            self._spec, self._source = resolve_encoder(self.backbone)
+            self._spec, self._source = resolve_encoder(self.backbone, cfg.cache_dir)
         self.classes_ = list(full.classes)
         self.skipped_ = list(full.skipped) + (list(val_set.skipped) if val_set is not None else [])
         log.info(
@@ -253,6 +257,8 @@ class TextClassifier(Classifier):
     def _limit(self, encoder) -> int:
         """The token limit: asked for, else the encoder's own, never past its positions."""
         positions = int(getattr(encoder.config, "max_position_embeddings", 512) or 512)
+        if getattr(encoder.config, "model_type", "") in _POSITIONS_AFTER_PADDING:
+            positions -= int(getattr(encoder.config, "pad_token_id", 1) or 0) + 1
         wanted = self.max_length or (self._spec.max_length if self._spec else 512)
         if self.max_length and self.max_length > positions:
             raise HeadstartError(f"max_length {self.max_length} exceeds what the encoder supports ({positions})")
