@@ -25,10 +25,12 @@ from .splits import kfold
 
 log = logging.getLogger("headstart")
 
-# Half-decades from strong to weak regularisation (on standardised features).
 DTYPE = torch.float64
 PATIENCE = 3
-DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 13))
+# Half-decades from strong to weak regularisation (on standardised features), up to C = 10:
+# weaker regularisation on separable data only grows the weights, which makes probabilities
+# extreme and an exported model's float rounding visible, for no accuracy.
+DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 1, 11))
 
 
 @dataclass
