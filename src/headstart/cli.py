@@ -688,6 +688,9 @@ def studio(host, port, workdir, token):
         click.echo(f"headstart studio: {url} (projects in {workdir}); Ctrl-C stops", err=True)
 
     run_studio(workdir, host=host, port=port, token=token, ready=ready)
+
+
+@cli.command()
 @click.argument("name")
 @click.option("--cache-dir", help="The headstart cache to fetch into [$HEADSTART_CACHE_DIR, else ~/.cache/headstart].")
 @click.option("--force", is_flag=True, help="Fetch again even when the backbone is already there.")
