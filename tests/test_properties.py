@@ -7,7 +7,7 @@ import csv
 import io
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from headstart.data import read_csv
 from headstart.errors import DataError
@@ -50,13 +50,21 @@ def test_text_csv_round_trip(tmp_path_factory, rows):
     assert len(got) + len(got.skipped) == len(rows) - sum(1 for t, l in rows if not t.strip() and not l.strip())
 
 
+# Characters that end a TSV field or line: generated TSV texts are drawn without them, rather
+# than filtered afterwards (most tricky texts hold one, and a filter would discard most draws).
+BREAKS = ("\t", "\n", "\r", "\u2028", "\x85", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\u2029")
+TSV_TEXT = st.lists(st.one_of(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters=BREAKS),
+                                      max_size=12),
+                              TRICKY.filter(lambda c: c not in BREAKS and c != "\r\n")), max_size=6).map("".join)
+TSV_LABEL = st.one_of(TSV_TEXT, st.sampled_from(["pos", "neg", "Pos", " pos ", "0", "1", "10", "2"]))
+
+
 @FAST
-@given(rows=st.lists(st.tuples(TEXT, LABEL), min_size=1, max_size=12))
+@given(rows=st.lists(st.tuples(TSV_TEXT, TSV_LABEL), min_size=1, max_size=12))
 def test_tsv_round_trip_keeps_quotes_as_text(tmp_path_factory, rows):
     """TSV files (GLUE style) carry quote characters as text: any text without tabs or
     line breaks comes back unchanged."""
-    breaks = ("\t", "\n", "\r", "\u2028", "\x85", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\u2029")
-    assume(all(not any(b in t + l for b in breaks) for t, l in rows))
+    assert all(not any(b in t + l for b in BREAKS) for t, l in rows)
     path = tmp_path_factory.mktemp("tsv") / "data.tsv"
     path.write_bytes(("text\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows)).encode("utf-8"))
     expected = _expected(rows)
