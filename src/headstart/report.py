@@ -93,17 +93,24 @@ def read_predictions(path: Path, classes: Sequence[str]) -> tuple[list[str], np.
 # --------------------------------------------------------------------------- data notes
 
 
+def _by_size(paths: Sequence) -> dict[int, list[Path]]:
+    """Files grouped by size (unreadable ones left out): only files of equal size can be
+    copies, so only those are hashed."""
+    by_size: dict[int, list[Path]] = {}
+    for p in paths:
+        try:
+            by_size.setdefault(os.path.getsize(p), []).append(Path(p))
+        except OSError:
+            continue
+    return by_size
+
+
 def _exact_image_duplicates(train: Sequence[Path], val: Sequence[Path]) -> list[tuple[str, str]]:
     """Validation images whose bytes equal a training image. Only files of equal size are
     hashed, so this costs a stat per file and little more."""
     from .cache import file_digest
 
-    by_size: dict[int, list[Path]] = {}
-    for p in train:
-        try:
-            by_size.setdefault(os.path.getsize(p), []).append(Path(p))
-        except OSError:
-            continue
+    by_size = _by_size(train)
     digests: dict[Path, str] = {}
 
     def digest(p: Path) -> str | None:
@@ -173,14 +180,8 @@ def _within_duplicates(items: Sequence, task: str) -> list[tuple[str, str]]:
         return pairs
     from .cache import file_digest
 
-    by_size: dict[int, list[Path]] = {}
-    for p in items:
-        try:
-            by_size.setdefault(os.path.getsize(p), []).append(Path(p))
-        except OSError:
-            continue
     pairs = []
-    for group in by_size.values():
+    for group in _by_size(items).values():
         if len(group) < 2:
             continue
         first: dict[str, Path] = {}
