@@ -201,7 +201,7 @@ def test_auto_keeps_the_probe_when_phase_two_does_not_fit_the_time_budget(monkey
 
     def too_slow(self, model, train_rows, eval_rows, *, epochs, phase, head_trained, deadline):
         assert deadline is not None  # auto passes its budget down; a named recipe trains to its end
-        raise OverBudget("fine-tune: one epoch would take about 900 s, more than the time left (500 s)")
+        raise OverBudget("one epoch would take about 900 s, more than the time left (500 s)")
 
     monkeypatch.setattr(FakeBackend, "train", too_slow)
     result, _ = _transfer("good", time_budget=500)

@@ -305,7 +305,7 @@ def train_loop(
                 projected = start + (time.perf_counter() - start) / step * steps_per_epoch
                 if projected > deadline:
                     raise OverBudget(
-                        f"{phase}: one epoch would take about {projected - start:.0f} s, more than the time left "
+                        f"one epoch would take about {projected - start:.0f} s, more than the time left "
                         f"({max(0.0, deadline - start):.0f} s)"
                     )
             real = x is not None  # None: no image of this batch could be decoded
