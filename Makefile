@@ -29,6 +29,7 @@ test-fast: install
 	$(PY) -m pytest -m "not slow"
 
 bench: install
+	$(PY) bench/head_vs_logreg.py
 	$(PY) bench/image_recipes.py
 	$(PY) bench/text_recipes.py
 	$(PY) bench/wordvec.py
