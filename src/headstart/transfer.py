@@ -158,10 +158,12 @@ class Transfer:
     def time_left(self) -> float:
         return math.inf if self.deadline is None else self.deadline - time.perf_counter()
 
-    def _weights(self, rows: np.ndarray) -> np.ndarray | None:
+    def _weights(self, y: np.ndarray) -> np.ndarray | None:
+        """Per-row weights for labels ``y`` under ``--class-weight balanced`` (from the
+        training data's class counts), else None."""
         if self.cfg.class_weight != "balanced":
             return None
-        return class_weights(self.labels[self.data_rows], self.k).numpy()[self.labels[rows]]
+        return class_weights(self.labels[self.data_rows], self.k).numpy()[y]
 
     # ------------------------------------------------------------------ the probe
 
@@ -205,7 +207,7 @@ class Transfer:
             augment = (xa[torch.as_tensor(np.flatnonzero(keep))], np.asarray([pos[int(s)] for s in src[keep]]))
         fit = None
         if distributed.world().is_main:
-            fit = select_and_fit(x, y, self.k, folds=folds, sample_weight=self._weights(ok), augment=augment)
+            fit = select_and_fit(x, y, self.k, folds=folds, sample_weight=self._weights(y), augment=augment)
         return _broadcast_fit(fit), ok
 
     def _sgd_head(self, head: nn.Module, train_rows: np.ndarray, eval_rows: np.ndarray | None, epochs: int,
@@ -236,8 +238,7 @@ class Transfer:
                 from .solver import fit_logistic
 
                 x, y = self._with_views(train_rows)
-                fit = _broadcast_fit(LinearFit(fit_logistic(x, y, self.k, C=C, sample_weight=None if self.cfg.class_weight != "balanced"
-                                                            else class_weights(self.labels[self.data_rows], self.k).numpy()[y]), None))
+                fit = _broadcast_fit(LinearFit(fit_logistic(x, y, self.k, C=C, sample_weight=self._weights(y)), None))
             _set_linear(head, fit.solution.weight, fit.solution.bias)
             return {"kind": "logistic regression (L-BFGS)", "C": fit.solution.C, "path": fit.path}
         epochs = getattr(self, "head_epochs_chosen", None) or self.cfg.head_epochs or self.cfg.epochs
