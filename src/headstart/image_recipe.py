@@ -7,7 +7,6 @@ recipe logic itself (probe, fine-tune, auto, protocols) is written once there.
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 import torch

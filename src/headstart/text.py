@@ -5,24 +5,19 @@ length-grouped batches."""
 from __future__ import annotations
 
 import logging
-import math
-import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from . import distributed
-from .cache import cached_features
 from .classifier import Classifier
 from .config import TrainConfig
 from .encoders import EncoderSpec, encoder_block_groups, load_encoder, quiet_transformers, resolve_encoder
 from .errors import DataError, HeadstartError, ModelDirError
 from .evaluation import classification_metrics
-from .model import Head, set_trainable
+from .model import Head
 from .textdata import TextSet, read_table
 from .tokens import TokenBackend, run_batches, token_items, tokenize
 from .training import recipe_setup, resolve_device, resolve_precision, seed_everything

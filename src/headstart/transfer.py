@@ -424,6 +424,6 @@ class Transfer:
         return RecipeResult(
             model=final_model, history=self.history, val_logits=np.asarray(report["logits"], dtype=np.float32),
             val_labels=self.labels[rows], val_rows=rows, protocol=self.protocol, recipe=final_recipe,
-            tried=self.tried, head={k: v for k, v in head_info.items()}, failed=self.backend.failed(),
+            tried=self.tried, head=head_info, failed=self.backend.failed(),
             seconds=time.perf_counter() - self.start, precision=self.backend.precision,
         )
