@@ -409,9 +409,7 @@ class Transfer:
                     if refitted is not None:
                         final_model = refitted
                     self.refit_done = refitted is not None
-        if self.tried and recipe == "linear-probe":
-            self.tried[0]["kept"] = True
-        elif self.tried and recipe == "auto" and final_recipe == "linear-probe":
+        if final_recipe == "linear-probe" and self.tried:  # the probe's entry comes first
             self.tried[0]["kept"] = True
         if final_recipe == "linear-probe":
             self.protocol.refit = self.refit or self.protocol.kind == "cross-validation"
