@@ -165,3 +165,24 @@ def test_two_processes_stay_in_step_with_unreadable_images_and_a_one_image_valid
     assert (1, 0, 0) in _scenario(bad, 18, 4, seed=0)
     p = torchrun([*args, "--seed", "0", "--out", "stuck"], tmp_path)
     assert p.returncode != 0 and "error: a process had no decodable image in its first batch" in p.stderr
+
+
+def test_cross_validated_probe_scores_the_same_on_two_processes_as_on_one(tmp_path):
+    """Features are extracted on shards and gathered; every process then solves the same head."""
+    make_folder(tmp_path / "train", per_class=9)
+    args = ["train", "train", "--backbone", "tiny-cnn", "--weights", "none", "--recipe", "linear-probe",
+            "--folds", "3", "--precision", "fp32", "--workers", "0", "--no-cache"]
+    p = torchrun([*args, "--out", "two"], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    one = subprocess.run([sys.executable, TINY_CLI, *args, "--out", "one"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two_m, one_m = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("two", "one"))
+    assert two_m["processes"] == 2 and two_m["protocol"]["kind"] == "cross-validation"
+    assert two_m["val"]["n"] == one_m["val"]["n"] == 27
+    assert two_m["val"]["accuracy"] == one_m["val"]["accuracy"]
+    assert two_m["val"]["confusion_matrix"] == one_m["val"]["confusion_matrix"]
+    # the saved models agree on fresh images
+    make_folder(tmp_path / "test", per_class=4, seed=3)
+    a, b = (load(tmp_path / d / "model").evaluate(tmp_path / "test") for d in ("two", "one"))
+    assert a["accuracy"] == b["accuracy"]
