@@ -111,7 +111,7 @@ def _baseline(x_train, y_train, x_test, y_test) -> tuple[float, float]:
 def run_row(row: str, seed: int, recipe: str | None, budget: float | None = None) -> dict:
     from headstart import ImageClassifier, TextClassifier
 
-    name, _, shots = row.partition("-")
+    name, _, shots = row.rpartition("-") if row[-1].isdigit() else (row, "", "")
     kind = "text" if name == "sst2" else "image"
     train, test = (_texts if kind == "text" else _images)(name)
     if shots:
