@@ -168,6 +168,21 @@ def test_auto_keeps_fine_tuning_only_when_it_beats_the_probe_on_the_same_rows():
     assert [t["kept"] for t in bad.tried] == [True, False]
 
 
+def test_a_lead_within_noise_decides_nothing():
+    # of the rows where only one of the two is right, one must win by more than one
+    # standard deviation of a fair coin's difference
+    assert transfer.against_probe({"wins": 2, "losses": 1}) == "even"  # 0.69 vs 0.62 on 13 rows: noise
+    assert transfer.against_probe({"wins": 0, "losses": 0}) == "even"
+    assert transfer.against_probe({"wins": 12, "losses": 6}) == "better"
+    assert transfer.against_probe({"wins": 120, "losses": 100}) == "better"  # 20 > sqrt(220)
+    assert transfer.against_probe({"wins": 110, "losses": 100}) == "even"
+    assert transfer.against_probe({"wins": 6, "losses": 12}) == "worse"
+    # fine-tuning must win; contrastive (few rows per class) stays unless it clearly loses
+    assert not transfer.keeps("full", {"wins": 2, "losses": 1}) and transfer.keeps("full", {"wins": 12, "losses": 6})
+    assert transfer.keeps("contrastive", {"wins": 1, "losses": 2})
+    assert not transfer.keeps("contrastive", {"wins": 6, "losses": 12})
+
+
 def test_refit_trains_the_final_model_on_every_row():
     result, backend = _transfer("good", recipe="fine-tune")
     last_train, last_eval = backend.trained[-1]

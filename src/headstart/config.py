@@ -13,7 +13,7 @@ from typing import Any
 from .errors import HeadstartError
 
 TASKS = ("image", "text")
-RECIPES = ("auto", "linear-probe", "fine-tune", "full")
+RECIPES = ("auto", "linear-probe", "fine-tune", "full", "contrastive")
 AUGMENTS = ("none", "light", "classic", "strong")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -29,12 +29,12 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "image": {
         "recipe": "auto", "lr": 1e-3, "schedule": "cosine", "warmup_epochs": 1.0,
         "label_smoothing": 0.1, "augment": "light", "patience": 5,
-        "epochs": {"auto": 4, "linear-probe": 30, "fine-tune": 4, "full": 8},
+        "epochs": {"auto": 4, "linear-probe": 30, "fine-tune": 4, "full": 8, "contrastive": 1},
     },
     "text": {
         "recipe": "auto", "lr": 1e-3, "backbone_lr": 2e-5, "schedule": "linear", "warmup_epochs": 0.3,
         "label_smoothing": 0.0, "augment": "none", "patience": 2,
-        "epochs": {"auto": 3, "linear-probe": 30, "fine-tune": 3, "full": 3},
+        "epochs": {"auto": 3, "linear-probe": 30, "fine-tune": 3, "full": 3, "contrastive": 1},
     },
 }
 DEFAULT_HEAD_EPOCHS = 20
@@ -141,6 +141,9 @@ class TrainConfig(_JsonMixin):
         _choice("task", self.task, TASKS)
         if self.recipe is not None:
             _choice("recipe", self.recipe, RECIPES)
+        if self.recipe == "contrastive" and self.task != "text":
+            raise HeadstartError("the contrastive recipe tunes a text encoder; for images use auto, linear-probe, "
+                                 "fine-tune or full")
         if self.augment is not None:
             _choice("augment", self.augment, AUGMENTS)
         if self.schedule is not None:

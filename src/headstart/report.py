@@ -512,17 +512,20 @@ def _tried_html(tried: list[dict], head: dict) -> str:
         parts.append(f"<p>The head: {e(head['kind'])}, {e(what)}.</p>")
     if tried:
         parts.append("<table><tr><th class=\"l\">recipe</th><th>accuracy</th><th>probe on the same rows</th>"
-                     "<th>rows</th><th>seconds</th><th class=\"l\">outcome</th></tr>")
+                     "<th>rows</th><th title=\"rows it alone gets right / rows only the probe gets right\">wins / losses</th>"
+                     "<th>seconds</th><th class=\"l\">outcome</th></tr>")
         for i, t in enumerate(tried):
             if t.get("skipped"):
-                parts.append(f'<tr><td class="l">{e(t.get("recipe"))}</td><td></td><td></td><td></td><td></td>'
+                parts.append(f'<tr><td class="l">{e(t.get("recipe"))}</td><td></td><td></td><td></td><td></td><td></td>'
                              f'<td class="l">not tried: {e(t["skipped"])}</td></tr>')
                 continue
             probe = t.get("probe_accuracy")
+            duel = f"{int(t['wins'])} / {int(t['losses'])}" if "wins" in t else ""
             parts.append(
                 f'<tr><td class="l">{e(t.get("recipe"))}</td>'
                 f'<td data-metric="{e(json.dumps(["tried", i, "accuracy"]))}">{float(t.get("accuracy", 0)):.4f}</td>'
                 f'<td>{"" if probe is None else f"{float(probe):.4f}"}</td><td>{int(t.get("n", 0))}</td>'
+                f'<td>{duel}</td>'
                 f'<td>{float(t.get("seconds", 0)):.1f}</td><td class="l">{"kept" if t.get("kept") else "not kept"}</td></tr>'
             )
         parts.append("</table>")

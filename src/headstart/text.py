@@ -232,6 +232,9 @@ class TextClassifier(Classifier):
         if self.kind == "word-vectors":
             import dataclasses
 
+            if cfg.recipe == "contrastive":
+                raise HeadstartError("the contrastive recipe tunes a transformer encoder; word vectors train with "
+                                     "linear-probe or full (use a transformer backbone such as minilm-l6 for contrastive)")
             lr = cfg.lr if cfg.lr is not None else 1e-3
             cfg = dataclasses.replace(
                 cfg, recipe=cfg.recipe or "linear-probe", epochs=cfg.epochs or 20,

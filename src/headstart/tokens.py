@@ -129,6 +129,8 @@ class TokenBackend:
     fit, as token ids; the frozen encoder's embeddings come from the disk cache when this
     exact computation was done before."""
 
+    can_contrast = True  # a transformer encoder tunes with the contrastive recipe
+
     def __init__(self, model: nn.Module, ids: list[np.ndarray], texts: list[str], labels: np.ndarray, cfg: TrainConfig, *,
                  pad_id: int, device, precision: str, loss_fn: nn.Module, progress: bool, cache_parts: dict | None,
                  max_length: int, eval_batch: int, phase2_recipe: str, val_source: str = ""):
@@ -178,6 +180,60 @@ class TokenBackend:
             )
         finally:
             set_trainable(model, None)
+
+    def embed(self, model: nn.Module, rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """Embeddings of ``rows`` by the model's (possibly tuned) encoder, never cached."""
+        model.to(self.device).eval()
+
+        def embed(batch):
+            return model.embed(batch["input_ids"], batch["attention_mask"])
+
+        return run_batches(embed, [self.ids[i] for i in rows], self.pad_id, self.eval_batch, self.device, self.precision), np.asarray(rows)
+
+    def contrast(self, model: nn.Module, rows: np.ndarray, steps: int, *, checkpoints: set[int], on_checkpoint,
+                 deadline: float | None) -> list[float]:
+        """Contrastive steps on the encoder over class-balanced batches of ``rows`` (AdamW at
+        ``backbone_lr``, linear warmup over the first 10%, then linear decay to 0);
+        ``on_checkpoint(step)`` after each step in ``checkpoints``. Stops at ``deadline``
+        (after a checkpoint). Returns the seconds each step took."""
+        import time
+
+        from .contrastive import balanced_batches, supcon_loss
+        from .training import param_groups
+
+        cfg = self.cfg
+        model.to(self.device)
+        set_trainable(model, None)
+        for p in model.head.parameters():
+            p.requires_grad_(False)
+        optimizer = torch.optim.AdamW(param_groups(model.backbone.named_parameters(), cfg.backbone_lr, cfg.weight_decay))
+        warmup = max(1, steps // 10)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
+        batches = balanced_batches(self.labels[rows], cfg.batch_size, steps, np.random.default_rng([cfg.seed, 17]))
+        seconds = []
+        try:
+            for step, index in enumerate(tqdm(batches, desc="contrastive", leave=False, disable=not self.progress), 1):
+                start = time.perf_counter()
+                model.train()
+                batch = {k: v.to(self.device) for k, v in pad([self.ids[rows[i]] for i in index], self.pad_id).items()}
+                with autocast(self.device, self.precision):
+                    z = model.embed(batch["input_ids"], batch["attention_mask"])
+                loss = supcon_loss(z, torch.as_tensor(self.labels[rows[index]], device=self.device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.backbone.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
+                seconds.append(time.perf_counter() - start)
+                if step in checkpoints:
+                    on_checkpoint(step)
+                    if deadline is not None and time.perf_counter() > deadline:
+                        break
+        finally:
+            set_trainable(model, None)
+            model.eval()
+        return seconds
 
     def logits(self, model: nn.Module, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         model.to(self.device).eval()

@@ -159,6 +159,7 @@ def _word_vector_backend():
         head) at ``lr``, and the vectors too (at ``backbone_lr``) when ``train_vectors``."""
 
         train_vectors = False
+        can_contrast = False  # static vectors: nothing contrastive to tune
 
         def groups(self, model: nn.Module, head_trained: bool, recipe: str) -> list[dict]:
             set_trainable(model, None if self.train_vectors else 0)

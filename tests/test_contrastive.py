@@ -1,0 +1,118 @@
+"""The contrastive recipe: its batch sampler, its loss, and the recipe end to end on a tiny
+encoder built here; auto tries it on few rows per class and keeps it only when it helps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_texts
+from headstart import TextClassifier, contrastive, load
+from headstart.config import TrainConfig
+from headstart.contrastive import balanced_batches, step_budget, supcon_loss
+from headstart.errors import HeadstartError
+
+
+@pytest.mark.parametrize("counts", [[8, 8], [8] * 7, [8] * 77, [1, 5, 30], [2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]])
+def test_batches_respect_the_budget_and_never_repeat_a_row(counts):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    batches = balanced_batches(labels, 32, 25, np.random.default_rng(0))
+    assert len(batches) == 25
+    for b in batches:
+        assert len(b) <= 32 and len(set(b.tolist())) == len(b)  # no row paired with itself
+        # every batch holds a positive pair and a negative
+        _, per = np.unique(labels[b], return_counts=True)
+        assert per.max() >= 2 and len(per) >= 2
+
+
+def test_the_step_budget_grows_with_rows_not_their_square():
+    assert step_budget(16, 32) == contrastive.MIN_STEPS
+    small, large = step_budget(1000, 32), step_budget(10_000, 32)
+    assert 9 <= large / small <= 11
+
+
+def test_the_loss_rewards_classes_that_cluster_and_ignores_rows_without_positives():
+    y = torch.tensor([0, 0, 1, 1])
+    apart = torch.tensor([[1.0, 0.0], [1.0, 0.05], [0.0, 1.0], [0.05, 1.0]])
+    mixed = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.05], [0.05, 1.0]])
+    assert supcon_loss(apart, y) < supcon_loss(mixed, y)
+    # a row alone in its class has no positive: it adds nothing, and a batch of those is 0
+    assert supcon_loss(torch.randn(3, 4), torch.tensor([0, 1, 2])).item() == 0.0
+    z = torch.randn(6, 4, requires_grad=True)
+    supcon_loss(z, torch.tensor([0, 0, 1, 1, 2, 3])).backward()
+    assert torch.isfinite(z.grad).all()
+
+
+@pytest.fixture
+def few_steps(monkeypatch):
+    monkeypatch.setattr(contrastive, "MIN_STEPS", 8)
+
+
+def test_the_recipe_runs_end_to_end_and_round_trips(tiny_bert, tmp_path, few_steps):
+    texts, labels = make_texts(24)
+    clf = TextClassifier(backbone=str(tiny_bert), recipe="contrastive", batch_size=8, backbone_lr=3e-3,
+                         precision="fp32", folds=3).fit(texts, labels)
+    assert clf.recipe_ == "contrastive"
+    entry = [t for t in clf.tried_ if t["recipe"] == "contrastive"][0]
+    planned = step_budget(16, 8)  # a fold's training part: 16 rows
+    assert entry["kept"] and entry["folds"] == 3 and entry["steps_planned"] == planned
+    assert entry["steps"] in {round(planned * f) for f in (0.25, 0.5, 0.75, 1.0)}
+    # every reported row is out-of-fold: 24 rows, each scored once
+    assert clf.protocol_["kind"] == "cross-validation" and clf.protocol_["n"] == 24
+    # the encoder changed: the saved model is not the pretrained one with a head
+    fresh = TextClassifier(backbone=str(tiny_bert), recipe="linear-probe", precision="fp32").fit(texts, labels)
+    a = dict(clf.model_.backbone.named_parameters())["encoder.layer.0.attention.self.query.weight"]
+    b = dict(fresh.model_.backbone.named_parameters())["encoder.layer.0.attention.self.query.weight"]
+    assert not torch.equal(a, b)
+    clf.save(tmp_path / "m")
+    again = load(tmp_path / "m")
+    vt, _ = make_texts(10, seed=4)
+    np.testing.assert_allclose(again.predict_proba(vt), clf.predict_proba(vt), atol=1e-5)
+
+
+def test_with_a_validation_set_the_recipe_is_scored_on_it(tiny_bert, few_steps):
+    texts, labels = make_texts(20)
+    vt, vl = make_texts(12, seed=2)
+    clf = TextClassifier(backbone=str(tiny_bert), recipe="contrastive", batch_size=8, backbone_lr=3e-3,
+                         precision="fp32").fit(texts, labels, val=vt, val_labels=vl)
+    assert clf.protocol_["kind"] == "given" and clf.val_metrics_["n"] == 12
+
+
+@pytest.mark.parametrize("helps", [True, False])
+def test_auto_drops_contrastive_when_the_probe_is_clearly_better(tiny_bert, monkeypatch, few_steps, helps):
+    from headstart import transfer
+
+    real = transfer.Transfer.contrastive
+
+    def rigged(self, pristine, probe):
+        out = real(self, pristine, probe)
+        # the probe clearly better, or not: an even score keeps contrastive (few rows per class)
+        out["entry"].update(wins=1, losses=1) if helps else out["entry"].update(wins=1, losses=10)
+        return out
+
+    monkeypatch.setattr(transfer.Transfer, "contrastive", rigged)
+    texts, labels = make_texts(24)
+    clf = TextClassifier(backbone=str(tiny_bert), batch_size=8, precision="fp32", folds=3).fit(texts, labels)
+    assert [t["recipe"] for t in clf.tried_] == ["linear-probe", "contrastive"]
+    assert clf.recipe_ == ("contrastive" if helps else "linear-probe")
+    assert [t["kept"] for t in clf.tried_] == ([False, True] if helps else [True, False])
+
+
+def test_auto_does_not_try_contrastive_with_enough_rows_per_class(tiny_bert, monkeypatch):
+    from headstart import transfer
+
+    monkeypatch.setattr(transfer, "AUTO_MIN_PER_CLASS", 4)
+    called = []
+    monkeypatch.setattr(transfer.Transfer, "contrastive", lambda *a: called.append(1))
+    texts, labels = make_texts(24)
+    TextClassifier(backbone=str(tiny_bert), batch_size=8, precision="fp32", folds=3, time_budget=1e-9).fit(texts, labels)
+    assert not called
+
+
+def test_the_recipe_is_for_transformer_text_only(tiny_bert):
+    with pytest.raises(HeadstartError, match="contrastive recipe tunes a text encoder"):
+        TrainConfig(task="image", recipe="contrastive")
+    texts, labels = make_texts(12)
+    with pytest.raises(HeadstartError, match="transformer"):
+        TextClassifier(backbone="glove-6b-50d", recipe="contrastive").fit(texts, labels)
