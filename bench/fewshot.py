@@ -41,6 +41,7 @@ SHARED = ROOT.parent / "shared" / "datasets"
 sys.path.insert(0, str(ROOT / "src"))
 
 ROWS = [f"{name}-{k}" for name in ("sst2", "emotions", "clothing") for k in (8, 16, 64)]
+EXTRA = [f"{name}-{k}" for name in ("sst2", "emotions", "clothing") for k in (5, 10, 32)]
 
 
 def _sst2():
@@ -133,7 +134,7 @@ def _setfit(train_texts, train_labels, test_texts, test_labels, seed: int, cap: 
             "steps": steps}
 
 
-def run_text(row: str, seed: int, cap: float, setfit: bool) -> dict:
+def run_text(row: str, seed: int, cap: float, setfit: bool, recipe: str | None = None) -> dict:
     from headstart import TextClassifier
 
     name, k = row.rsplit("-", 1)
@@ -141,7 +142,7 @@ def run_text(row: str, seed: int, cap: float, setfit: bool) -> dict:
     pick = _per_class(train_l, int(k), seed)
     texts, labels = [train_t[i] for i in pick], [train_l[i] for i in pick]
     start = time.perf_counter()
-    clf = TextClassifier(seed=seed).fit(texts, labels)
+    clf = TextClassifier(seed=seed, **({"recipe": recipe} if recipe else {})).fit(texts, labels)
     seconds = time.perf_counter() - start
     hs = float(np.mean(np.asarray(clf.predict(test_t)) == np.asarray(test_l)))
     x = _embeddings(texts + test_t)
@@ -154,21 +155,22 @@ def run_text(row: str, seed: int, cap: float, setfit: bool) -> dict:
     return out
 
 
-def run_images(row: str, seed: int) -> dict:
+def run_images(row: str, seed: int, recipe: str | None = None) -> dict:
     """The same rows as bench/head_vs_logreg.py's clothing-small-K (headstart and the
     logistic regression on its cached features)."""
     sys.path.insert(0, str(Path(__file__).parent))
     from head_vs_logreg import run_row
 
-    return {**run_row(f"clothing-small-{row.rsplit('-', 1)[1]}", seed, None), "row": row}
+    return {**run_row(f"clothing-small-{row.rsplit('-', 1)[1]}", seed, recipe), "row": row}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS)
+    parser.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS + EXTRA)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--setfit-cap", type=float, default=900.0, help="seconds; longer SetFit runs are projected [900]")
     parser.add_argument("--no-setfit", action="store_true")
+    parser.add_argument("--recipe", help="headstart's recipe [its default, auto]")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if not SHARED.is_dir():
@@ -177,7 +179,8 @@ def main() -> None:
     results = []
     for row in args.rows:
         for seed in args.seeds:
-            r = run_images(row, seed) if row.startswith("clothing") else run_text(row, seed, args.setfit_cap, not args.no_setfit)
+            r = (run_images(row, seed, args.recipe) if row.startswith("clothing")
+                 else run_text(row, seed, args.setfit_cap, not args.no_setfit, args.recipe))
             results.append(r)
             print(json.dumps(r), flush=True)
     if args.json:

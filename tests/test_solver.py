@@ -222,3 +222,44 @@ def test_auto_keeps_the_probe_when_phase_two_does_not_fit_the_time_budget(monkey
     result, _ = _transfer("good", time_budget=500)
     assert result.recipe == "linear-probe" and "900 s" in result.tried[1]["skipped"]
     assert result.protocol.kind == "cross-validation"
+
+
+def test_the_prototype_head_ranks_classes_by_cosine_to_their_mean_direction():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6)) + 3.0
+    y = rng.integers(0, 4, 40)
+    w, b = transfer.prototype_head(torch.as_tensor(x), y, 4)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    means = np.stack([unit[y == c].mean(0) for c in range(4)])
+    cos = unit @ (means / np.linalg.norm(means, axis=1, keepdims=True)).T
+    np.testing.assert_array_equal((x @ w.T + b).argmax(1), cos.argmax(1))
+
+
+class PrototypeBackend(FakeBackend):
+    prototypes = True
+
+
+def test_auto_on_few_rows_per_class_scores_prototypes_out_of_fold(monkeypatch):
+    monkeypatch.setattr(transfer, "AUTO_MIN_PER_CLASS", 31)
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 30)
+    x = np.eye(3)[y] * 1.0 + rng.normal(0, 1.2, (90, 3)) + 2.0
+    cfg = TrainConfig(recipe="auto", epochs=2, seed=0).resolved()
+    backend = PrototypeBackend(x, y, "good")
+    t = Transfer(_Model(3, 3), backend, cfg, n_data=90, n_val=0, classes=["a", "b", "c"],
+                 loss_fn=nn.CrossEntropyLoss(reduction="sum"))
+    result = t.run()
+    entry = [e for e in result.tried if e["recipe"] == "prototype"][0]
+    assert entry["n"] == 90 and not backend.trained  # no phase 2 on few rows per class
+    # out-of-fold: each held-out row is scored by the means of the other folds only
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    expected = np.zeros((90, 3), dtype=np.float32)
+    for tr, va in t.folds:
+        w, b = transfer.prototype_head(xt[tr], y[tr], 3)
+        expected[va] = xt[va].numpy() @ w.T + b
+    assert entry["accuracy"] == pytest.approx(float((expected.argmax(1) == y).mean()))
+    assert result.recipe == ("prototype" if transfer.keeps("prototype", entry) else "linear-probe")
+    if result.recipe == "prototype":
+        w, b = transfer.prototype_head(xt, y, 3)  # the saved head: the means of every row
+        np.testing.assert_allclose(result.model.head[1].weight.detach().numpy(), w, rtol=1e-5)
+        np.testing.assert_allclose(np.sort(result.val_logits, axis=None), np.sort(expected, axis=None), rtol=1e-5)

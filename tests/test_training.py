@@ -169,3 +169,22 @@ def test_ema_training_keeps_the_averaged_weights(folder, tiny_kwargs):
     assert clf.val_metrics_["accuracy"] == pytest.approx(best["val_accuracy"])
     with pytest.raises(HeadstartError, match="ema must be in"):
         ImageClassifier(ema=1.0)
+
+
+def test_few_photos_per_class_compare_prototypes_and_the_saved_model_round_trips(tmp_path, tiny_kwargs):
+    from conftest import make_folder
+    from headstart import load
+
+    folder = make_folder(tmp_path / "data", per_class=6)
+    clf = ImageClassifier(**tiny_kwargs).fit(folder)  # auto, 6 photos per class: no fine-tune
+    assert [t["recipe"] for t in clf.tried_] == ["linear-probe", "prototype", "fine-tune"]
+    assert "skipped" in clf.tried_[2] and clf.recipe_ in ("prototype", "linear-probe")
+    assert sum(bool(t.get("kept")) for t in clf.tried_) == 1
+    asked = ImageClassifier(**tiny_kwargs, recipe="prototype").fit(folder)
+    assert asked.recipe_ == "prototype" and asked.protocol_["kind"] == "cross-validation"
+    asked.save(tmp_path / "m")
+    again = load(tmp_path / "m")
+    images = sorted(folder.rglob("*.png"))[:5]
+    np.testing.assert_allclose(again.predict_proba(images), asked.predict_proba(images), atol=1e-5)
+    with pytest.raises(HeadstartError, match="prototype recipe is a linear head"):
+        ImageClassifier(**tiny_kwargs, recipe="prototype", hidden=(8,)).fit(folder)

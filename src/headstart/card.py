@@ -72,6 +72,8 @@ def _recipe_line(recipe: str, training: dict) -> str:
         what = "the backbone frozen, the head solved on its features"
     elif recipe in ("fine-tune", "full"):
         what = f"{training.get('epochs', '?')} epoch(s) of {'the top blocks' if recipe == 'fine-tune' else 'every layer'}"
+    elif recipe == "prototype":
+        what = "the backbone frozen, each class its mean feature direction (nearest class mean by cosine)"
     elif recipe == "contrastive":
         what = "the encoder tuned contrastively on the labelled rows, the head solved on its embeddings"
     else:

@@ -13,7 +13,7 @@ from typing import Any
 from .errors import HeadstartError
 
 TASKS = ("image", "text")
-RECIPES = ("auto", "linear-probe", "fine-tune", "full", "contrastive")
+RECIPES = ("auto", "linear-probe", "prototype", "fine-tune", "full", "contrastive")
 AUGMENTS = ("none", "light", "classic", "strong")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -29,12 +29,12 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "image": {
         "recipe": "auto", "lr": 1e-3, "schedule": "cosine", "warmup_epochs": 1.0,
         "label_smoothing": 0.1, "augment": "light", "patience": 5,
-        "epochs": {"auto": 4, "linear-probe": 30, "fine-tune": 4, "full": 8, "contrastive": 1},
+        "epochs": {"auto": 4, "linear-probe": 30, "fine-tune": 4, "full": 8, "contrastive": 1, "prototype": 1},
     },
     "text": {
         "recipe": "auto", "lr": 1e-3, "backbone_lr": 2e-5, "schedule": "linear", "warmup_epochs": 0.3,
         "label_smoothing": 0.0, "augment": "none", "patience": 2,
-        "epochs": {"auto": 3, "linear-probe": 30, "fine-tune": 3, "full": 3, "contrastive": 1},
+        "epochs": {"auto": 3, "linear-probe": 30, "fine-tune": 3, "full": 3, "contrastive": 1, "prototype": 1},
     },
 }
 DEFAULT_HEAD_EPOCHS = 20
@@ -144,6 +144,9 @@ class TrainConfig(_JsonMixin):
         if self.recipe == "contrastive" and self.task != "text":
             raise HeadstartError("the contrastive recipe tunes a text encoder; for images use auto, linear-probe, "
                                  "fine-tune or full")
+        if self.recipe == "prototype" and self.head.hidden:
+            raise HeadstartError("the prototype recipe is a linear head (one mean per class); drop --hidden, or use "
+                                 "--recipe linear-probe for a head with hidden layers")
         if self.augment is not None:
             _choice("augment", self.augment, AUGMENTS)
         if self.schedule is not None:

@@ -105,6 +105,7 @@ class ImageBackend:
     """The items (training data, then validation images) of one image fit."""
 
     phase2_recipe = "fine-tune"
+    prototypes = True  # auto compares nearest class means with the solved head on few photos per class
 
     def __init__(self, items: list, labels: np.ndarray, cfg: TrainConfig, preprocessing, *, device, precision: str,
                  loss_fn: nn.Module, progress: bool, cache_parts: dict | None, val_source: str = ""):

@@ -111,7 +111,7 @@ def keeps(recipe: str, entry: dict) -> bool:
     points on 16 to 60 rows) but held-out test sets show it (docs/benchmarks.md): it is
     kept unless the probe is clearly better."""
     verdict = against_probe(entry)
-    return verdict != "worse" if recipe == "contrastive" else verdict == "better"
+    return verdict != "worse" if recipe in ("contrastive", "prototype") else verdict == "better"
 
 
 def time_budget(cfg: TrainConfig, device: torch.device) -> float | None:
@@ -136,6 +136,28 @@ def _set_linear(head: nn.Module, weight: np.ndarray, bias: np.ndarray) -> None:
 
 def _is_linear(head: nn.Module) -> bool:
     return sum(isinstance(m, nn.Linear) for m in head.modules()) == 1
+
+
+# Nearest-class-mean logits are cosine similarities times this (then calibrated by the
+# temperature fitted on held-out logits, as every head's are).
+PROTOTYPE_SCALE = 10.0
+
+
+def prototype_head(x: torch.Tensor, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A linear head that ranks classes by the cosine similarity of an input's features to
+    each class's mean direction (the mean of its rows' L2-normalised features): weight rows
+    are those unit means times ``PROTOTYPE_SCALE / median feature norm``, bias 0. Ranking by
+    ``x . m_c`` is ranking by ``cos(x, m_c)``, so a plain ``nn.Linear`` serves it."""
+    x = x.double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    unit = x / np.maximum(norms, 1e-12)
+    means = np.zeros((k, x.shape[1]))
+    for c in range(k):
+        if (y == c).any():
+            m = unit[y == c].mean(0)
+            means[c] = m / max(np.linalg.norm(m), 1e-12)
+    scale = PROTOTYPE_SCALE / max(float(np.median(norms)), 1e-12)
+    return (means * scale).astype(np.float32), np.where(np.bincount(y, minlength=k) > 0, 0.0, -1e4).astype(np.float32)
 
 
 def _broadcast_fit(fit: LinearFit | None) -> LinearFit:
@@ -315,6 +337,38 @@ class Transfer:
             head.load_state_dict(initial)
             self.fit_head(head, np.concatenate([self.train_rows, self.eval_rows]))
         return logits, ok, {"kind": "minibatch", "epochs": self.head_epochs_chosen}
+
+    # ------------------------------------------------------------------ prototypes
+
+    def prototype(self, probe: dict | None) -> dict:
+        """Nearest class mean by cosine similarity (:func:`prototype_head`): scored out-of-fold
+        under CV (each fold's means from its training part), else on the held-out rows;
+        then the means of every training row go into the model's linear head."""
+        start = time.perf_counter()
+        splits = ([(self.train_rows[tr], self.train_rows[va]) for tr, va in self.folds] if self.eval_rows is None
+                  else [(self.train_rows, self.eval_rows)])
+        parts, rows, fold_accuracy = [], [], []
+        for train_rows, eval_rows in splits:
+            xt, ok = self._x(train_rows)
+            w, b = prototype_head(xt, self.labels[ok], self.k)
+            xv, okv = self._x(eval_rows)
+            parts.append((xv.numpy() @ w.T + b).astype(np.float32))
+            rows.append(okv)
+            fold_accuracy.append(_accuracy(parts[-1], self.labels[okv]))
+        logits, rows = np.concatenate(parts), np.concatenate(rows)
+        # the final means: every row, as the probe's refit (a given validation set only with --refit)
+        if self.eval_rows is None or (not self.given_val and self.refit):
+            final_rows = self.data_rows
+        else:
+            final_rows = np.concatenate([self.train_rows, self.eval_rows]) if self.refit else self.train_rows
+        x, ok = self._x(final_rows)
+        w, b = prototype_head(x, self.labels[ok], self.k)
+        entry = {"recipe": "prototype", "accuracy": _accuracy(logits, self.labels[rows]), "n": int(len(rows)),
+                 "seconds": round(time.perf_counter() - start, 1)}
+        if probe is not None:
+            entry.update(self._against_probe(logits, rows, probe))
+        return {"logits": logits, "rows": rows, "entry": entry, "weight": w, "bias": b,
+                "fold_accuracy": fold_accuracy if self.eval_rows is None else None}
 
     # ------------------------------------------------------------------ phase 2
 
@@ -496,9 +550,29 @@ class Transfer:
                                    "protocol": self.protocol.kind})
         final_model, final_recipe = self.model, "linear-probe"
         report = probe
+        counts = np.bincount(self.labels[self.train_rows], minlength=self.k)
+        smallest = int(counts[counts > 0].min())
+        few_for_prototypes = recipe == "auto" and getattr(self.backend, "prototypes", False) and smallest < AUTO_MIN_PER_CLASS
+        if (recipe == "prototype" or few_for_prototypes) and _is_linear(self.model.head):
+            if recipe == "prototype":
+                self.probe_features()
+            tried = self.prototype(probe)
+            entry = tried["entry"]
+            keep = recipe == "prototype" or keeps("prototype", entry)
+            if recipe == "auto":
+                log.info("auto: prototype %.4f vs linear-probe %.4f on the same %d held-out rows (right where the other is "
+                         "wrong: %d vs %d): keeping %s", entry["accuracy"], entry["probe_accuracy"], entry["n"], entry["wins"],
+                         entry["losses"], "prototype" if keep else "linear-probe")
+            entry["kept"] = keep
+            self.tried.append(entry)
+            if keep:
+                _set_linear(self.model.head, tried["weight"], tried["bias"])
+                final_recipe = "prototype"
+                report = {"logits": tried["logits"], "rows": tried["rows"]}
+                head_info = {"kind": "nearest class mean (cosine similarity)", "scale": PROTOTYPE_SCALE}
+                if tried["fold_accuracy"] is not None:
+                    self.protocol.fold_accuracy = tried["fold_accuracy"]
         if phase2_recipe and recipe == "auto":
-            counts = np.bincount(self.labels[self.train_rows], minlength=self.k)
-            smallest = int(counts[counts > 0].min())
             if smallest < AUTO_MIN_PER_CLASS and getattr(self.backend, "can_contrast", False):
                 log.info("auto: the smallest class has %d training rows: trying contrastive", smallest)
                 phase2_recipe = "contrastive"
@@ -561,7 +635,7 @@ class Transfer:
                     self.refit_done = refitted is not None
         if self.tried and self.tried[0]["recipe"] == "linear-probe":  # the probe's entry comes first
             self.tried[0]["kept"] = final_recipe == "linear-probe"
-        if final_recipe == "linear-probe":
+        if final_recipe in ("linear-probe", "prototype"):
             self.protocol.refit = self.refit or self.protocol.kind == "cross-validation"
         else:
             self.protocol.refit = bool(getattr(self, "refit_done", False))

@@ -187,6 +187,11 @@ def run_wordvec_recipe(
             "word vectors have no blocks to unfreeze; use --recipe linear-probe (frozen vectors, the default) "
             "or --recipe full (vectors trainable)"
         )
+    if cfg.recipe == "prototype" and model.sequence_encoder != "none":
+        raise HeadstartError(
+            f"the prototype recipe needs fixed features; a {model.sequence_encoder} sequence encoder must be trained: "
+            "pass --sequence-encoder none (pooled vectors) or use --recipe linear-probe / full"
+        )
     device, _, loss_fn = recipe_setup(model, data.labels, len(data.classes), cfg)
     precision = "fp32"  # embedding lookups and a small LSTM gain nothing from bf16
     ids, texts, labels, truncation = token_items(tokenizer, data, val, max_length)
