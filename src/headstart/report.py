@@ -508,7 +508,12 @@ def _tried_html(tried: list[dict], head: dict) -> str:
         return ""
     parts = ['<section id="recipes"><h2>Recipes tried</h2>']
     if head.get("kind"):
-        what = f"C = {head['C']:.3g}, chosen by cross-validation" if head.get("C") is not None else f"{head.get('epochs')} epoch(s)"
+        if head.get("C") is not None:
+            what = f"C = {head['C']:.3g}, chosen by cross-validation"
+        elif head.get("scale") is not None:
+            what = f"cosine similarity x {head['scale']:g}, calibrated by temperature"
+        else:
+            what = f"{head.get('epochs')} epoch(s)"
         parts.append(f"<p>The head: {e(head['kind'])}, {e(what)}.</p>")
     if tried:
         parts.append("<table><tr><th class=\"l\">recipe</th><th>accuracy</th><th>probe on the same rows</th>"

@@ -526,6 +526,8 @@ class Transfer:
                                  sample_weight=self._weights(y))
         fit = _broadcast_fit(fit)
         _set_linear(model.head, fit.solution.weight, fit.solution.bias)
+        self.contrastive_head = {"kind": "logistic regression (L-BFGS) on the tuned encoder's embeddings",
+                                 "C": fit.solution.C, "path": fit.path}
         return model
 
     # ------------------------------------------------------------------ the recipes
@@ -601,6 +603,7 @@ class Transfer:
                 self.tried.append(entry)
                 if keep:
                     final_model, final_recipe = self.refit_contrastive(pristine, tried["steps"], tried["fold_rows"]), "contrastive"
+                    head_info = self.contrastive_head
                     report = {"logits": tried["logits"], "rows": tried["rows"]}
                     if self.eval_rows is None:
                         if entry["folds"] == self.protocol.folds:
