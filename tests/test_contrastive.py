@@ -116,3 +116,23 @@ def test_the_recipe_is_for_transformer_text_only(tiny_bert):
     texts, labels = make_texts(12)
     with pytest.raises(HeadstartError, match="transformer"):
         TextClassifier(backbone="glove-6b-50d", recipe="contrastive").fit(texts, labels)
+
+
+def test_when_the_budget_cannot_hold_the_refit_the_first_folds_encoder_is_kept(tiny_bert, monkeypatch, few_steps):
+    from headstart import transfer
+
+    real = transfer.Transfer.contrastive
+    seen = {}
+
+    def slow(self, pristine, probe):
+        out = real(self, pristine, probe)
+        out["entry"].update(wins=1, losses=1)
+        out["step_seconds"] = 1e6  # the refit would take far longer than the budget left
+        seen["first"] = out["first_model"]
+        return out
+
+    monkeypatch.setattr(transfer.Transfer, "contrastive", slow)
+    texts, labels = make_texts(24)
+    clf = TextClassifier(backbone=str(tiny_bert), batch_size=8, precision="fp32", folds=3).fit(texts, labels)
+    assert clf.recipe_ == "contrastive" and clf.model_ is seen["first"]
+    assert not clf.protocol_["refit"] and "refitted" not in clf.protocol_["description"]

@@ -199,6 +199,15 @@ class Transfer:
 
     # ------------------------------------------------------------------ helpers
 
+    def _final_rows(self) -> np.ndarray:
+        """What a final model without epochs to choose trains on: every labelled row under CV,
+        the data (and a given validation set) when refitting, else the training part."""
+        if self.eval_rows is None:
+            return self.train_rows
+        if not self.refit:
+            return self.train_rows
+        return np.concatenate([self.train_rows, self.eval_rows]) if self.given_val else self.data_rows
+
     def time_left(self) -> float:
         return math.inf if self.deadline is None else self.deadline - time.perf_counter()
 
@@ -356,12 +365,7 @@ class Transfer:
             rows.append(okv)
             fold_accuracy.append(_accuracy(parts[-1], self.labels[okv]))
         logits, rows = np.concatenate(parts), np.concatenate(rows)
-        # the final means: every row, as the probe's refit (a given validation set only with --refit)
-        if self.eval_rows is None or (not self.given_val and self.refit):
-            final_rows = self.data_rows
-        else:
-            final_rows = np.concatenate([self.train_rows, self.eval_rows]) if self.refit else self.train_rows
-        x, ok = self._x(final_rows)
+        x, ok = self._x(self._final_rows())
         w, b = prototype_head(x, self.labels[ok], self.k)
         entry = {"recipe": "prototype", "accuracy": _accuracy(logits, self.labels[rows]), "n": int(len(rows)),
                  "seconds": round(time.perf_counter() - start, 1)}
@@ -464,7 +468,9 @@ class Transfer:
         deadline = self.deadline if cfg.recipe == "auto" else None
         C = self.C if self.C is not None else 1.0
         per_fold: list[dict[int, tuple[np.ndarray, np.ndarray]]] = []
-        fold_seconds = []
+        fold_seconds: list[float] = []
+        step_seconds: list[float] = []
+        first_model = None
         for i, (tr, va) in enumerate(splits):
             if i and deadline is not None:  # room for this fold and the refit on every row
                 if 2.2 * np.mean(fold_seconds) > self.time_left():
@@ -482,10 +488,12 @@ class Transfer:
                 log.info("contrastive %s, step %d: held-out accuracy %.4f", f"fold {i + 1}" if len(splits) > 1 else "",
                          step, _accuracy(scores[step][0], self.labels[okv]))
 
-            self.backend.contrast(model, tr, steps, checkpoints=set(checkpoints), on_checkpoint=checkpoint,
-                                  deadline=deadline)
+            step_seconds += self.backend.contrast(model, tr, steps, checkpoints=set(checkpoints),
+                                                  on_checkpoint=checkpoint, deadline=deadline)
             if not scores:
                 break
+            if i == 0:
+                first_model = model
             per_fold.append(scores)
             fold_seconds.append(time.perf_counter() - t0)
         if not per_fold:
@@ -507,17 +515,28 @@ class Transfer:
             entry.update(self._against_probe(logits, rows, probe))
         fold_accuracy = [_accuracy(s[best][0], self.labels[s[best][1]]) for s in per_fold]
         return {"logits": logits, "rows": rows, "entry": entry, "steps": best, "fold_accuracy": fold_accuracy,
-                "fold_rows": len(splits[0][0])}
+                "fold_rows": len(splits[0][0]), "first_model": first_model,
+                "step_seconds": float(np.mean(step_seconds)) if step_seconds else 0.0}
 
-    def refit_contrastive(self, pristine: nn.Module, steps: int, fold_rows: int) -> nn.Module:
+    def refit_contrastive(self, pristine: nn.Module, tried: dict) -> nn.Module:
         """The encoder tuned on every labelled row, for the steps that held out best scaled
-        from ``fold_rows`` rows to all of them (each row takes part as often), its head solved
-        with C chosen by cross-validation."""
-        rows = np.concatenate([self.train_rows, self.eval_rows]) if self.given_val and self.refit else self.train_rows
-        steps = max(1, round(steps * len(rows) / max(1, fold_rows)))
-        model = copy.deepcopy(pristine)
-        log.info("contrastive: tuning on all %d labelled rows for %d steps", len(rows), steps)
-        self.backend.contrast(model, rows, steps, checkpoints=set(), on_checkpoint=None, deadline=None)
+        from a fold's rows to all of them (each row takes part as often), its head solved with
+        C chosen by cross-validation. When ``auto``'s time budget cannot hold that, the first
+        fold's encoder is kept and only its head is solved on every row."""
+        rows = self._final_rows()
+        steps = max(1, round(tried["steps"] * len(rows) / max(1, tried["fold_rows"])))
+        estimate = steps * tried["step_seconds"]
+        if self.cfg.recipe == "auto" and estimate > self.time_left() and tried["first_model"] is not None:
+            log.info("contrastive: not tuned again on all %d rows (about %.0f s, over the %.0f s left of the time budget): "
+                     "the first fold's encoder is kept, its head solved on every row", len(rows), estimate,
+                     max(0.0, self.time_left()))
+            model = tried["first_model"]
+            self.refit_done = False
+        else:
+            model = copy.deepcopy(pristine)
+            log.info("contrastive: tuning on all %d labelled rows for %d steps", len(rows), steps)
+            self.backend.contrast(model, rows, steps, checkpoints=set(), on_checkpoint=None, deadline=None)
+            self.refit_done = len(rows) > len(self.train_rows) or self.eval_rows is None
         x, ok = self.backend.embed(model, rows)
         y = self.labels[ok]
         fit = None
@@ -602,7 +621,7 @@ class Transfer:
                 entry["kept"] = keep
                 self.tried.append(entry)
                 if keep:
-                    final_model, final_recipe = self.refit_contrastive(pristine, tried["steps"], tried["fold_rows"]), "contrastive"
+                    final_model, final_recipe = self.refit_contrastive(pristine, tried), "contrastive"
                     head_info = self.contrastive_head
                     report = {"logits": tried["logits"], "rows": tried["rows"]}
                     if self.eval_rows is None:
@@ -613,7 +632,6 @@ class Transfer:
                             self.protocol = Protocol("holdout", len(tried["rows"]), folds=self.protocol.folds,
                                                      source=f"folds 1-{entry['folds']} of the {self.protocol.folds}-fold split"
                                                      if entry["folds"] > 1 else f"fold 1 of the {self.protocol.folds}-fold split")
-                    self.refit_done = True
         if phase2_recipe:
             tried = self.phase2(phase2_recipe, pristine, probe if recipe == "auto" else None)
             if tried is not None:
