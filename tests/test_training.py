@@ -188,3 +188,16 @@ def test_few_photos_per_class_compare_prototypes_and_the_saved_model_round_trips
     np.testing.assert_allclose(again.predict_proba(images), asked.predict_proba(images), atol=1e-5)
     with pytest.raises(HeadstartError, match="prototype recipe is a linear head"):
         ImageClassifier(**tiny_kwargs, recipe="prototype", hidden=(8,)).fit(folder)
+
+
+def test_one_photo_per_class_needs_a_validation_set_and_then_trains(tmp_path, tiny_kwargs):
+    from conftest import make_folder
+    from headstart.errors import DataError
+
+    one = make_folder(tmp_path / "one", per_class=1)
+    with pytest.raises(DataError, match="single training example.*--val"):
+        ImageClassifier(**tiny_kwargs).fit(one)
+    val = make_folder(tmp_path / "val", per_class=2, seed=4)
+    clf = ImageClassifier(**tiny_kwargs).fit(one, val=val)  # C cannot be cross-validated: a fixed one
+    assert clf.protocol_["kind"] == "given" and clf.val_metrics_["n"] == 6
+    assert clf.recipe_ in ("prototype", "linear-probe")

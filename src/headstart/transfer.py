@@ -34,7 +34,7 @@ from torch import nn
 
 from . import distributed
 from .config import TrainConfig
-from .errors import HeadstartError
+from .errors import DataError, HeadstartError
 from .solver import LinearFit, select_and_fit
 from .splits import Protocol, fold_count, kfold, stratified_split
 from .training import EpochRecord, OverBudget, class_weights, train_head
@@ -138,6 +138,10 @@ def _is_linear(head: nn.Module) -> bool:
     return sum(isinstance(m, nn.Linear) for m in head.modules()) == 1
 
 
+# The head's L2 strength with one training row per class (nothing to cross-validate it on):
+# with 1 photo per class C = 0.01, 0.1 and 1 score within half a point (bench/prototypes.py).
+SINGLE_ROW_C = 0.1
+
 # Nearest-class-mean logits are cosine similarities times this (then calibrated by the
 # temperature fitted on held-out logits, as every head's are).
 PROTOTYPE_SCALE = 10.0
@@ -192,6 +196,11 @@ class Transfer:
                                      source=f"{cfg.val_split:.0%} stratified split, seed {cfg.seed}")
         else:
             self.train_rows, self.eval_rows = self.data_rows, None
+            if np.bincount(self.labels[self.data_rows]).max() < 2:
+                raise DataError(
+                    "every class has a single training example, so cross-validation cannot hold one out to score "
+                    "the model; pass --val DATA (labelled examples to score it on; one per class is enough), or add "
+                    "a second example to some class")
             folds = fold_count(self.labels[self.data_rows], cfg.folds)
             self.folds = kfold(self.labels[self.data_rows], folds, cfg.seed)
             self.protocol = Protocol("cross-validation", n_data, folds=folds)
@@ -246,6 +255,12 @@ class Transfer:
         refitted on all of them; returns the fit and the rows used."""
         x, ok = self._x(rows)
         y = self.labels[ok]
+        if folds is None and np.bincount(y).max() < 2:  # one row per class: nothing to cross-validate C on
+            from .solver import fit_logistic
+
+            log.info("head: one training row per class, so C cannot be cross-validated: C = %g", SINGLE_ROW_C)
+            fit = LinearFit(fit_logistic(x, y, self.k, C=SINGLE_ROW_C, sample_weight=self._weights(y)), None)
+            return _broadcast_fit(fit), ok
         if folds is None:
             folds = kfold(y, fold_count(y, self.cfg.folds), self.cfg.seed)
         else:  # folds over `rows`; keep the rows that decoded
