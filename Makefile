@@ -29,7 +29,10 @@ test-fast: install
 	$(PY) -m pytest -m "not slow"
 
 bench: install
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/head_vs_logreg.py
+	$(PY) bench/fewshot.py
+	$(PY) bench/prototypes.py
 	$(PY) bench/image_recipes.py
 	$(PY) bench/text_recipes.py
 	$(PY) bench/wordvec.py
