@@ -109,11 +109,15 @@ def _setfit(train_texts, train_labels, test_texts, test_labels, seed: int, cap: 
         return {"skipped": "setfit is not installed (pip install -e '.[bench]')"}
     from headstart.encoders import _minilm_path
 
+    import tempfile
+
+    out = tempfile.mkdtemp(prefix="setfit-")  # SetFit's Trainer writes checkpoints; never into the working tree
     pairs = len(ContrastiveDataset(train_texts, train_labels, multilabel=False))
     steps = math.ceil(pairs / 16)
     start = time.perf_counter()
     model = SetFitModel.from_pretrained(_minilm_path())
-    probe_args = TrainingArguments(batch_size=16, num_epochs=1, max_steps=10, seed=seed, report_to="none")
+    probe_args = TrainingArguments(output_dir=out, batch_size=16, num_epochs=1, max_steps=10, seed=seed, report_to="none",
+                                   save_strategy="no")
     probe_trainer = Trainer(model=model, args=probe_args,
                             train_dataset=Dataset.from_dict({"text": train_texts, "label": train_labels}))
     t0 = time.perf_counter()
@@ -121,13 +125,19 @@ def _setfit(train_texts, train_labels, test_texts, test_labels, seed: int, cap: 
     per_step = (time.perf_counter() - t0) / 10
     projected = steps * per_step
     if projected > cap:
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
         return {"projected_seconds": round(projected, 0), "steps": steps}
     model = SetFitModel.from_pretrained(_minilm_path())
-    args = TrainingArguments(batch_size=16, num_epochs=1, seed=seed, report_to="none")
+    args = TrainingArguments(output_dir=out, batch_size=16, num_epochs=1, seed=seed, report_to="none", save_strategy="no")
     start = time.perf_counter()
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": train_texts, "label": train_labels}))
     trainer.train()
     seconds = time.perf_counter() - start
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
     pred = model.predict(test_texts)
     pred = [str(p) for p in (pred.tolist() if hasattr(pred, "tolist") else pred)]
     return {"accuracy": float(np.mean([p == t for p, t in zip(pred, test_labels)])), "seconds": round(seconds, 1),
