@@ -21,7 +21,7 @@ LAYERS = {
     "data": ["data", "textdata", "check", "demo"],
     "backbones": ["backbones", "encoders", "vectors", "transforms", "fetch"],
     "model": ["model"],
-    "training": ["training", "transfer", "tokens", "image_recipe", "wordvec"],
+    "training": ["training", "contrastive", "transfer", "tokens", "image_recipe", "wordvec"],
     "fronts": ["classifier", "image", "text"],
     "loading": ["loading"],
     "deploy": ["runtime", "export", "report", "serve", "studio"],
