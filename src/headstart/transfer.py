@@ -217,6 +217,13 @@ class Transfer:
             return self.train_rows
         return np.concatenate([self.train_rows, self.eval_rows]) if self.given_val else self.data_rows
 
+    def _held_out_splits(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(training rows, held-out rows) pairs a recipe is scored on: each fold under CV,
+        else the one holdout or given validation set."""
+        if self.eval_rows is not None:
+            return [(self.train_rows, self.eval_rows)]
+        return [(self.train_rows[tr], self.train_rows[va]) for tr, va in self.folds]
+
     def time_left(self) -> float:
         return math.inf if self.deadline is None else self.deadline - time.perf_counter()
 
@@ -369,10 +376,8 @@ class Transfer:
         under CV (each fold's means from its training part), else on the held-out rows;
         then the means of every training row go into the model's linear head."""
         start = time.perf_counter()
-        splits = ([(self.train_rows[tr], self.train_rows[va]) for tr, va in self.folds] if self.eval_rows is None
-                  else [(self.train_rows, self.eval_rows)])
         parts, rows, fold_accuracy = [], [], []
-        for train_rows, eval_rows in splits:
+        for train_rows, eval_rows in self._held_out_splits():
             xt, ok = self._x(train_rows)
             w, b = prototype_head(xt, self.labels[ok], self.k)
             xv, okv = self._x(eval_rows)
@@ -404,16 +409,35 @@ class Transfer:
                 "wins": int((ours & ~theirs).sum()), "losses": int((theirs & ~ours).sum())}
 
 
+    def _judge(self, recipe: str, entry: dict, asked: bool) -> bool:
+        """Whether the tried ``recipe`` is kept (always when the user ``asked`` for it, else by
+        :func:`keeps`); logs the comparison with the probe when there was one and records
+        the entry in ``tried``."""
+        keep = asked or keeps(recipe, entry)
+        if "wins" in entry:
+            log.info("%s%s %.4f vs linear-probe %.4f on the same %d held-out rows (right where the other is wrong: "
+                     "%d vs %d): keeping %s", "" if asked else "auto: ", recipe, entry["accuracy"], entry["probe_accuracy"],
+                     entry["n"], entry["wins"], entry["losses"], recipe if keep else "linear-probe")
+        entry["kept"] = keep
+        self.tried.append(entry)
+        return keep
+
+    def _scored_on_folds(self, n: int, folds_used: int, fold_accuracy: list[float] | None) -> None:
+        """The protocol once a recipe other than the probe is kept under CV: still
+        cross-validation when it was scored on every fold, else a holdout of the folds it was."""
+        if folds_used == self.protocol.folds:
+            self.protocol.fold_accuracy, self.protocol.n = fold_accuracy, n
+            return
+        which = f"folds 1-{folds_used}" if folds_used > 1 else "fold 1"
+        self.protocol = Protocol("holdout", n, folds=self.protocol.folds,
+                                 source=f"{which} of the {self.protocol.folds}-fold split")
+
     def phase2(self, recipe: str, pristine: nn.Module, probe_logits: dict | None) -> dict | None:
         """Phase 2 (``fine-tune`` or ``full``) on a copy of the pretrained model: early-stopped
         on the held-out rows (under CV: the first fold), refitted on every row when asked and
         affordable. Returns what it measured (None: the time budget did not allow it)."""
         cfg = self.cfg
-        if self.eval_rows is not None:
-            train_rows, eval_rows = self.train_rows, self.eval_rows
-        else:
-            tr, va = self.folds[0]
-            train_rows, eval_rows = self.train_rows[tr], self.train_rows[va]
+        train_rows, eval_rows = self._held_out_splits()[0]
         start = time.perf_counter()
         model = copy.deepcopy(pristine)
         head_trained = recipe == "fine-tune"
@@ -461,11 +485,6 @@ class Transfer:
 
     # ------------------------------------------------------------------ contrastive
 
-    def _contrast_splits(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        if self.eval_rows is not None:
-            return [(self.train_rows, self.eval_rows)]
-        return [(self.train_rows[tr], self.train_rows[va]) for tr, va in self.folds]
-
     def contrastive(self, pristine: nn.Module, probe: dict | None) -> dict | None:
         """The encoder tuned contrastively (:mod:`headstart.contrastive`), a head solved on its
         embeddings. Scored on held-out rows: under CV on as many folds as the time budget
@@ -477,7 +496,7 @@ class Transfer:
 
         cfg = self.cfg
         start = time.perf_counter()
-        splits = self._contrast_splits()
+        splits = self._held_out_splits()
         steps = step_budget(len(splits[0][0]), cfg.batch_size)
         checkpoints = sorted({max(1, round(steps * f)) for f in (0.25, 0.5, 0.75, 1.0)})
         deadline = self.deadline if cfg.recipe == "auto" else None
@@ -593,15 +612,7 @@ class Transfer:
             if recipe == "prototype":
                 self.probe_features()
             tried = self.prototype(probe)
-            entry = tried["entry"]
-            keep = recipe == "prototype" or keeps("prototype", entry)
-            if recipe == "auto":
-                log.info("auto: prototype %.4f vs linear-probe %.4f on the same %d held-out rows (right where the other is "
-                         "wrong: %d vs %d): keeping %s", entry["accuracy"], entry["probe_accuracy"], entry["n"], entry["wins"],
-                         entry["losses"], "prototype" if keep else "linear-probe")
-            entry["kept"] = keep
-            self.tried.append(entry)
-            if keep:
+            if self._judge("prototype", tried["entry"], asked=recipe == "prototype"):
                 _set_linear(self.model.head, tried["weight"], tried["bias"])
                 final_recipe = "prototype"
                 report = {"logits": tried["logits"], "rows": tried["rows"]}
@@ -627,44 +638,22 @@ class Transfer:
                                      "and a transformer backbone (e.g. minilm-l6), not word vectors or images")
             tried = self.contrastive(pristine, probe)
             phase2_recipe = None  # done here
-            if tried is not None:
-                entry = tried["entry"]
-                keep = recipe != "auto" or keeps("contrastive", entry)
-                log.info("contrastive %.4f vs linear-probe %.4f on the same %d held-out rows (right where the other "
-                         "is wrong: %d vs %d): keeping %s", entry["accuracy"], entry.get("probe_accuracy", float("nan")),
-                         entry["n"], entry.get("wins", 0), entry.get("losses", 0), "contrastive" if keep else "linear-probe")
-                entry["kept"] = keep
-                self.tried.append(entry)
-                if keep:
-                    final_model, final_recipe = self.refit_contrastive(pristine, tried), "contrastive"
-                    head_info = self.contrastive_head
-                    report = {"logits": tried["logits"], "rows": tried["rows"]}
-                    if self.eval_rows is None:
-                        if entry["folds"] == self.protocol.folds:
-                            self.protocol.fold_accuracy = tried["fold_accuracy"]
-                            self.protocol.n = len(tried["rows"])
-                        else:
-                            self.protocol = Protocol("holdout", len(tried["rows"]), folds=self.protocol.folds,
-                                                     source=f"folds 1-{entry['folds']} of the {self.protocol.folds}-fold split"
-                                                     if entry["folds"] > 1 else f"fold 1 of the {self.protocol.folds}-fold split")
+            if tried is not None and self._judge("contrastive", tried["entry"], asked=recipe != "auto"):
+                final_model, final_recipe = self.refit_contrastive(pristine, tried), "contrastive"
+                head_info = self.contrastive_head
+                report = {"logits": tried["logits"], "rows": tried["rows"]}
+                if self.eval_rows is None:
+                    self._scored_on_folds(len(tried["rows"]), tried["entry"]["folds"], tried["fold_accuracy"])
         if phase2_recipe:
             tried = self.phase2(phase2_recipe, pristine, probe if recipe == "auto" else None)
             if tried is not None:
-                entry = tried["entry"]
-                self.tried.append(entry)
-                keep = recipe != "auto" or keeps(phase2_recipe, entry)
-                if recipe == "auto":
-                    log.info("auto: %s %.4f vs linear-probe %.4f on the same %d held-out rows (right where the other "
-                             "is wrong: %d vs %d): keeping %s", phase2_recipe, entry["accuracy"], entry["probe_accuracy"],
-                             entry["n"], entry["wins"], entry["losses"], phase2_recipe if keep else "linear-probe")
-                entry["kept"] = keep
+                keep = self._judge(phase2_recipe, tried["entry"], asked=recipe != "auto")
                 self.history += tried["history"]  # shown in the report either way, its outcome in `tried`
                 if keep:
                     final_model, final_recipe = tried["model"], phase2_recipe
                     report = {"logits": tried["logits"], "rows": tried["rows"]}
                     if self.eval_rows is None:  # CV: phase 2 is judged on its held-out fold
-                        self.protocol = Protocol("holdout", len(tried["rows"]), folds=self.protocol.folds,
-                                                 source=f"fold 1 of the {self.protocol.folds}-fold split")
+                        self._scored_on_folds(len(tried["rows"]), 1, None)
                     refitted = self.refit_phase2(phase2_recipe, pristine, tried) if self.refit else None
                     if refitted is not None:
                         final_model = refitted
