@@ -36,23 +36,20 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "datasets"
-sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# the same sampling, frozen features (from headstart's cache) and baseline as head_vs_logreg
+from head_vs_logreg import SHARED, _baseline, _features, _subsample, _texts, run_row  # noqa: E402
 
 ROWS = [f"{name}-{k}" for name in ("sst2", "emotions", "clothing") for k in (8, 16, 64)]
 EXTRA = [f"{name}-{k}" for name in ("sst2", "emotions", "clothing") for k in (5, 10, 32)]
 
 
-def _sst2():
-    def read(path):
-        rows = list(csv.reader(open(path, encoding="utf-8"), delimiter="\t"))[1:]
-        return [r[1] for r in rows], [r[0] for r in rows]
-
-    return read(SHARED / "sst2" / "train.tsv"), read(SHARED / "sst2" / "test.tsv")
-
-
 def _emotions():
+    """GoEmotions' single-label rows: the training rows, and 1,200 dev rows as the test set."""
+    from headstart.textdata import TextSet
+
     def read(path):
         texts, labels = [], []
         for row in csv.DictReader(open(path, encoding="utf-8")):
@@ -61,43 +58,12 @@ def _emotions():
                 labels.append(row["labels"])
         return texts, labels
 
-    train, dev = read(SHARED / "goemotions" / "train.csv"), read(SHARED / "goemotions" / "dev.csv")
-    pick = np.random.default_rng(123).choice(len(dev[0]), 1200, replace=False)
-    return train, ([dev[0][i] for i in pick], [dev[1][i] for i in pick])
-
-
-def _per_class(labels: list, k: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(labels)
-    return np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == c), k, replace=False) for c in sorted(set(labels))]))
-
-
-def _logreg(x_train, y_train, x_test, y_test) -> float:
-    from sklearn.linear_model import LogisticRegressionCV
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    folds = max(2, min(5, int(np.bincount(np.unique(y_train, return_inverse=True)[1]).min())))
-    model = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=10, cv=folds, max_iter=2000))
-    model.fit(x_train, y_train)
-    return float((model.predict(x_test) == np.asarray(y_test)).mean())
-
-
-def _embeddings(texts: list[str]) -> np.ndarray:
-    """The frozen embedded encoder's mean-pooled embeddings, as headstart computes them."""
-    import torch
-
-    from headstart.encoders import load_encoder, resolve_encoder
-    from headstart.text import TextModel
-    from headstart.config import HeadConfig
-    from headstart.tokens import run_batches, tokenize
-
-    spec, source = resolve_encoder("minilm-l6")
-    encoder, tokenizer = load_encoder(source, spec.name)
-    model = TextModel(encoder, 2, HeadConfig(pooling="mean")).eval()
-    ids, _ = tokenize(tokenizer, texts, spec.max_length)
-    return run_batches(lambda b: model.embed(b["input_ids"], b["attention_mask"]), ids, tokenizer.pad_token_id or 0,
-                       64, torch.device("cpu"), "bf16").numpy()
+    (train_t, train_l), (dev_t, dev_l) = read(SHARED / "goemotions" / "train.csv"), read(SHARED / "goemotions" / "dev.csv")
+    classes = sorted(set(train_l))
+    index = {c: i for i, c in enumerate(classes)}
+    pick = np.random.default_rng(123).choice(len(dev_t), 1200, replace=False)
+    return (TextSet(train_t, np.asarray([index[l] for l in train_l]), classes),
+            TextSet([dev_t[i] for i in pick], np.asarray([index[dev_l[i]] for i in pick]), classes))
 
 
 def _setfit(train_texts, train_labels, test_texts, test_labels, seed: int, cap: float) -> dict:
@@ -148,29 +114,25 @@ def run_text(row: str, seed: int, cap: float, setfit: bool, recipe: str | None =
     from headstart import TextClassifier
 
     name, k = row.rsplit("-", 1)
-    (train_t, train_l), (test_t, test_l) = _sst2() if name == "sst2" else _emotions()
-    pick = _per_class(train_l, int(k), seed)
-    texts, labels = [train_t[i] for i in pick], [train_l[i] for i in pick]
+    train, test = _texts(name) if name == "sst2" else _emotions()
+    train = _subsample(train, int(k), seed)
     start = time.perf_counter()
-    clf = TextClassifier(seed=seed, **({"recipe": recipe} if recipe else {})).fit(texts, labels)
+    clf = TextClassifier(seed=seed, **({"recipe": recipe} if recipe else {})).fit(train)
     seconds = time.perf_counter() - start
-    hs = float(np.mean(np.asarray(clf.predict(test_t)) == np.asarray(test_l)))
-    x = _embeddings(texts + test_t)
-    lr = _logreg(x[: len(texts)], labels, x[len(texts):], test_l)
-    out = {"row": row, "seed": seed, "n_train": len(texts), "n_test": len(test_t), "headstart": hs,
+    hs = clf.evaluate(test)["accuracy"]
+    lr, _ = _baseline(_features(clf, train, "text"), train.labels, _features(clf, test, "text"), test.labels)
+    out = {"row": row, "seed": seed, "n_train": len(train), "n_test": len(test), "headstart": hs,
            "headstart_seconds": round(seconds, 1), "recipe": clf.recipe_, "tried": clf.tried_,
            "protocol": clf.protocol_.get("description"), "logreg": lr}
     if setfit:
-        out["setfit"] = _setfit(texts, labels, test_t, test_l, seed, cap)
+        names = lambda data: [data.classes[i] for i in data.labels]  # noqa: E731
+        out["setfit"] = _setfit(list(train.texts), names(train), list(test.texts), names(test), seed, cap)
     return out
 
 
 def run_images(row: str, seed: int, recipe: str | None = None) -> dict:
     """The same rows as bench/head_vs_logreg.py's clothing-small-K (headstart and the
     logistic regression on its cached features)."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from head_vs_logreg import run_row
-
     return {**run_row(f"clothing-small-{row.rsplit('-', 1)[1]}", seed, recipe), "row": row}
 
 
