@@ -145,14 +145,10 @@ class TokenBackend:
 
     def features(self, model: nn.Module) -> tuple[torch.Tensor, np.ndarray]:
         set_trainable(model, 0)
-        model.to(self.device).eval()
-
-        def embed(batch):
-            return model.embed(batch["input_ids"], batch["attention_mask"])
 
         def compute():
-            out = run_batches(embed, self.ids, self.pad_id, self.eval_batch, self.device, self.precision, self.progress, "embeddings")
-            return out, np.arange(len(self.ids)), []
+            out, rows = self.embed(model, np.arange(len(self.ids)), progress=self.progress, desc="embeddings")
+            return out, rows, []
 
         cfg = self.cfg
         parts = ({**self.cache_parts, "max_length": self.max_length, "precision": self.precision, "device": self.device.type}
@@ -181,14 +177,15 @@ class TokenBackend:
         finally:
             set_trainable(model, None)
 
-    def embed(self, model: nn.Module, rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    def embed(self, model: nn.Module, rows: np.ndarray, progress: bool = False, desc: str = "") -> tuple[torch.Tensor, np.ndarray]:
         """Embeddings of ``rows`` by the model's (possibly tuned) encoder, never cached."""
         model.to(self.device).eval()
 
         def embed(batch):
             return model.embed(batch["input_ids"], batch["attention_mask"])
 
-        return run_batches(embed, [self.ids[i] for i in rows], self.pad_id, self.eval_batch, self.device, self.precision), np.asarray(rows)
+        ids = [self.ids[i] for i in rows]
+        return run_batches(embed, ids, self.pad_id, self.eval_batch, self.device, self.precision, progress, desc), np.asarray(rows)
 
     def contrast(self, model: nn.Module, rows: np.ndarray, steps: int, *, checkpoints: set[int], on_checkpoint,
                  deadline: float | None) -> list[float]:
