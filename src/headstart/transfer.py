@@ -34,7 +34,7 @@ from torch import nn
 
 from . import distributed
 from .config import TrainConfig
-from .errors import DataError, HeadstartError
+from .errors import DataError
 from .solver import LinearFit, select_and_fit
 from .splits import Protocol, fold_count, kfold, stratified_split
 from .training import EpochRecord, OverBudget, class_weights, train_head
@@ -632,10 +632,7 @@ class Transfer:
                 reason = "the time budget was spent on the probe"
                 self.tried.append({"recipe": phase2_recipe, "skipped": reason})
                 phase2_recipe = None
-        if phase2_recipe == "contrastive":
-            if not getattr(self.backend, "can_contrast", False):
-                raise HeadstartError("the contrastive recipe tunes a transformer text encoder; use it with --task text "
-                                     "and a transformer backbone (e.g. minilm-l6), not word vectors or images")
+        if phase2_recipe == "contrastive":  # images and word vectors refuse it before any work (config, text.py)
             tried = self.contrastive(pristine, probe)
             phase2_recipe = None  # done here
             if tried is not None and self._judge("contrastive", tried["entry"], asked=recipe != "auto"):
