@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from headstart.config import TrainConfig
+from headstart.losses import CrossEntropy
 from headstart.solver import fit_logistic, select_and_fit
 from headstart.splits import fold_count, kfold
 from headstart import transfer
@@ -147,7 +148,7 @@ def _transfer(quality: str, recipe: str = "auto", **cfg_kw):
     backend = FakeBackend(x, y, quality)
     model = _Model(k, k)
     t = Transfer(model, backend, cfg, n_data=len(y), n_val=0, classes=["a", "b", "c"],
-                 loss_fn=nn.CrossEntropyLoss(reduction="sum"))
+                 loss_fn=CrossEntropy())
     return t.run(), backend
 
 
@@ -247,7 +248,7 @@ def test_auto_on_few_rows_per_class_scores_prototypes_out_of_fold(monkeypatch):
     cfg = TrainConfig(recipe="auto", epochs=2, seed=0).resolved()
     backend = PrototypeBackend(x, y, "good")
     t = Transfer(_Model(3, 3), backend, cfg, n_data=90, n_val=0, classes=["a", "b", "c"],
-                 loss_fn=nn.CrossEntropyLoss(reduction="sum"))
+                 loss_fn=CrossEntropy())
     result = t.run()
     entry = [e for e in result.tried if e["recipe"] == "prototype"][0]
     assert entry["n"] == 90 and not backend.trained  # no phase 2 on few rows per class
@@ -263,3 +264,23 @@ def test_auto_on_few_rows_per_class_scores_prototypes_out_of_fold(monkeypatch):
         w, b = transfer.prototype_head(xt, y, 3)  # the saved head: the means of every row
         np.testing.assert_allclose(result.model.head[1].weight.detach().numpy(), w, rtol=1e-5)
         np.testing.assert_allclose(np.sort(result.val_logits, axis=None), np.sort(expected, axis=None), rtol=1e-5)
+
+
+def test_one_label_splits_are_still_scikit_learns():
+    # multi-label support left one-label rows alone: the same folds and holdout for a seed
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    from headstart.errors import DataError
+    from headstart.splits import is_multilabel, require_two_classes, stratified_split
+
+    y = np.repeat([0, 1, 2], [9, 5, 30])
+    assert not is_multilabel(y)
+    for seed in (0, 3):
+        expected = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
+        assert [(tr.tolist(), va.tolist()) for tr, va in kfold(y, 5, seed)] == \
+            [(sorted(tr.tolist()), sorted(va.tolist())) for tr, va in expected]
+        train, val = train_test_split(np.arange(len(y)), test_size=9, random_state=seed, stratify=y)
+        ours = stratified_split(y, 0.2, seed, ["a", "b", "c"])
+        assert ours[0].tolist() == sorted(train.tolist()) and ours[1].tolist() == sorted(val.tolist())
+    with pytest.raises(DataError, match="only one class"):
+        require_two_classes(np.zeros(5, dtype=np.int64), ["a", "b"])
