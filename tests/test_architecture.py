@@ -17,7 +17,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "headstart"
 # gets a layer here, so where it belongs is a decision, not an accident.
 LAYERS = {
     "foundation": ["errors", "config", "words", "images", "labels", "splits", "registry", "distributed", "cache",
-                   "checkpoint", "artifact", "evaluation", "calibration", "card", "plots", "tblog", "solver"],
+                   "checkpoint", "artifact", "evaluation", "calibration", "objectives", "losses", "card", "plots", "tblog",
+                   "solver"],
     "data": ["data", "textdata", "check", "demo"],
     "backbones": ["backbones", "encoders", "vectors", "transforms", "fetch"],
     "model": ["model"],

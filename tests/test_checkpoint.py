@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from headstart import checkpoint
+from headstart.losses import CrossEntropy
 from headstart.artifact import read_config, read_weights, save_model_dir
 from headstart.checkpoint import Checkpoints, NonFiniteLoss, TrainingInterrupted, checkpointing
 from headstart.cli import main
@@ -110,7 +111,7 @@ def _loop(batches, epochs, store_dir=None, resume=False):
         return float(nn.functional.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
 
     groups = [{"params": list(module.parameters()), "lr": 0.1, "weight_decay": 0.0}]
-    kwargs = dict(cfg=cfg, epochs=epochs, phase="head", device=torch.device("cpu"), precision="fp32", loss_fn=nn.CrossEntropyLoss(reduction="sum"))
+    kwargs = dict(cfg=cfg, epochs=epochs, phase="head", device=torch.device("cpu"), precision="fp32", loss_fn=CrossEntropy())
     if store_dir is None:
         return module, train_loop(module, groups, batches(x, y), 2, evaluate, **kwargs)
     with checkpointing(store_dir, resume=resume, handle_signals=False):

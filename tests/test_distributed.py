@@ -20,6 +20,7 @@ from headstart.config import TrainConfig
 from headstart.distributed import World
 from headstart.errors import HeadstartError
 from headstart.training import train_loop
+from headstart.losses import CrossEntropy
 
 TINY_CLI = str(Path(__file__).parent / "tiny_cli.py")
 
@@ -121,7 +122,7 @@ def test_gradient_accumulation_equals_the_larger_batch(class_weights):
 
         groups = [{"params": list(module.parameters()), "lr": 0.01, "weight_decay": 0.0}]
         train_loop(module, groups, batches, -(-40 // batch), evaluate, cfg=cfg, epochs=3, phase="head",
-                   device=torch.device("cpu"), precision="fp32", loss_fn=nn.CrossEntropyLoss(weight=weights, reduction="sum"))
+                   device=torch.device("cpu"), precision="fp32", loss_fn=CrossEntropy(weight=weights))
         return module.weight.detach().clone()
 
     assert torch.allclose(train(8, 2), train(16, 1), atol=1e-6)

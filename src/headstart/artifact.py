@@ -21,7 +21,10 @@ from safetensors.torch import load_file, save_file
 from .errors import ModelDirError
 
 FORMAT = "headstart-model"
-FORMAT_VERSION = 1
+# 2: a model whose objective or decision rule is not single-label argmax ("objective",
+# "decision" in config.json); it is written only then, so earlier headstart versions refuse
+# such a model instead of answering with one label. Version 1 configs are still written and read.
+FORMAT_VERSION = 2
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -114,7 +117,8 @@ def save_model_dir(
     except OSError as exc:
         raise ModelDirError(f"cannot write to {str(parent)!r}: {exc.strerror or exc}") from None
     try:
-        config = {"format": FORMAT, "format_version": FORMAT_VERSION, **config}
+        version = FORMAT_VERSION if config.get("objective") or config.get("decision") else 1
+        config = {"format": FORMAT, "format_version": version, **config}
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
         with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as f:

@@ -17,7 +17,8 @@ from .calibration import check_temperature
 from .config import HeadConfig, TrainConfig
 from .labels import LabelPredictions
 from .errors import HeadstartError, ModelDirError
-from .evaluation import classification_metrics
+from .evaluation import summary_line
+from .objectives import SINGLE_LABEL, decision_from_config, objective_from_config
 
 log = logging.getLogger("headstart")
 
@@ -31,8 +32,11 @@ class Classifier(LabelPredictions):
     """
 
     task = ""
-    # softmax(logits / temperature_): fitted on the validation set by ``fit``, 1.0 = none
+    # softmax(logits / temperature_) (sigmoids with several labels per row): fitted on the
+    # validation set by ``fit``, 1.0 = none
     temperature_ = 1.0
+    # what the outputs mean (:mod:`headstart.objectives`): set by ``fit`` from the data, or loaded
+    objective_ = SINGLE_LABEL
 
     def __init__(self, *, hidden: Sequence[int] = (), dropout: float = 0.2, pooling: str, progress: bool = False, **train: Any):
         self.head_config = HeadConfig(pooling=pooling, hidden=tuple(hidden), dropout=dropout)
@@ -49,13 +53,16 @@ class Classifier(LabelPredictions):
         raise NotImplementedError
 
     def _probabilities(self, logits) -> np.ndarray:
-        """Class probabilities from logits (a tensor or an array): softmax(logits / T)."""
-        from .calibration import apply_temperature
-
+        """Probabilities from logits (a tensor or an array): softmax(logits / T), or a
+        sigmoid per label with several labels per row."""
         logits = logits.numpy() if hasattr(logits, "numpy") else np.asarray(logits)
         if logits.size == 0:
             return np.zeros(logits.shape, dtype=np.float64)
-        return apply_temperature(logits, self.temperature_)
+        return self.objective_.probabilities(logits, self.temperature_)
+
+    def metrics(self, labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+        """The objective's metrics of probabilities against labels, decided by the model's rule."""
+        return self.objective_.metrics(labels, probs, self.classes_, self.decision_)
 
     def _record_fit(self, result, train_summary: dict, skipped: int, items: Sequence[str] | None = None) -> None:
         """Keep what the fit learned about itself: history, the validation protocol and what
@@ -63,7 +70,6 @@ class Classifier(LabelPredictions):
         cross-validation: never from rows the scoring model trained on), the calibrated
         validation metrics, and the validation predictions (``items`` names every item the
         fit saw, data then validation set) for reports."""
-        from .calibration import calibrate
         from .labels import class_counts
 
         self.history_ = result.history_dicts()
@@ -73,22 +79,25 @@ class Classifier(LabelPredictions):
         self.head_info_ = {k: v for k, v in result.head.items() if k != "path"}
         self.cv_path_ = result.head.get("path")
         logits = np.asarray(result.val_logits, dtype=np.float64)
-        self.temperature_, self.calibration_ = calibrate(logits, result.val_labels)
+        objective = self.objective_
+        self.temperature_, self.calibration_ = objective.calibrate(logits, result.val_labels)
         self.val_labels_ = np.asarray(result.val_labels, dtype=np.int64)
         self.val_probs_ = self._probabilities(logits)
         self.val_items_ = [items[int(i)] for i in result.val_rows] if items is not None else None
-        self.val_metrics_ = classification_metrics(self.val_labels_, self.val_probs_, self.classes_)
+        # the decision rule (per-label thresholds with several labels) is tuned on the same
+        # held-out probabilities; its reported metrics are cross-fitted (each row decided by
+        # thresholds tuned without it), so they are not flattered by the tuning
+        self.decision_ = objective.fit_decision(self.val_probs_, self.val_labels_)
+        self.val_metrics_ = objective.held_out_metrics(self.val_labels_, self.val_probs_, self.classes_, self.decision_,
+                                                       seed=self.config.seed)
         self.val_metrics_["protocol"] = self.protocol_["description"]
         self.train_seconds_ = result.seconds
         self.precision_ = result.precision
         val_summary = {"source": self.protocol_["description"], "n": int(len(self.val_labels_)),
                        "per_class": class_counts(self.val_labels_, self.classes_), "protocol": self.protocol_}
         self.data_summary_ = {"train": train_summary, "val": val_summary, "skipped": skipped}
-        log.info(
-            "recipe %s; validation accuracy %.4f, macro F1 %.4f (%d examples: %s); %.1fs",
-            self.recipe_, self.val_metrics_["accuracy"], self.val_metrics_["macro_f1"], self.val_metrics_["n"],
-            self.protocol_["description"], result.seconds,
-        )
+        log.info("recipe %s; validation %s (%d examples: %s); %.1fs", self.recipe_, summary_line(self.val_metrics_),
+                 self.val_metrics_["n"], self.protocol_["description"], result.seconds)
 
     def to_config(self) -> dict[str, Any]:
         self._check_fitted()
@@ -97,6 +106,8 @@ class Classifier(LabelPredictions):
             "headstart_version": __version__,
             "labels": list(self.classes_),
             "temperature": float(self.temperature_),
+            **({"objective": self.objective_.to_config(), "decision": self.decision_.to_config()}
+               if self.objective_.multi_label else {}),
             **self._config(),
             "head": self.head_config.to_dict(),
             "training": self.config.to_dict(),
@@ -151,6 +162,8 @@ class Classifier(LabelPredictions):
             Classifier.__init__(clf, hidden=head["hidden"], dropout=head["dropout"], pooling=head["pooling"], **training)
             clf.classes_ = list(config["labels"])
             clf.temperature_ = check_temperature(config.get("temperature", 1.0))
+            clf.objective_ = objective_from_config(config.get("objective"))
+            clf.decision_ = decision_from_config(config.get("decision"), len(clf.classes_))
         except (KeyError, TypeError, ValueError, HeadstartError) as exc:
             raise ModelDirError(f"{str(path)!r}/config.json is incomplete or malformed ({exc})") from None
         clf.saved_config_ = config

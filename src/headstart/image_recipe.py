@@ -19,7 +19,7 @@ from .config import TrainConfig
 from .data import ImageDataset, ImageSet, default_num_workers, make_loader
 from .errors import DataError
 from .model import ImageModel, freeze_batchnorm, set_trainable
-from .training import autocast, loss_and_accuracy, recipe_setup, train_loop, unfreeze
+from .training import autocast, recipe_setup, train_loop, unfreeze
 from .transfer import RecipeResult, Transfer
 from .transforms import eval_resize, eval_transform, train_transform
 
@@ -184,7 +184,7 @@ class ImageBackend:
         if eval_rows is not None:
             def evaluate() -> tuple[float, float]:
                 logits, ok = self.logits(model, eval_rows)
-                return loss_and_accuracy(torch.as_tensor(logits), torch.as_tensor(self.labels[ok]))
+                return self.loss_fn.evaluate(torch.as_tensor(logits), torch.as_tensor(self.labels[ok]))
 
         def on_train_start() -> None:
             freeze_batchnorm(model.backbone, all_bn=phase.split()[0] == "fine-tune")

@@ -18,7 +18,7 @@ from .cache import cached_features
 from .config import TrainConfig
 from .model import set_trainable
 from .textdata import TextSet
-from .training import EpochRecord, autocast, loss_and_accuracy, train_loop, unfreeze
+from .training import EpochRecord, autocast, train_loop, unfreeze
 
 log = logging.getLogger("headstart")
 
@@ -116,7 +116,7 @@ def train_on_tokens(
     if val_ids is not None:
         def evaluate() -> tuple[float, float]:
             model.eval()
-            return loss_and_accuracy(run_batches(model, val_ids, pad_id, eval_batch, device, precision), y_val)
+            return loss_fn.evaluate(run_batches(model, val_ids, pad_id, eval_batch, device, precision), y_val)
 
     return train_loop(
         model, groups, batches, steps, evaluate, cfg=cfg, epochs=epochs or cfg.epochs, phase=phase or cfg.recipe,

@@ -116,11 +116,6 @@ def to_device(x: Any, device: torch.device) -> Any:
     return x.to(device, non_blocking=True)
 
 
-def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Validation cross-entropy (no label smoothing) and accuracy."""
-    return float(nn.functional.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
-
-
 def param_groups(named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float) -> list[dict]:
     """Decay weights, not biases and norm parameters (1-D tensors)."""
     decay, no_decay = [], []
@@ -272,8 +267,8 @@ def train_loop(
 
     # The loss is a sum over examples (weighted by class weight when given); each update divides
     # the gradients by the total weight of its examples, over every process and accumulated
-    # batch: the gradient of the mean over the whole group, however it was split.
-    weight = getattr(loss_fn, "weight", None)
+    # batch: the gradient of the mean over the whole group, however it was split. The loss
+    # (:mod:`headstart.losses`, chosen by the objective) says what a row weighs and which rows are right.
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
 
     def update(total: float) -> None:
@@ -315,7 +310,7 @@ def train_loop(
             elif previous is not None:
                 x, y = previous
             n = int(y.shape[0]) if real else 0
-            w = (float(weight[y].sum()) if weight is not None else float(n)) if real else 0.0
+            w = loss_fn.row_weight(y) if real else 0.0
             # one small all-reduce agrees on what this step holds (no-op in one process)
             step_n, step_w, stuck = distributed.all_sum([n, w, float(x is None)], device)
             if stuck and world.enabled:
@@ -330,7 +325,7 @@ def train_loop(
                     with autocast(device, precision):
                         logits = forward(x)
                     loss = loss_fn(logits.float(), y) * (1.0 if real else 0.0)
-                    hits = int((logits.argmax(1) == y).sum()) if real else 0
+                    hits = loss_fn.hits(logits, y) if real else 0
                     step_loss, step_hits = distributed.all_sum([loss.item(), hits], device)
                     if not math.isfinite(step_loss):
                         restore_best()
@@ -400,12 +395,6 @@ def train_loop(
 # --------------------------------------------------------------------------- the recipe
 
 
-def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    weights = np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 0.0)
-    return torch.tensor(weights, dtype=torch.float32)
-
-
 def _tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> tuple[Batches, int]:
     """Shuffled batches of in-memory rows (this process's share of each), and their number."""
     cuts = [int(b[0]) for b in distributed.even_batches(np.arange(len(y))[i : i + batch_size] for i in range(0, len(y), batch_size))]
@@ -421,7 +410,10 @@ def _tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int
 
 
 def recipe_setup(model: nn.Module, train_labels: np.ndarray, num_classes: int, cfg: TrainConfig):
-    """Seed, pick device and precision, move the model, build the loss."""
+    """Seed, pick device and precision, move the model, build the objective's loss."""
+    from .objectives import objective_for
+
+    objective = objective_for(train_labels)
     seed_everything(cfg.seed)
     processes = distributed.world().size
     if cfg.batch_size < 2 * processes:
@@ -433,9 +425,9 @@ def recipe_setup(model: nn.Module, train_labels: np.ndarray, num_classes: int, c
     precision = resolve_precision(cfg.precision, device)
     log.info("device %s, precision %s, recipe %s", device, precision, cfg.recipe)
     model.to(device)
-    weights = class_weights(train_labels, num_classes).to(device) if cfg.class_weight == "balanced" else None
     # summed, not averaged: train_loop divides by the examples' total weight per update
-    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing, reduction="sum")
+    loss_fn = objective.loss(train_labels, num_classes, balanced=cfg.class_weight == "balanced",
+                             label_smoothing=cfg.label_smoothing).to(device)
     return device, precision, loss_fn
 
 
@@ -462,7 +454,7 @@ def train_head(
         @torch.inference_mode()
         def evaluate() -> tuple[float, float]:
             head.eval()
-            return loss_and_accuracy(head(x_val.to(device)).float(), y_val)
+            return loss_fn.evaluate(head(x_val.to(device)).float(), y_val)
 
     head.to(device)
     log.info("%s: training the head on %d cached feature vectors of width %d", phase, len(y_train), x_train.shape[1])

@@ -37,7 +37,8 @@ from .config import TrainConfig
 from .errors import DataError
 from .solver import LinearFit, select_and_fit
 from .splits import Protocol, fold_count, kfold, stratified_split
-from .training import EpochRecord, OverBudget, class_weights, train_head
+from .objectives import objective_for
+from .training import EpochRecord, OverBudget, train_head
 
 log = logging.getLogger("headstart")
 
@@ -122,10 +123,6 @@ def time_budget(cfg: TrainConfig, device: torch.device) -> float | None:
     return None if device.type == "cuda" else CPU_TIME_BUDGET
 
 
-def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float((logits.argmax(1) == labels).mean()) if len(labels) else 0.0
-
-
 def _set_linear(head: nn.Module, weight: np.ndarray, bias: np.ndarray) -> None:
     """Copy a solved linear map into the head's last layer."""
     last = [m for m in head.modules() if isinstance(m, nn.Linear)][-1]
@@ -176,7 +173,12 @@ class Transfer:
                  classes: list[str], loss_fn: nn.Module):
         self.model, self.backend, self.cfg = model, backend, cfg
         self.labels = backend.labels
+        self.objective = objective_for(self.labels)
         self.classes, self.k = classes, len(classes)
+        if self.objective.multi_label and cfg.recipe in ("contrastive", "prototype"):
+            raise DataError(f"the {cfg.recipe} recipe learns one class per row, and this data has several labels per row; "
+                            "use --recipe auto, linear-probe, fine-tune or full (or --single-label if the separator "
+                            "is part of the label names)")
         self.loss_fn = loss_fn
         self.start = time.perf_counter()
         budget = time_budget(cfg, backend.device)
@@ -196,7 +198,7 @@ class Transfer:
                                      source=f"{cfg.val_split:.0%} stratified split, seed {cfg.seed}")
         else:
             self.train_rows, self.eval_rows = self.data_rows, None
-            if np.bincount(self.labels[self.data_rows]).max() < 2:
+            if self.objective.counts(self.labels[self.data_rows], self.k).max() < 2:
                 raise DataError(
                     "every class has a single training example, so cross-validation cannot hold one out to score "
                     "the model; pass --val DATA (labelled examples to score it on; one per class is enough), or add "
@@ -205,6 +207,7 @@ class Transfer:
             self.folds = kfold(self.labels[self.data_rows], folds, cfg.seed)
             self.protocol = Protocol("cross-validation", n_data, folds=folds)
         self.refit = cfg.refit if cfg.refit is not None else not self.given_val
+        self.protocol.multi_label = self.objective.multi_label
 
     # ------------------------------------------------------------------ helpers
 
@@ -227,12 +230,22 @@ class Transfer:
     def time_left(self) -> float:
         return math.inf if self.deadline is None else self.deadline - time.perf_counter()
 
-    def _weights(self, y: np.ndarray) -> np.ndarray | None:
-        """Per-row weights for labels ``y`` under ``--class-weight balanced`` (from the
-        training data's class counts), else None."""
+    def _score(self, logits: np.ndarray, y: np.ndarray) -> float:
+        """The objective's held-out score (accuracy; subset accuracy for several labels)."""
+        return self.objective.score(logits, y)
+
+    def _weights(self, y: np.ndarray) -> dict:
+        """The solver's weights under ``--class-weight balanced`` (from the training data's
+        label counts): per-row weights for one label per row, per-label positive weights
+        for several; else none."""
         if self.cfg.class_weight != "balanced":
-            return None
-        return class_weights(self.labels[self.data_rows], self.k).numpy()[y]
+            return {}
+        train = self.labels[self.data_rows]
+        if self.objective.multi_label:
+            return {"pos_weight": self.objective.pos_weight(train)}
+        counts = self.objective.counts(train, self.k).astype(np.float64)
+        weights = np.where(counts > 0, len(train) / (self.k * np.maximum(counts, 1)), 0.0)
+        return {"sample_weight": weights[y]}
 
     # ------------------------------------------------------------------ the probe
 
@@ -262,11 +275,11 @@ class Transfer:
         refitted on all of them; returns the fit and the rows used."""
         x, ok = self._x(rows)
         y = self.labels[ok]
-        if folds is None and np.bincount(y).max() < 2:  # one row per class: nothing to cross-validate C on
+        if folds is None and self.objective.counts(y, self.k).max() < 2:  # one row per class: nothing to cross-validate C on
             from .solver import fit_logistic
 
             log.info("head: one training row per class, so C cannot be cross-validated: C = %g", SINGLE_ROW_C)
-            fit = LinearFit(fit_logistic(x, y, self.k, C=SINGLE_ROW_C, sample_weight=self._weights(y)), None)
+            fit = LinearFit(fit_logistic(x, y, self.k, C=SINGLE_ROW_C, **self._weights(y)), None)
             return _broadcast_fit(fit), ok
         if folds is None:
             folds = kfold(y, fold_count(y, self.cfg.folds), self.cfg.seed)
@@ -282,7 +295,7 @@ class Transfer:
             augment = (xa[torch.as_tensor(np.flatnonzero(keep))], np.asarray([pos[int(s)] for s in src[keep]]))
         fit = None
         if distributed.world().is_main:
-            fit = select_and_fit(x, y, self.k, folds=folds, sample_weight=self._weights(y), augment=augment)
+            fit = select_and_fit(x, y, self.k, folds=folds, augment=augment, **self._weights(y))
         return _broadcast_fit(fit), ok
 
     def _sgd_head(self, head: nn.Module, train_rows: np.ndarray, eval_rows: np.ndarray | None, epochs: int,
@@ -313,7 +326,7 @@ class Transfer:
                 from .solver import fit_logistic
 
                 x, y = self._with_views(train_rows)
-                fit = _broadcast_fit(LinearFit(fit_logistic(x, y, self.k, C=C, sample_weight=self._weights(y)), None))
+                fit = _broadcast_fit(LinearFit(fit_logistic(x, y, self.k, C=C, **self._weights(y)), None))
             _set_linear(head, fit.solution.weight, fit.solution.bias)
             return {"kind": "logistic regression (L-BFGS)", "C": fit.solution.C, "path": fit.path}
         epochs = getattr(self, "head_epochs_chosen", None) or self.cfg.head_epochs or self.cfg.epochs
@@ -331,7 +344,7 @@ class Transfer:
                 _set_linear(head, fit.solution.weight, fit.solution.bias)
                 self.C = fit.solution.C
                 y = self.labels[ok]
-                self.protocol.fold_accuracy = [_accuracy(fit.oof_logits[va], y[va]) for _, va in fit.folds if len(va)]
+                self.protocol.fold_accuracy = [self._score(fit.oof_logits[va], y[va]) for _, va in fit.folds if len(va)]
                 return fit.oof_logits.astype(np.float32), ok, {"kind": "logistic regression (L-BFGS)", "C": self.C, "path": fit.path}
             fit, _ = self.solve(self.train_rows, None)
             _set_linear(head, fit.solution.weight, fit.solution.bias)
@@ -383,11 +396,11 @@ class Transfer:
             xv, okv = self._x(eval_rows)
             parts.append((xv.numpy() @ w.T + b).astype(np.float32))
             rows.append(okv)
-            fold_accuracy.append(_accuracy(parts[-1], self.labels[okv]))
+            fold_accuracy.append(self._score(parts[-1], self.labels[okv]))
         logits, rows = np.concatenate(parts), np.concatenate(rows)
         x, ok = self._x(self._final_rows())
         w, b = prototype_head(x, self.labels[ok], self.k)
-        entry = {"recipe": "prototype", "accuracy": _accuracy(logits, self.labels[rows]), "n": int(len(rows)),
+        entry = {"recipe": "prototype", "accuracy": self._score(logits, self.labels[rows]), "n": int(len(rows)),
                  "seconds": round(time.perf_counter() - start, 1)}
         if probe is not None:
             entry.update(self._against_probe(logits, rows, probe))
@@ -403,8 +416,8 @@ class Transfer:
         mine = np.asarray([i for i, r in enumerate(rows) if int(r) in pos], dtype=np.int64)
         both = rows[mine]
         y = self.labels[both]
-        ours = logits[mine].argmax(1) == y
-        theirs = probe["logits"][[pos[int(r)] for r in both]].argmax(1) == y
+        ours = self.objective.correct(logits[mine], y)
+        theirs = self.objective.correct(probe["logits"][[pos[int(r)] for r in both]], y)
         return {"probe_accuracy": float(theirs.mean()) if len(y) else 0.0,
                 "wins": int((ours & ~theirs).sum()), "losses": int((theirs & ~ours).sum())}
 
@@ -430,7 +443,8 @@ class Transfer:
             return
         which = f"folds 1-{folds_used}" if folds_used > 1 else "fold 1"
         self.protocol = Protocol("holdout", n, folds=self.protocol.folds,
-                                 source=f"{which} of the {self.protocol.folds}-fold split")
+                                 source=f"{which} of the {self.protocol.folds}-fold split",
+                                 multi_label=self.objective.multi_label)
 
     def phase2(self, recipe: str, pristine: nn.Module, probe_logits: dict | None) -> dict | None:
         """Phase 2 (``fine-tune`` or ``full``) on a copy of the pretrained model: early-stopped
@@ -453,7 +467,7 @@ class Transfer:
             self.tried.append({"recipe": recipe, "skipped": str(exc)})
             return None
         logits, ok = self.backend.logits(model, eval_rows)
-        score = _accuracy(logits, self.labels[ok])
+        score = self._score(logits, self.labels[ok])
         best = max(hist, key=lambda r: (r.val_accuracy, -r.val_loss))
         entry = {"recipe": recipe, "accuracy": score, "n": int(len(ok)), "epochs": len(hist), "best_epoch": best.epoch,
                  "seconds": round(time.perf_counter() - start, 1)}
@@ -520,7 +534,7 @@ class Transfer:
                 xv, okv = self.backend.embed(model, va)
                 scores[step] = ((xv.numpy() @ fit.solution.weight.T + fit.solution.bias).astype(np.float32), okv)
                 log.info("contrastive %s, step %d: held-out accuracy %.4f", f"fold {i + 1}" if len(splits) > 1 else "",
-                         step, _accuracy(scores[step][0], self.labels[okv]))
+                         step, self._score(scores[step][0], self.labels[okv]))
 
             step_seconds += self.backend.contrast(model, tr, steps, checkpoints=set(checkpoints),
                                                   on_checkpoint=checkpoint, deadline=deadline)
@@ -536,18 +550,18 @@ class Transfer:
         common = sorted(set.intersection(*(set(s) for s in per_fold)))
 
         def total(step: int) -> tuple[float, int]:
-            hits = sum(int((s[step][0].argmax(1) == self.labels[s[step][1]]).sum()) for s in per_fold)
+            hits = sum(int(self.objective.correct(s[step][0], self.labels[s[step][1]]).sum()) for s in per_fold)
             return hits, step  # ties: the planned budget, not what a few held-out rows happen to favour
 
         best = max(common, key=total)
         logits = np.concatenate([s[best][0] for s in per_fold])
         rows = np.concatenate([s[best][1] for s in per_fold])
-        entry = {"recipe": "contrastive", "accuracy": _accuracy(logits, self.labels[rows]), "n": int(len(rows)),
+        entry = {"recipe": "contrastive", "accuracy": self._score(logits, self.labels[rows]), "n": int(len(rows)),
                  "folds": len(per_fold), "steps": best, "steps_planned": steps,
                  "seconds": round(time.perf_counter() - start, 1)}
         if probe is not None:
             entry.update(self._against_probe(logits, rows, probe))
-        fold_accuracy = [_accuracy(s[best][0], self.labels[s[best][1]]) for s in per_fold]
+        fold_accuracy = [self._score(s[best][0], self.labels[s[best][1]]) for s in per_fold]
         return {"logits": logits, "rows": rows, "entry": entry, "steps": best, "fold_accuracy": fold_accuracy,
                 "fold_rows": len(splits[0][0]), "first_model": first_model,
                 "step_seconds": float(np.mean(step_seconds)) if step_seconds else 0.0}
@@ -576,7 +590,7 @@ class Transfer:
         fit = None
         if distributed.world().is_main:
             fit = select_and_fit(x, y, self.k, n_folds=fold_count(y, self.cfg.folds), seed=self.cfg.seed,
-                                 sample_weight=self._weights(y))
+                                 **self._weights(y))
         fit = _broadcast_fit(fit)
         _set_linear(model.head, fit.solution.weight, fit.solution.bias)
         self.contrastive_head = {"kind": "logistic regression (L-BFGS) on the tuned encoder's embeddings",
@@ -600,14 +614,16 @@ class Transfer:
             logits, rows, head_info = self.probe()
             probe = {"logits": logits, "rows": rows}
             if recipe in ("auto", "linear-probe"):
-                self.tried.append({"recipe": "linear-probe", "accuracy": _accuracy(logits, self.labels[rows]),
+                self.tried.append({"recipe": "linear-probe", "accuracy": self._score(logits, self.labels[rows]),
                                    "n": int(len(rows)), "seconds": round(time.perf_counter() - self.start, 1),
                                    "protocol": self.protocol.kind})
         final_model, final_recipe = self.model, "linear-probe"
         report = probe
-        counts = np.bincount(self.labels[self.train_rows], minlength=self.k)
+        counts = self.objective.counts(self.labels[self.train_rows], self.k)
         smallest = int(counts[counts > 0].min())
-        few_for_prototypes = recipe == "auto" and getattr(self.backend, "prototypes", False) and smallest < AUTO_MIN_PER_CLASS
+        single = not self.objective.multi_label
+        few_for_prototypes = (recipe == "auto" and single and getattr(self.backend, "prototypes", False)
+                              and smallest < AUTO_MIN_PER_CLASS)
         if (recipe == "prototype" or few_for_prototypes) and _is_linear(self.model.head):
             if recipe == "prototype":
                 self.probe_features()
@@ -620,11 +636,12 @@ class Transfer:
                 if tried["fold_accuracy"] is not None:
                     self.protocol.fold_accuracy = tried["fold_accuracy"]
         if phase2_recipe and recipe == "auto":
-            if smallest < AUTO_MIN_PER_CLASS and getattr(self.backend, "can_contrast", False):
+            if smallest < AUTO_MIN_PER_CLASS and single and getattr(self.backend, "can_contrast", False):
                 log.info("auto: the smallest class has %d training rows: trying contrastive", smallest)
                 phase2_recipe = "contrastive"
             elif smallest < AUTO_MIN_PER_CLASS:
-                reason = f"the smallest class has {smallest} training rows (fewer than {AUTO_MIN_PER_CLASS})"
+                what = "rarest label" if self.objective.multi_label else "smallest class"
+                reason = f"the {what} has {smallest} training rows (fewer than {AUTO_MIN_PER_CLASS})"
                 log.info("auto: %s not tried: %s", phase2_recipe, reason)
                 self.tried.append({"recipe": phase2_recipe, "skipped": reason})
                 phase2_recipe = None
