@@ -102,12 +102,15 @@ def model_card(config: dict[str, Any], val_metrics: dict[str, Any] | None = None
     calib = summary.get("calibration") or {}
     temperature = float(config.get("temperature", 1.0))
     what = "images" if task == "image" else "texts"
+    multi = (config.get("objective") or {}).get("name") == "multi-label"
+    thresholds = (config.get("decision") or {}).get("thresholds") or []
+    assigns = (f"any of {len(labels)} labels to {what} (several, or none): a sigmoid per label, and each label "
+               "whose probability reaches its own threshold is answered" if multi else f"one of {len(labels)} labels to {what}")
     out = [
-        f"# {md(bb['name'])} {task} classifier ({len(labels)} classes)",
+        f"# {md(bb['name'])} {task} classifier ({len(labels)} {'labels, several per input' if multi else 'classes'})",
         "",
         f"{'An' if task == 'image' else 'A'} {task} classifier trained with headstart {md(config.get('headstart_version', ''))} by transfer learning: "
-        f"a pretrained {bb['kind']} with a new classification head. It assigns one of {len(labels)} labels to "
-        f"{what}.",
+        f"a pretrained {bb['kind']} with a new classification head. It assigns {assigns}.",
         "",
         "## Labels",
         "",
@@ -159,8 +162,21 @@ def model_card(config: dict[str, Any], val_metrics: dict[str, Any] | None = None
         if n:
             half = 1.96 * math.sqrt(max(acc * (1 - acc), 1e-12) / n)
             interval = f" (about +/- {_pct(half)} at 95% confidence for {n} examples)"
-        out += [f"- Accuracy: {acc:.4f}{interval}", f"- Macro F1: {float(summary['val_macro_f1']):.4f}"]
-        if val_metrics and val_metrics.get("per_class"):
+        if multi:
+            out += [f"- Macro F1: {float(summary['val_macro_f1']):.4f}"]
+            if val_metrics:
+                out += [f"- Micro F1: {val_metrics.get('micro_f1', 0):.4f}, samples F1: {val_metrics.get('samples_f1', 0):.4f}",
+                        f"- Subset accuracy (every label right): {acc:.4f}",
+                        f"- Mean average precision: {val_metrics.get('mean_average_precision', 0):.4f}",
+                        f"- Thresholds: {md(val_metrics.get('thresholds_protocol', 'tuned on the validation rows'))}"]
+        else:
+            out += [f"- Accuracy: {acc:.4f}{interval}", f"- Macro F1: {float(summary['val_macro_f1']):.4f}"]
+        if val_metrics and val_metrics.get("per_class") and multi:
+            pc = val_metrics["per_class"]
+            rows = [[md(c), f"{pc[c]['precision']:.3f}", f"{pc[c]['recall']:.3f}", f"{pc[c]['f1']:.3f}",
+                     f"{pc[c].get('threshold', 0.5):.2f}", str(pc[c]['support'])] for c in labels if c in pc]
+            out += ["", *_class_table(["label", "precision", "recall", "F1", "threshold", "support"], rows)]
+        elif val_metrics and val_metrics.get("per_class"):
             pc = val_metrics["per_class"]
             rows = [[md(c), f"{pc[c]['precision']:.3f}", f"{pc[c]['recall']:.3f}", f"{pc[c]['f1']:.3f}", str(pc[c]['support'])]
                     for c in labels if c in pc]
@@ -190,8 +206,10 @@ def model_card(config: dict[str, Any], val_metrics: dict[str, Any] | None = None
         "",
         "## Limitations",
         "",
-        f"- It always answers with one of its {len(labels)} labels, even for {what} that belong to none of them: "
-        "there is no 'unknown' class. A low top score is the only hint.",
+        (f"- Each label is decided on its own (thresholds {', '.join(f'{t:.2f}' for t in thresholds)}): an input far "
+         "from the training data can still score high on some label." if multi else
+         f"- It always answers with one of its {len(labels)} labels, even for {what} that belong to none of them: "
+         "there is no 'unknown' class. A low top score is the only hint."),
         "- It learned from the training data above: other cameras, styles, domains, languages or class "
         "balances than those can lower the accuracy without warning. Evaluate on your own data first.",
         "- The metrics come from a limited number of examples; small classes have wide error margins.",
@@ -214,7 +232,8 @@ def model_card(config: dict[str, Any], val_metrics: dict[str, Any] | None = None
         "",
         "clf = headstart.load(\"MODEL_DIR\")",
         "clf.classes_                         # the labels, in column order",
-        ("clf.predict([\"photo.jpg\"])           # label strings" if task == "image" else "clf.predict([\"some text\"])           # label strings"),
+        ("clf.predict([\"photo.jpg\"])           # " if task == "image" else "clf.predict([\"some text\"])           # ")
+        + ("a list of labels per input (those over their thresholds)" if multi else "label strings"),
         ("clf.predict_proba([\"photo.jpg\"])     # probabilities (temperature applied)" if task == "image" else "clf.predict_proba([\"some text\"])     # probabilities (temperature applied)"),
         "```",
         "",

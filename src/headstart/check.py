@@ -38,6 +38,7 @@ from PIL import Image, UnidentifiedImageError
 from .cache import file_digest
 from .splits import stratified_split
 from .errors import DataError
+from .labels import class_counts, label_names
 from .textdata import TextSet, read_table
 
 if TYPE_CHECKING:
@@ -173,8 +174,44 @@ def _quote(text: str) -> str:
 
 
 def _split_stats(labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    counts = Counter(labels.tolist())
-    return {"items": int(len(labels)), "per_class": {c: counts.get(i, 0) for i, c in enumerate(classes)}}
+    """Rows and rows per class (per label with several labels per row, with how many each row carries)."""
+    stats: dict[str, Any] = {"items": int(len(labels)), "per_class": class_counts(labels, classes)}
+    if labels.ndim == 2:
+        per_row = labels.sum(1)
+        stats["labels_per_row"] = {"mean": round(float(per_row.mean()), 4) if len(labels) else 0.0,
+                                   "max": int(per_row.max()) if len(labels) else 0,
+                                   "several": int((per_row > 1).sum()), "none": int((per_row == 0).sum())}
+    return stats
+
+
+# Label names that look as if they hold several labels joined by another separator.
+_LOOK_ALIKES = (",", "|", "/", "+", " & ", " and ")
+# Fewer positive rows than this and a label's threshold and scores rest on a handful of rows.
+RARE_LABEL = 10
+
+
+def _multilabel_findings(train, separator: str | None) -> list[Finding]:
+    """Several labels per row: how many, rare labels, and names that look like several
+    labels joined by something other than the separator; one label per row: cells that
+    hold a separator-like character."""
+    out: list[Finding] = []
+    if train.labels.ndim == 2:
+        stats = _split_stats(train.labels, train.classes)["labels_per_row"]
+        out.append(Finding("info", "multi-label", f"several labels per row (separator {separator!r}): {len(train.classes)} labels, "
+                           f"{stats['mean']:.2f} per row on average (at most {stats['max']}), {stats['several']} rows with several, "
+                           f"{stats['none']} with none; pass --single-label to read each cell as one class"))
+        counts = class_counts(train.labels, train.classes)
+        rare = [f"{c} ({n})" for c, n in counts.items() if 0 < n < RARE_LABEL]
+        if rare:
+            out.append(Finding("warning", "rare-labels", f"{_plural(len(rare), 'label')} {_s(len(rare), 'have')} fewer than {RARE_LABEL} "
+                               "rows: their thresholds and scores rest on a handful of examples; add examples", rare))
+    look = [c for c in train.classes if any(x in c for x in _LOOK_ALIKES)]
+    if look:
+        sep = f"the separator {separator!r}" if separator else "';' (several labels per row)"
+        out.append(Finding("warning", "separator-look-alike", f"{_plural(len(look), 'label')} {_s(len(look), 'contain')} "
+                           f"{', '.join(repr(x.strip() or x) for x in _LOOK_ALIKES[:4])} or 'and': if a cell names several labels, "
+                           f"join them with {sep} or pass --label-sep", look))
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -274,7 +311,7 @@ def _with_split(full, val, val_split: float | None, seed: int):
     try:
         tr, va = stratified_split(full.labels, val_split, seed, full.classes)
     except DataError as exc:
-        if len(np.unique(full.labels)) < 2:  # reported as single-class
+        if (np.asarray(list(class_counts(full.labels, full.classes).values())) > 0).sum() < 2:  # reported as single-class
             return full, None, []
         return full, None, [Finding("error", "split-impossible", str(exc))]
     train, val = full.subset(tr), full.subset(va)
@@ -365,7 +402,7 @@ def _inspect_all(paths: Sequence[Path], full_decode: bool, workers: int | None) 
 
 def check_images(
     train: "ImageSet", val: "ImageSet | None" = None, *, full_decode: bool = False, workers: int | None = None,
-    findings: Sequence[Finding] = (),
+    findings: Sequence[Finding] = (), separator: str | None = None,
 ) -> CheckReport:
     """Check a training set and an optional validation set of images (see the module doc).
 
@@ -378,6 +415,7 @@ def check_images(
     splits = {name: _split_stats(s.labels[usable[name]], s.classes) for name, s in sets.items()}
     out = list(findings)
     class_findings, ratio = _class_findings(splits, "images", "image")
+    class_findings += _multilabel_findings(train, separator)
     out += class_findings
     skipped = list(train.skipped) + (list(val.skipped) if val is not None and val is not train else [])
     skipped += [(str(p), f.problem) for name, s in sets.items() for p, f in zip(s.paths, facts[name]) if f.problem]
@@ -410,7 +448,7 @@ def check_images(
 
     keys = {name: [f.digest if f.problem is None else None for f in facts[name]] for name in sets}
     names = {name: [str(p) for p in s.paths] for name, s in sets.items()}
-    labels = {name: [s.classes[i] for i in s.labels.tolist()] for name, s in sets.items()}
+    labels = {name: label_names(s.labels, s.classes) for name, s in sets.items()}
     out += _duplicate_findings(keys, names, labels, "images")
     extra = {"imbalance_ratio": None if ratio is None else round(ratio, 4),
              "decode": "full" if full_decode else "fast", "seconds": round(time.perf_counter() - start, 3)}
@@ -458,14 +496,15 @@ def text_lengths(texts: Sequence[str]) -> dict[str, dict[str, float]]:
     return {"chars": _quantiles([len(t) for t in texts]), "words": _quantiles([len(t.split()) for t in texts])}
 
 
-def check_texts(train: TextSet, val: TextSet | None = None, *, findings: Sequence[Finding] = ()) -> CheckReport:
+def check_texts(train: TextSet, val: TextSet | None = None, *, findings: Sequence[Finding] = (),
+                separator: str | None = None) -> CheckReport:
     """Check a training set and an optional validation set of texts (see the module doc)."""
     start = time.perf_counter()
     sets = {"train": train} if val is None else {"train": train, "val": val}
     splits = {name: _split_stats(s.labels, s.classes) for name, s in sets.items()}
     out = list(findings)
     class_findings, ratio = _class_findings(splits, "texts", "text")
-    out += class_findings
+    out += class_findings + _multilabel_findings(train, separator)
     skipped = list(train.skipped) + (list(val.skipped) if val is not None and val is not train else [])
     out += _skipped_findings(skipped, "text")
 
@@ -491,7 +530,7 @@ def check_texts(train: TextSet, val: TextSet | None = None, *, findings: Sequenc
         out.append(Finding("warning", "encoding", f"{_plural(len(control), 'text')} {_s(len(control), 'contain')} control characters (NUL, escape, ...)", control))
 
     names = {name: [_quote(t) for t in s.texts] for name, s in sets.items()}
-    labels = {name: [s.classes[i] for i in s.labels.tolist()] for name, s in sets.items()}
+    labels = {name: label_names(s.labels, s.classes) for name, s in sets.items()}
     out += _duplicate_findings({n: list(s.texts) for n, s in sets.items()}, names, labels, "texts")
     # Near-duplicates: texts equal after folding case and whitespace but not byte for byte.
     variants_of = defaultdict(set)
@@ -518,14 +557,14 @@ def _ordered(findings: list[Finding]) -> list[Finding]:
 
 def check_sets(
     task: str, full: "ImageSet | TextSet", val: "ImageSet | TextSet | None" = None, *,
-    val_split: float | None = None, seed: int = 0, full_decode: bool = False,
+    val_split: float | None = None, seed: int = 0, full_decode: bool = False, separator: str | None = None,
 ) -> CheckReport:
     """Check data as ``train`` will use it: ``val``, or else the same stratified split of
     ``full`` that training makes with ``val_split`` and ``seed`` (none when ``val_split`` is 0/None)."""
     train, val, findings = _with_split(full, val, val_split, seed)
     if task == "image":
-        return check_images(train, val, full_decode=full_decode, findings=findings)
-    return check_texts(train, val, findings=findings)
+        return check_images(train, val, full_decode=full_decode, findings=findings, separator=separator)
+    return check_texts(train, val, findings=findings, separator=separator)
 
 
 def unusable(task: str, exc: Exception) -> CheckReport:
@@ -537,7 +576,7 @@ def unusable(task: str, exc: Exception) -> CheckReport:
 def check_path(
     data: str | Path, val: str | Path | None = None, *, task: str = "image", val_split: float | None = None,
     seed: int = 0, full_decode: bool = False, text_column: str | None = None, label_column: str | None = None,
-    encoding: str | None = None,
+    encoding: str | None = None, multi_label: bool | None = None, label_sep: str = ";",
 ) -> CheckReport:
     """Read and check a folder / CSV of images or a table of texts; data that cannot be
     read gives an ``unusable-data`` error in the report instead of an exception."""
@@ -545,14 +584,15 @@ def check_path(
         if task == "image":
             from .data import scan_folder
 
-            full = scan_folder(data)
-            val_set = scan_folder(val, classes=full.classes) if val else None
+            full = scan_folder(data, multi_label=multi_label, label_sep=label_sep)
+            val_set = scan_folder(val, classes=full.classes, multi_label=full.labels.ndim == 2, label_sep=label_sep) if val else None
         else:
-            kw = dict(text_column=text_column, label_column=label_column, encoding=encoding)
-            full = read_table(data, **kw)
-            val_set = read_table(val, classes=full.classes, **kw) if val else None
+            kw = dict(text_column=text_column, label_column=label_column, encoding=encoding, label_sep=label_sep)
+            full = read_table(data, multi_label=multi_label, **kw)
+            val_set = read_table(val, classes=full.classes, multi_label=full.labels.ndim == 2, **kw) if val else None
     except DataError as exc:
         return unusable(task, exc)
     except OSError as exc:  # a folder or table the user may not read, a vanished mount
         return unusable(task, DataError(f"cannot read {exc.filename or data}: {exc.strerror or exc}"))
-    return check_sets(task, full, val_set, val_split=val_split, seed=seed, full_decode=full_decode)
+    return check_sets(task, full, val_set, val_split=val_split, seed=seed, full_decode=full_decode,
+                      separator=label_sep if full.labels.ndim == 2 else None)

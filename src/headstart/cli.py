@@ -174,6 +174,9 @@ def cli(debug: bool) -> None:
 @click.option("--compile", "compile_", is_flag=True, help="Image: torch.compile the frozen feature extraction and the fine-tune/full training (minutes to start on a CPU; for long runs).")
 @click.option("--text-column", help="Text: the column holding the texts [auto: text, sentence, review, content].")
 @click.option("--label-column", help="Label column [auto: label, labels, category, sentiment, class].")
+@click.option("--multi-label/--single-label", "multi_label", default=None,
+              help="Several labels per row (a sigmoid per label, thresholds tuned on held-out rows) or one class per row [multi-label when a label cell holds the --label-sep].")
+@click.option("--label-sep", default=";", show_default=True, help="What joins several labels in one label cell.")
 @click.option("--max-length", type=int, help="Text: token limit; longer texts are truncated and counted [the encoder's: 256 for minilm-l6, 384 for mpnet-base].")
 @click.option("--encoding", help="Text: file encoding when not UTF-8 (e.g. latin-1).")
 @click.option("--word-vectors", type=click.Path(path_type=Path), help="Text: a word-vector file (GloVe, word2vec .txt/.bin, fastText .vec) as the backbone.")
@@ -192,8 +195,8 @@ def cli(debug: bool) -> None:
 def train(data, val_data, val_split, folds, refit, time_budget, task, backbone, weights, recipe, epochs, head_epochs, batch_size, grad_accum, lr,
           backbone_lr, unfreeze_blocks, layer_decay, optimizer, weight_decay, label_smoothing, schedule,
           warmup_epochs, patience, augment, class_weight, ema, hidden, dropout, pooling, cache_views, cache_dir, no_cache, compile_, text_column,
-          label_column, max_length, encoding, word_vectors, sequence_encoder, hidden_size, precision, device, workers,
-          seed, out, quiet, progress, log_to, strict, resume_run):
+          label_column, multi_label, label_sep, max_length, encoding, word_vectors, sequence_encoder, hidden_size, precision,
+          device, workers, seed, out, quiet, progress, log_to, strict, resume_run):
     """Train a classifier on DATA: a folder with one sub-folder per class (or a CSV of
     path,label) for images; a CSV, TSV or JSON Lines table of texts and labels for text.
 
@@ -257,13 +260,14 @@ def _resumable_run(run: Path, params: dict) -> tuple[Path, dict]:
 def _train(data, val_data, val_split, folds, refit, time_budget, task, backbone, weights, recipe, epochs, head_epochs, batch_size, grad_accum, lr,
            backbone_lr, unfreeze_blocks, layer_decay, optimizer, weight_decay, label_smoothing, schedule,
            warmup_epochs, patience, augment, class_weight, ema, hidden, dropout, pooling, cache_views, cache_dir, no_cache, compile_, text_column,
-           label_column, max_length, encoding, word_vectors, sequence_encoder, hidden_size, precision, device, workers,
-           seed, out, quiet, progress, log_to, strict, run: Path | None, resume: bool):
+           label_column, multi_label, label_sep, max_length, encoding, word_vectors, sequence_encoder, hidden_size,
+           precision, device, workers, seed, out, quiet, progress, log_to, strict, run: Path | None, resume: bool):
     args = {k: v for k, v in locals().items() if k not in ("run", "resume")}  # kept in run.json for --resume
     from . import distributed
     from .checkpoint import TrainingInterrupted, checkpointing
     from .encoders import is_encoder_name
     from .splits import require_two_classes, stratified_split
+    from .evaluation import summary_line
     from .report import PREDICTIONS_FILE, build_report, training_notes, write_predictions
 
     world = distributed.init(device)  # launched by torchrun / accelerate launch: one process of many
@@ -288,16 +292,15 @@ def _train(data, val_data, val_split, folds, refit, time_budget, task, backbone,
     # Check the data and the backbone before a run directory is made for them.
     if task == "image":
         from .backbones import resolve_spec
-        from .data import scan_folder
         from .image import ImageClassifier
 
         backbone = backbone or "efficientnet_lite0"
-        train_set = scan_folder(data)
-        val_set = scan_folder(val_data, classes=train_set.classes) if val_data else None
-        resolve_spec(backbone)
         clf = ImageClassifier(backbone, weights=weights, pooling=pooling or "avg", augment=augment,
                               cache_views=cache_views, cache=not no_cache, cache_dir=cache_dir,
-                              compile=compile_, num_workers=workers, **common)
+                              compile=compile_, num_workers=workers, multi_label=multi_label, label_sep=label_sep, **common)
+        train_set = clf._scan(data)
+        val_set = clf._scan(val_data, classes=train_set.classes, multi_label=train_set.labels.ndim == 2) if val_data else None
+        resolve_spec(backbone)
         fit = lambda: clf.fit(train_set, val_set)  # noqa: E731
     else:
         from .text import TextClassifier
@@ -307,15 +310,16 @@ def _train(data, val_data, val_split, folds, refit, time_budget, task, backbone,
         backbone = backbone or "minilm-l6"
         clf = TextClassifier(backbone, pooling=pooling, max_length=max_length, text_column=text_column,
                              label_column=label_column, encoding=encoding, word_vectors=word_vectors,
-                             sequence_encoder=sequence_encoder, hidden_size=hidden_size,
-                             cache=not no_cache, cache_dir=cache_dir, **common)
+                             sequence_encoder=sequence_encoder, hidden_size=hidden_size, multi_label=multi_label,
+                             label_sep=label_sep, cache=not no_cache, cache_dir=cache_dir, **common)
         train_set = clf._read(data)
-        val_set = clf._read(val_data, classes=train_set.classes) if val_data else None
+        val_set = clf._read(val_data, classes=train_set.classes, multi_label=train_set.labels.ndim == 2) if val_data else None
         fit = lambda: clf.fit(train_set, val=val_set)  # noqa: E731
     require_two_classes(train_set.labels, train_set.classes)
     if val_set is None and val_split:  # fail on a split that cannot be made before any directory is made
         stratified_split(train_set.labels, val_split, seed, train_set.classes)
-    report = _check_before_training(task, data, train_set, val_set, val_split, seed, strict)
+    report = _check_before_training(task, data, train_set, val_set, val_split, seed, strict,
+                                    label_sep if train_set.labels.ndim == 2 else None)
     if log_to == "tensorboard":
         from .tblog import summary_writer_class
 
@@ -382,7 +386,8 @@ def _train(data, val_data, val_split, folds, refit, time_budget, task, backbone,
             })
             if clf.val_items_ is not None:
                 items = [str(Path(i).absolute()) for i in clf.val_items_] if task == "image" else clf.val_items_
-                write_predictions(run / PREDICTIONS_FILE, items, clf.val_labels_, clf.val_probs_, clf.classes_)
+                write_predictions(run / PREDICTIONS_FILE, items, clf.val_labels_, clf.val_probs_, clf.classes_,
+                                  getattr(clf.decision_, "thresholds", None), clf.objective_.separator or ";")
             shutil.rmtree(run / "checkpoints", ignore_errors=True)  # last: until here, --resume finishes the run
         distributed.finish()
     finally:
@@ -394,7 +399,7 @@ def _train(data, val_data, val_split, folds, refit, time_budget, task, backbone,
         return
     m = clf.val_metrics_
     click.echo(f"recipe: {clf.recipe_}")
-    click.echo(f"validation accuracy: {m['accuracy']:.4f}  macro F1: {m['macro_f1']:.4f}  (n={m['n']}; {clf.protocol_['description']})")
+    click.echo(f"validation {summary_line(m)}  (n={m['n']}; {clf.protocol_['description']})")
     click.echo(f"model saved to {model_dir}")
     try:
         click.echo(f"report: {build_report(run)}")
@@ -404,13 +409,14 @@ def _train(data, val_data, val_split, folds, refit, time_budget, task, backbone,
         click.echo(f"warning: the report could not be built ({exc}); retry with `headstart report {run}`", err=True)
 
 
-def _check_before_training(task, data, train_set, val_set, val_split, seed, strict):
+def _check_before_training(task, data, train_set, val_set, val_split, seed, strict, separator=None):
     """The data check on the sets training will use; with --strict, a blocking finding
     stops the run before any directory is made. An empty class always does: training
     would refuse it anyway."""
     from .check import check_sets
 
-    report = check_sets(task, train_set, val_set, val_split=None if val_set is not None else val_split, seed=seed)
+    report = check_sets(task, train_set, val_set, val_split=None if val_set is not None else val_split, seed=seed,
+                        separator=separator)
     fatal = [f for f in report.findings if f.kind == "empty-class"]
     blocking = fatal or (report.blocking() if strict else [])
     if blocking:
@@ -433,7 +439,10 @@ def _check_before_training(task, data, train_set, val_set, val_split, seed, stri
 @click.option("--text-column", help="Text: the column holding the texts [auto].")
 @click.option("--label-column", help="Label column [auto].")
 @click.option("--encoding", help="Text: file encoding when not UTF-8 (e.g. latin-1).")
-def check(data, val_data, val_split, seed, task, as_json, full_decode, text_column, label_column, encoding):
+@click.option("--multi-label/--single-label", "multi_label", default=None,
+              help="Read label cells as several labels or as one class [several when a cell holds the --label-sep].")
+@click.option("--label-sep", default=";", show_default=True, help="What joins several labels in one label cell.")
+def check(data, val_data, val_split, seed, task, as_json, full_decode, text_column, label_column, encoding, multi_label, label_sep):
     """Check DATA (and --val) before training: counts per class, unreadable, truncated,
     empty, wrongly named and tiny images, duplicates and train/validation leakage, class
     imbalance; for text also empty rows, length distribution, encoding damage and labels
@@ -453,7 +462,8 @@ def check(data, val_data, val_split, seed, task, as_json, full_decode, text_colu
         raise DataError(f"validation path {str(val_data)!r} does not exist")
     task = task or _infer_task(data, None)
     report = check_path(data, val_data, task=task, val_split=val_split, seed=seed, full_decode=full_decode,
-                        text_column=text_column, label_column=label_column, encoding=encoding)
+                        text_column=text_column, label_column=label_column, encoding=encoding,
+                        multi_label=multi_label, label_sep=label_sep)
     if as_json:
         click.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
     else:
@@ -525,27 +535,37 @@ def report(run_dir):
     click.echo(f"report: {build_report(run_dir)}")
 
 
-def _emit(as_json: bool, item: str, preds: list[tuple[str, float]]) -> None:
+def _emit(as_json: bool, result: dict, top_k: int | None) -> None:
+    """One input's answer (see serve.top_k_results): the top-k labels, or for a model with
+    several labels per input the labels over their thresholds (unless --top-k asks for k)."""
+    item = result["input"]
     if as_json:
-        click.echo(json.dumps({"input": item, "predictions": [{"label": l, "score": round(s, 6)} for l, s in preds]}, ensure_ascii=False))
-    else:
-        shown = item if "\n" not in item and "\t" not in item else json.dumps(item, ensure_ascii=False)
-        click.echo(f"{shown}\t" + "\t".join(f"{l} {s:.4f}" for l, s in preds))
+        for key in ("predictions", "labels"):
+            if key in result:
+                result[key] = [{"label": p["label"], "score": round(p["score"], 6)} for p in result[key]]
+        click.echo(json.dumps(result, ensure_ascii=False))
+        return
+    preds = result["labels"] if "labels" in result and top_k is None else result["predictions"]
+    shown = item if "\n" not in item and "\t" not in item else json.dumps(item, ensure_ascii=False)
+    click.echo(f"{shown}\t" + ("\t".join(f"{p['label']} {p['score']:.4f}" for p in preds) if preds else "(no label)"))
 
 
 @cli.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="JSON lines: {input, predictions: [{label, score}]}.")
+@click.option("--top-k", type=click.IntRange(min=1),
+              help="Show the k most likely labels with their scores [1; a multi-label model: every label over its threshold].")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON lines: {input, predictions: [{label, score}]} (top-k), and for a multi-label model labels: the labels over their thresholds.")
 def predict(model_dir, inputs, top_k, as_json):
     """Predict labels. Image models: files or folders (searched recursively). Text models:
-    texts as arguments; '-' reads one text per line from standard input.
+    texts as arguments; '-' reads one text per line from standard input. A multi-label
+    model answers with every label whose score reaches its threshold (possibly none).
 
     MODEL_DIR is a model directory, or an ONNX export (its directory or its model.onnx, from
     `headstart export`), which runs with onnxruntime and needs no PyTorch."""
-    from .labels import top_k as take_top
     from .runtime import find_export
+    from .labels import top_k_results
 
     if find_export(model_dir) is not None:
         from .runtime import OnnxClassifier
@@ -562,8 +582,8 @@ def predict(model_dir, inputs, top_k, as_json):
         if not texts:
             raise DataError("no text to classify: standard input was empty")
         probs = np.atleast_2d(clf.predict_proba(texts))
-        for text, row in zip(texts, probs):
-            _emit(as_json, text, take_top(row, clf.classes_, top_k))
+        for result in top_k_results(texts, probs, clf.classes_, top_k or 1, clf.decision_):
+            _emit(as_json, result, top_k)
         return
     from .images import expand_inputs
 
@@ -578,7 +598,7 @@ def predict(model_dir, inputs, top_k, as_json):
             else:
                 click.echo(f"error: cannot read {item}: {error}", err=True)
             continue
-        _emit(as_json, str(item), take_top(row, clf.classes_, top_k))
+        _emit(as_json, top_k_results([str(item)], row[None], clf.classes_, top_k or 1, clf.decision_)[0], top_k)
     if failed:
         raise HeadstartError(f"{failed} of {len(items)} input(s) could not be read")
 

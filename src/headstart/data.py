@@ -19,7 +19,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import DataError
 from .images import IMAGE_EXTENSIONS, is_image_file, load_opened, to_rgb  # noqa: F401 - part of this module's API
-from .labels import class_counts
+from .labels import class_counts, encode_multi_label, is_multi_label, split_labels
 from .splits import require_two_classes, stratified_split  # noqa: F401 - part of this module's API
 
 
@@ -80,14 +80,20 @@ def _skip_reason(path: Path) -> str | None:
     return None
 
 
-def scan_folder(root: str | Path, classes: Sequence[str] | None = None, check: bool = True) -> ImageSet:
-    """Read ``root/<class>/**/<image>``. Hidden and non-image files are skipped and counted."""
+def scan_folder(root: str | Path, classes: Sequence[str] | None = None, check: bool = True, *,
+                multi_label: bool | None = None, label_sep: str = ";") -> ImageSet:
+    """Read ``root/<class>/**/<image>``, or a CSV of ``path,label`` (where a label cell
+    holding ``label_sep`` makes the set multi-label, see :func:`read_csv`). Hidden and
+    non-image files are skipped and counted."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"data path {str(root)!r} does not exist")
+    if multi_label and not root.is_file():
+        raise DataError(f"several labels per image come from a CSV of path,labels (labels joined by {label_sep!r}); "
+                        f"{str(root)!r} is a folder of class folders, one label per image")
     if root.is_file():
         if root.suffix.lower() in (".csv", ".tsv"):
-            return read_csv(root, classes=classes, check=check)
+            return read_csv(root, classes=classes, check=check, multi_label=multi_label, label_sep=label_sep)
         raise DataError(
             f"{str(root)!r} is a file; pass a folder with one sub-folder per class "
             "or a CSV with columns path,label"
@@ -125,9 +131,11 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None, check: b
     return ImageSet(paths, np.asarray(labels, dtype=np.int64), list(classes), skipped, str(root))
 
 
-def read_csv(path: str | Path, classes: Sequence[str] | None = None, check: bool = True) -> ImageSet:
+def read_csv(path: str | Path, classes: Sequence[str] | None = None, check: bool = True, *,
+             multi_label: bool | None = None, label_sep: str = ";") -> ImageSet:
     """A CSV (or TSV) with a header naming a path column and a label column; relative paths
-    are resolved against the CSV's folder."""
+    are resolved against the CSV's folder. A label cell holding ``label_sep`` (or
+    ``multi_label=True``) makes every cell a list of labels: ``labels`` is then ``(n, K)`` 0/1."""
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8-sig")  # bytes: a "\r" inside a quoted label is data
@@ -148,7 +156,7 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None, check: bool
         raise DataError(f"{str(path)!r} is empty; expected a header line such as 'path,label'")
     header = [h.strip().lower() for h in rows[0]]
     path_col = next((header.index(c) for c in ("path", "file", "filename", "image") if c in header), None)
-    label_col = next((header.index(c) for c in ("label", "class", "category") if c in header), None)
+    label_col = next((header.index(c) for c in ("label", "labels", "class", "category") if c in header), None)
     if path_col is None or label_col is None:
         raise DataError(
             f"{str(path)!r} needs a 'path' and a 'label' column; columns are: {', '.join(rows[0])}"
@@ -175,7 +183,12 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None, check: bool
         entries.append((p, label))
     if not entries:
         raise DataError(f"no readable images listed in {str(path)!r}")
-    classes = known_classes(sorted({label for _, label in entries}), classes, f"{str(path)!r} has label(s)")
+    names = [label for _, label in entries]
+    if is_multi_label(names, label_sep, multi_label):
+        found = sorted({n for cell in names for n in split_labels(cell, label_sep)})
+        classes = known_classes(found, classes, f"{str(path)!r} has label(s)")
+        return ImageSet([p for p, _ in entries], encode_multi_label(names, label_sep, classes), list(classes), skipped, str(path))
+    classes = known_classes(sorted(set(names)), classes, f"{str(path)!r} has label(s)")
     index = {c: i for i, c in enumerate(classes)}
     return ImageSet(
         [p for p, _ in entries],
@@ -213,11 +226,13 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         j = i % len(self.paths)
         src = self.paths[j]
+        label = self.labels[j]  # a class index, or a row of 0/1 with several labels per image
+        label = int(label) if np.ndim(label) == 0 else np.asarray(label, dtype=np.int64)
         try:
             image = to_rgb(src) if isinstance(src, Image.Image) else load_image(src, self.draft)
         except Exception as exc:  # noqa: BLE001 - any decode failure skips the file
-            return (None, int(self.labels[j]), i, f"{type(exc).__name__}: {exc}")
-        return (self.transform(image), int(self.labels[j]), i, None)
+            return (None, label, i, f"{type(exc).__name__}: {exc}")
+        return (self.transform(image), label, i, None)
 
 
 def collate(batch):
@@ -226,7 +241,7 @@ def collate(batch):
     failed = [(b[2], b[3]) for b in batch if b[0] is None]
     if good:
         x = torch.stack([b[0] for b in good])
-        y = torch.tensor([b[1] for b in good], dtype=torch.long)
+        y = torch.as_tensor(np.asarray([b[1] for b in good], dtype=np.int64))
         idx = torch.tensor([b[2] for b in good], dtype=torch.long)
     else:
         x = y = idx = None

@@ -49,6 +49,7 @@ class Parity:
     max_abs_diff: float
     tolerance: float
     disagreements: list[dict[str, Any]]
+    decided_by: str = "top-1"  # or "thresholds": the labels over each label's threshold
 
     @property
     def passed(self) -> bool:
@@ -56,7 +57,8 @@ class Parity:
 
     @property
     def summary(self) -> str:
-        return (f"top-1 agreement {self.top1_agreement:.2%} on {self.n} inputs, "
+        what = "top-1 agreement" if self.decided_by == "top-1" else "agreement of the labels over their thresholds"
+        return (f"{what} {self.top1_agreement:.2%} on {self.n} inputs, "
                 f"max |prob diff| {self.max_abs_diff:.2e} (tolerance {self.tolerance:.0e})")
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,27 +79,34 @@ class ExportResult:
 # --------------------------------------------------------------------------- the graph
 
 
-class ImageProbabilities(nn.Module):
-    """pixel_values -> softmax(logits / temperature): the exported image graph."""
+def _activate(logits: torch.Tensor, temperature: float, multi_label: bool) -> torch.Tensor:
+    """The objective's probabilities: softmax over classes, or a sigmoid per label."""
+    z = logits / temperature
+    return torch.sigmoid(z) if multi_label else torch.softmax(z, dim=-1)
 
-    def __init__(self, model: nn.Module, temperature: float):
+
+class ImageProbabilities(nn.Module):
+    """pixel_values -> softmax(logits / temperature) (a sigmoid per label with several
+    labels per image): the exported image graph."""
+
+    def __init__(self, model: nn.Module, temperature: float, multi_label: bool = False):
         super().__init__()
-        self.model, self.temperature = model, float(temperature)
+        self.model, self.temperature, self.multi_label = model, float(temperature), bool(multi_label)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(pixel_values) / self.temperature, dim=-1)
+        return _activate(self.model(pixel_values), self.temperature, self.multi_label)
 
 
 class TextProbabilities(nn.Module):
-    """(input_ids, attention_mask) -> softmax(logits / temperature): the exported text graph."""
+    """(input_ids, attention_mask) -> softmax(logits / temperature) (or sigmoids): the exported text graph."""
 
-    def __init__(self, model: nn.Module, temperature: float):
+    def __init__(self, model: nn.Module, temperature: float, multi_label: bool = False):
         super().__init__()
-        self.model, self.temperature = model, float(temperature)
+        self.model, self.temperature, self.multi_label = model, float(temperature), bool(multi_label)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         logits = self.model({"input_ids": input_ids, "attention_mask": attention_mask})
-        return torch.softmax(logits / self.temperature, dim=-1)
+        return _activate(logits, self.temperature, self.multi_label)
 
 
 def model_temperature(config: dict[str, Any]) -> float:
@@ -222,18 +231,32 @@ def generated_texts(clf, n: int, seed: int = 0) -> list[str]:
 # --------------------------------------------------------------------------- parity
 
 
-def compare(reference: np.ndarray, exported: np.ndarray, names: Sequence[str], labels: Sequence[str], tolerance: float, source: str) -> Parity:
-    """Top-1 agreement (a tie within ``tolerance`` in the reference counts as agreeing) and
-    the largest absolute difference of any probability."""
+def compare(reference: np.ndarray, exported: np.ndarray, names: Sequence[str], labels: Sequence[str], tolerance: float, source: str,
+            thresholds: np.ndarray | None = None) -> Parity:
+    """Agreement of the decisions and the largest absolute difference of any probability.
+    One label per input: the top class (a tie within ``tolerance`` in the reference counts
+    as agreeing). Several (``thresholds``): the same labels over their thresholds (a label
+    whose reference probability lies within ``tolerance`` of its threshold may go either way)."""
     if reference.shape != exported.shape:
         raise HeadstartError(f"parity check: the export gave shape {exported.shape}, the model {reference.shape}")
     if not len(reference):
         return Parity(0, source, 0.0, float("inf"), tolerance, [])
+    diff = np.abs(reference - exported)
+    if thresholds is not None:
+        ref_on, exp_on = reference >= thresholds, exported >= thresholds
+        agree = ((ref_on == exp_on) | (np.abs(reference - thresholds) <= tolerance)).all(1)
+
+        def shown(on: np.ndarray) -> str:
+            return ";".join(labels[int(j)] for j in np.flatnonzero(on))
+
+        bad = [{"input": str(names[i]), "model": shown(ref_on[i]), "export": shown(exp_on[i]), "max_abs_diff": float(diff[i].max())}
+               for i in np.flatnonzero(~agree | (diff.max(1) > tolerance))]
+        return Parity(len(reference), source, float(agree.mean()), float(diff.max()) if np.isfinite(diff).all() else float("inf"),
+                      tolerance, bad, decided_by="thresholds")
     ref_top, exp_top = reference.argmax(1), exported.argmax(1)
     rows = np.arange(len(reference))
     tie = np.abs(reference[rows, ref_top] - reference[rows, exp_top]) <= tolerance
     agree = (ref_top == exp_top) | tie
-    diff = np.abs(reference - exported)
     bad = [
         {"input": str(names[i]), "model": labels[int(ref_top[i])], "export": labels[int(exp_top[i])], "max_abs_diff": float(diff[i].max())}
         for i in np.flatnonzero(~agree | (diff.max(1) > tolerance))
@@ -279,18 +302,19 @@ def check_parity(clf, directory: Path, config: dict[str, Any], inputs: Sequence,
             module = torch.jit.load(str(directory / config["file"]))
         exported = _torchscript_probs(module, clf, inputs)
     names = [Path(p).name for p in inputs] if clf.task == "image" else [t[:60] for t in inputs]
-    return compare(np.atleast_2d(ref), np.atleast_2d(exported), names, clf.classes_, tolerance, source)
+    thresholds = getattr(clf.decision_, "thresholds", None) if clf.objective_.multi_label else None
+    return compare(np.atleast_2d(ref), np.atleast_2d(exported), names, clf.classes_, tolerance, source, thresholds)
 
 
 def reference_probs(clf, inputs: list, temperature: float) -> tuple[list, np.ndarray]:
-    """The PyTorch model's probabilities, softmax(logits / temperature), in fp32; for
-    images only of the inputs that decode (returned with them)."""
+    """The PyTorch model's probabilities, softmax(logits / temperature) or its sigmoids, in
+    fp32; for images only of the inputs that decode (returned with them)."""
     if clf.task == "image":
         logits, rows, _ = clf._logits(inputs)
         inputs = [inputs[int(i)] for i in rows]
     else:
         logits = clf._logits(inputs)
-    return inputs, torch.softmax(logits.double() / temperature, dim=1).numpy()
+    return inputs, _activate(logits.double(), temperature, clf.objective_.multi_label).numpy()
 
 
 def _image_files(val: Path) -> list[Path]:
@@ -330,9 +354,12 @@ def default_out(model_dir: Path, fmt: str) -> Path:
 
 
 def _describe(clf, fmt: str, model_dir: Path, temperature: float) -> dict[str, Any]:
+    multi = clf.objective_.multi_label
     config: dict[str, Any] = {
-        "format": EXPORT_FORMAT, "format_version": EXPORT_VERSION, "model_format": fmt, "file": MODEL_FILES[fmt],
+        # version 2 only for what version 1 readers would misread: sigmoid outputs and thresholds
+        "format": EXPORT_FORMAT, "format_version": EXPORT_VERSION if multi else 1, "model_format": fmt, "file": MODEL_FILES[fmt],
         "task": clf.task, "labels": list(clf.classes_), "temperature": temperature,
+        **({"objective": clf.objective_.to_config(), "decision": clf.decision_.to_config()} if multi else {}),
         "outputs": ["probabilities"], "precision": "fp32",
         "source": {"model_dir": str(model_dir.resolve()), "headstart_version": __version__, "torch_version": torch.__version__},
     }
@@ -396,7 +423,8 @@ def export_model(
     clf = load(model_dir, precision="fp32", device="cpu")  # export and check in fp32, always
     clf.model_.to("cpu", memory_format=torch.contiguous_format).eval()
     temperature = model_temperature(clf.saved_config_)
-    wrapper = (ImageProbabilities if clf.task == "image" else TextProbabilities)(clf.model_, temperature).eval()
+    wrapper = (ImageProbabilities if clf.task == "image" else TextProbabilities)(
+        clf.model_, temperature, clf.objective_.multi_label).eval()
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))

@@ -15,7 +15,7 @@ from .classifier import Classifier
 from .data import ImageDataset, ImageSet, require_two_classes, scan_folder
 from .images import expand_inputs
 from .errors import DataError, ModelDirError
-from .evaluation import classification_metrics
+from .objectives import announce_objective, check_separator
 from .model import ImageModel, feature_dim
 from .image_recipe import predict_logits, run_image_recipe
 from .training import resolve_device, resolve_precision, seed_everything
@@ -40,6 +40,8 @@ class ImageClassifier(Classifier):
     """
 
     task = "image"
+    multi_label: bool | None = None
+    label_sep = ";"
 
     def __init__(
         self,
@@ -49,12 +51,25 @@ class ImageClassifier(Classifier):
         hidden: Sequence[int] = (),
         dropout: float = 0.2,
         pooling: str = "avg",
+        multi_label: bool | None = None,
+        label_sep: str = ";",
         progress: bool = False,
         **train: Any,
     ):
         super().__init__(hidden=hidden, dropout=dropout, pooling=pooling, progress=progress, **train)
         self.backbone = backbone
         self.weights = weights
+        self.multi_label, self.label_sep = multi_label, check_separator(label_sep)
+
+    def _scan(self, data: str | Path | ImageSet, classes: Sequence[str] | None = None,
+              multi_label: bool | None = None) -> ImageSet:
+        """A labelled set read as this model reads labels (a trained model: as it learned them)."""
+        if isinstance(data, ImageSet):
+            return data
+        trained = classes is not None and hasattr(self, "classes_")
+        multi = self.objective_.multi_label if trained else self.multi_label if multi_label is None else multi_label
+        sep = (self.objective_.separator if trained and self.objective_.multi_label else None) or self.label_sep
+        return scan_folder(data, classes=classes, multi_label=multi, label_sep=sep)
 
     # ------------------------------------------------------------------ training
 
@@ -68,11 +83,11 @@ class ImageClassifier(Classifier):
         trains and validates, by stratified k-fold cross-validation (``folds``) and a refit
         on all of them (or a holdout of ``val_split``); with ``val`` that set validates."""
         cfg = self.config.resolved()
-        full = data if isinstance(data, ImageSet) else scan_folder(data)
-        val_set = None if val is None else (val if isinstance(val, ImageSet) else scan_folder(val, classes=full.classes))
+        full = self._scan(data)
+        val_set = None if val is None else self._scan(val, classes=full.classes, multi_label=full.labels.ndim == 2)
         require_two_classes(full.labels, full.classes)
-        present = set(np.unique(full.labels).tolist())
-        empty = [c for i, c in enumerate(full.classes) if i not in present]
+        self.objective_ = announce_objective(full.labels, self.label_sep, self.multi_label)
+        empty = [c for c, n in full.class_counts().items() if n == 0]
         if empty:
             raise DataError(
                 f"class folder(s) {', '.join(map(repr, empty))} have no training images; "
@@ -176,7 +191,7 @@ class ImageClassifier(Classifier):
     def evaluate(self, data: str | Path | ImageSet) -> dict[str, Any]:
         """Metrics on labelled data whose class names the model knows."""
         items, labels, logits, skipped = self.labelled_outputs(data)
-        metrics = classification_metrics(labels, self._probabilities(logits), self.classes_)
+        metrics = self.metrics(labels, self._probabilities(logits))
         metrics["skipped"] = skipped
         return metrics
 
@@ -184,7 +199,7 @@ class ImageClassifier(Classifier):
         """For labelled data: the images that decoded, their labels, the model's logits
         (before the temperature), and the files skipped with the reason."""
         self._check_fitted()
-        dataset = data if isinstance(data, ImageSet) else scan_folder(data, classes=self.classes_)
+        dataset = self._scan(data, classes=self.classes_)
         logits, rows, failed = self._logits(dataset.paths)
         skipped = [{"path": p, "reason": r} for p, r in dataset.skipped] + [
             {"path": str(dataset.paths[i]), "reason": r} for i, r in failed

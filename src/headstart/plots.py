@@ -86,8 +86,10 @@ def learning_curves(history: Sequence[dict[str, Any]]) -> bytes:
         return _png(fig)
 
 
-def confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> bytes:
-    """Counts and row-normalised (recall per true class) heatmaps side by side."""
+def confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], *, axes_names: tuple[str, str] = ("true", "predicted"),
+                     normalised_title: str = "row-normalised (recall)") -> bytes:
+    """Counts and row-normalised (recall per true class) heatmaps side by side; also the
+    label co-occurrence of multi-label data (rows and columns both labels)."""
     plt = _plt()
     cm = np.asarray(matrix, dtype=np.float64)
     k = len(labels)
@@ -98,11 +100,11 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> 
     names = [_short(label) for label in labels]
     with plt.rc_context(_style()):
         fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.5, side))
-        for ax, data, title, fmt in ((axes[0], cm, "counts", "{:.0f}"), (axes[1], normalised, "row-normalised (recall)", "{:.2f}")):
+        for ax, data, title, fmt in ((axes[0], cm, "counts", "{:.0f}"), (axes[1], normalised, normalised_title, "{:.2f}")):
             im = ax.imshow(data, cmap="Blues", vmin=0, vmax=max(data.max(), 1e-9) if title == "counts" else 1.0)
             ax.set_title(title)
-            ax.set_xlabel("predicted")
-            ax.set_ylabel("true")
+            ax.set_xlabel(axes_names[1])
+            ax.set_ylabel(axes_names[0])
             ticks = np.arange(k)
             step = max(1, k // 40)
             ax.set_xticks(ticks[::step], [names[i] for i in ticks[::step]], rotation=60, ha="right", fontsize=8)
@@ -189,5 +191,45 @@ def per_class_scores(per_class: dict[str, dict[str, float]], labels: Sequence[st
         ax.set_title("precision, recall and F1 per class")
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         ax.grid(axis="x", alpha=0.3)
+        fig.tight_layout()
+        return _png(fig)
+
+
+def pr_curves(y: np.ndarray, probs: np.ndarray, labels: Sequence[str], thresholds: Sequence[float]) -> bytes:
+    """Several labels per row: each label's precision-recall curve on the held-out rows, its
+    average precision, and the point its decision threshold picks."""
+    from sklearn.metrics import precision_recall_curve
+
+    plt = _plt()
+    y, probs = np.asarray(y), np.asarray(probs, dtype=np.float64)
+    k = len(labels)
+    cols = min(4, k)
+    rows = int(np.ceil(k / cols))
+    with plt.rc_context(_style()):
+        fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.7 * rows), squeeze=False)
+        for j in range(rows * cols):
+            ax = axes[j // cols][j % cols]
+            if j >= k:
+                ax.axis("off")
+                continue
+            ax.set_title(_short(labels[j]), fontsize=9)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+            if j % cols == 0:
+                ax.set_ylabel("precision")
+            if j // cols == rows - 1:
+                ax.set_xlabel("recall")
+            if not y[:, j].any():
+                ax.text(0.5, 0.5, "no positive row", ha="center", va="center", fontsize=8)
+                continue
+            precision, recall, _ = precision_recall_curve(y[:, j], probs[:, j])
+            ax.plot(recall, precision, lw=1.2)
+            on = probs[:, j] >= thresholds[j]
+            tp = int((on & (y[:, j] == 1)).sum())
+            p = tp / max(1, int(on.sum()))
+            r = tp / max(1, int(y[:, j].sum()))
+            ax.plot([r], [p], "o", color="C3", ms=5, label=f"threshold {thresholds[j]:.2f}")
+            ax.legend(fontsize=7, loc="lower left", frameon=False)
         fig.tight_layout()
         return _png(fig)

@@ -43,7 +43,7 @@ MAX_NOTE_ITEMS = 10
 SNIPPET = 300
 THUMB = 128
 FIXED_COLUMNS = ["item", "label", "predicted", "confidence"]
-FIGURES = {"learning_curves", "confusion_matrix", "per_class", "class_distribution", "calibration"}
+FIGURES = {"learning_curves", "confusion_matrix", "per_class", "class_distribution", "calibration", "cooccurrence", "pr_curves"}
 
 
 def e(value: Any) -> str:
@@ -54,22 +54,31 @@ def e(value: Any) -> str:
 # --------------------------------------------------------------------------- predictions file
 
 
-def write_predictions(path: Path, items: Sequence[str], labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> None:
+def write_predictions(path: Path, items: Sequence[str], labels: np.ndarray, probs: np.ndarray, classes: Sequence[str],
+                      thresholds: np.ndarray | None = None, separator: str = ";") -> None:
     """One row per item: the item (image path or text), its label, the predicted label, the
     confidence, then the probability of each class in ``classes`` order (the saved model's
-    probabilities, temperature applied)."""
+    probabilities, temperature applied). With several labels per row (``thresholds``): the
+    true and the predicted labels joined by ``separator``, and the highest probability."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
         w.writerow(FIXED_COLUMNS + [f"p:{c}" for c in classes])
-        pred = probs.argmax(axis=1) if len(probs) else np.empty(0, dtype=np.int64)
-        for item, y, p, row in zip(items, labels, pred, probs):
-            w.writerow([item, classes[int(y)], classes[int(p)], f"{row[p]:.10g}"] + [f"{v:.10g}" for v in row])
+        if thresholds is not None:
+            for item, y, row in zip(items, labels, probs):
+                true = separator.join(classes[j] for j in np.flatnonzero(y))
+                pred = separator.join(classes[j] for j in np.flatnonzero(row >= thresholds))
+                w.writerow([item, true, pred, f"{row.max():.10g}"] + [f"{v:.10g}" for v in row])
+        else:
+            pred = probs.argmax(axis=1) if len(probs) else np.empty(0, dtype=np.int64)
+            for item, y, p, row in zip(items, labels, pred, probs):
+                w.writerow([item, classes[int(y)], classes[int(p)], f"{row[p]:.10g}"] + [f"{v:.10g}" for v in row])
     tmp.replace(path)
 
 
-def read_predictions(path: Path, classes: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Items, label indices and probabilities back from :func:`write_predictions`."""
+def read_predictions(path: Path, classes: Sequence[str], separator: str | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Items, labels and probabilities back from :func:`write_predictions` (``separator``:
+    several labels per row, read back as an ``(n, K)`` 0/1 array)."""
     index = {c: i for i, c in enumerate(classes)}
     items, labels, rows = [], [], []
     try:
@@ -79,15 +88,22 @@ def read_predictions(path: Path, classes: Sequence[str]) -> tuple[list[str], np.
             if header is None or header[:4] != FIXED_COLUMNS or len(header) != 4 + len(classes):
                 raise DataError(f"{str(path)!r} does not hold predictions for the {len(classes)} classes of this run")
             for n, row in enumerate(reader, start=2):
-                if len(row) != len(header) or row[1] not in index:
+                names = [x for x in row[1].split(separator) if x] if separator and len(row) > 1 else [row[1] if len(row) > 1 else None]
+                if len(row) != len(header) or any(x not in index for x in names):
                     raise DataError(f"{str(path)!r} line {n} is malformed; rerun training to rewrite it")
                 items.append(row[0])
-                labels.append(index[row[1]])
+                if separator:
+                    hot = np.zeros(len(classes), dtype=np.int64)
+                    hot[[index[x] for x in names]] = 1
+                    labels.append(hot)
+                else:
+                    labels.append(index[row[1]])
                 rows.append([float(v) for v in row[4:]])
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"cannot read {str(path)!r} ({exc})") from None
     probs = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(classes))
-    return items, np.asarray(labels, dtype=np.int64), probs
+    y = np.asarray(labels, dtype=np.int64).reshape((len(rows), len(classes)) if separator else (len(rows),))
+    return items, y, probs
 
 
 # --------------------------------------------------------------------------- data notes
@@ -331,6 +347,39 @@ def _kv(rows: Sequence[tuple[str, str]]) -> str:
     return '<table class="kv">' + "".join(f"<tr><td>{e(k)}</td><td class=\"l\">{v}</td></tr>" for k, v in rows) + "</table>"
 
 
+def _multilabel_mistakes_html(task: str, items: Sequence[str], labels: np.ndarray, probs: np.ndarray, classes: Sequence[str],
+                              thresholds: np.ndarray) -> str:
+    """Rows whose predicted labels differ from their labels, the surest wrong decision first
+    (a missed label scored near 0, or a wrong one near 1)."""
+    on = probs >= thresholds
+    wrong_cells = on != labels.astype(bool)
+    wrong = np.flatnonzero(wrong_cells.any(1))
+    if not len(wrong):
+        return "<p>No mistakes on this set.</p>"
+    severity = np.where(wrong_cells, np.abs(probs - labels), 0.0).max(1)
+    order = wrong[np.argsort(-severity[wrong], kind="stable")][: MAX_MISTAKES[task]]
+    head = (f"<p>{len(wrong)} of {len(labels)} rows have a wrong set of labels; the {len(order)} with the surest wrong "
+            "decision first (scores are the saved model's probabilities; each label's threshold decides).</p>")
+
+    def names(row: int, mask: np.ndarray) -> str:
+        shown = [f"{classes[j]} ({probs[row, j]:.2f})" for j in np.flatnonzero(mask)]
+        return e(", ".join(shown) or "none")
+
+    cards = []
+    for i in order:
+        what = (f'<span class="true">true: {names(i, labels[i].astype(bool))}</span> &middot; '
+                f'<span class="pred">predicted: {names(i, on[i])}</span>')
+        if task == "image":
+            thumb = _thumbnail(items[i])
+            picture = _img(thumb, Path(items[i]).name, "thumb") if thumb else '<p class="muted">(file not readable now)</p>'
+            cards.append(f'<div class="card">{picture}<div>{what}</div><div class="muted" title="{e(items[i])}">'
+                         f'{e(Path(items[i]).name)}</div></div>')
+        else:
+            text = items[i] if len(items[i]) <= SNIPPET else items[i][:SNIPPET] + "\u2026"
+            cards.append(f'<div class="snippet">{e(text)}<br>{what}</div>')
+    return head + ('<div class="gallery">' + "".join(cards) + "</div>" if task == "image" else "".join(cards))
+
+
 def _mistakes_html(task: str, items: Sequence[str], labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> str:
     pred = probs.argmax(axis=1)
     conf = probs.max(axis=1)
@@ -379,21 +428,41 @@ def _notes_html(findings: Sequence[dict[str, Any]], check_ran: bool, intro: str 
 
 def _per_class_table(metrics: dict[str, Any], key: str, splits: dict[str, dict[str, int]]) -> str:
     labels = metrics["labels"]
+    multi = metrics.get("objective") == "multi-label"
     head = "".join(f"<th>{e(name)} examples</th>" for name in splits)
     rows = []
     for label in labels:
         m = metrics["per_class"][label]
         counts = "".join(f"<td>{int(counts.get(label, 0))}</td>" for counts in splits.values())
+        extra = ""
+        if multi:
+            ap = m.get("average_precision")
+            extra = ((_metric(ap, [key, "per_class", label, "average_precision"], 3) if ap is not None else "<td></td>")
+                     + _metric(m["threshold"], [key, "per_class", label, "threshold"], 2))
         rows.append(
             f'<tr><td class="l">{e(label)}</td>'
             + _metric(m["precision"], [key, "per_class", label, "precision"], 3)
             + _metric(m["recall"], [key, "per_class", label, "recall"], 3)
-            + _metric(m["f1"], [key, "per_class", label, "f1"], 3)
+            + _metric(m["f1"], [key, "per_class", label, "f1"], 3) + extra
             + f'<td data-metric="{e(json.dumps([key, "per_class", label, "support"], ensure_ascii=False))}">{int(m["support"])}</td>'
             + counts + "</tr>"
         )
-    return (f'<table id="per-class-table"><tr><th class="l">class</th><th>precision</th><th>recall</th><th>F1</th>'
-            f"<th>support</th>{head}</tr>" + "".join(rows) + "</table>")
+    more = "<th>average precision</th><th>threshold</th>" if multi else ""
+    return (f'<table id="per-class-table"><tr><th class="l">{"label" if multi else "class"}</th><th>precision</th><th>recall</th>'
+            f"<th>F1</th>{more}<th>support</th>{head}</tr>" + "".join(rows) + "</table>")
+
+
+def _summary_table(metrics: dict[str, Any], k: str) -> str:
+    """The headline numbers: accuracy, macro F1 and log loss; with several labels per row the
+    F1 scores, subset accuracy, mean average precision and binary cross-entropy."""
+    if metrics.get("objective") == "multi-label":
+        cols = [("macro F1", "macro_f1"), ("micro F1", "micro_f1"), ("samples F1", "samples_f1"),
+                ("subset accuracy", "accuracy"), ("mAP", "mean_average_precision"), ("log loss (per row)", "loss")]
+    else:
+        cols = [("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("log loss", "loss")]
+    return ("<table><tr><th>examples</th>" + "".join(f"<th>{e(name)}</th>" for name, _ in cols) + "</tr><tr>"
+            f'<td data-metric="{e(json.dumps([k, "n"]))}">{int(metrics["n"])}</td>'
+            + "".join(_metric(metrics[key], [k, key]) for _, key in cols) + "</tr></table>")
 
 
 def render(
@@ -428,11 +497,9 @@ def render(
         '<section id="summary"><h2>Summary</h2>',
         _kv(info),
         f"<p>On {e(eval_name)}:</p>",
-        "<table><tr><th>examples</th><th>accuracy</th><th>macro F1</th><th>log loss</th></tr><tr>"
-        f'<td data-metric="{e(json.dumps([k, "n"]))}">{int(metrics["n"])}</td>'
-        + _metric(metrics["accuracy"], [k, "accuracy"]) + _metric(metrics["macro_f1"], [k, "macro_f1"])
-        + _metric(metrics["loss"], [k, "loss"]) + "</tr></table></section>",
+        _summary_table(metrics, k) + "</section>",
     ]
+    multi = metrics.get("objective") == "multi-label"
     if extra:
         parts.append(extra)
     if "learning_curves" in figures:
@@ -440,11 +507,24 @@ def render(
                   "<p>Loss and accuracy per epoch on the training and validation data; dashed lines mark where one "
                   "phase ends and the next begins (the head on the frozen backbone, then the unfrozen blocks).</p>",
                   _img(figures["learning_curves"], "learning curves"), "</section>"]
-    parts += ['<section id="confusion-matrix"><h2>Confusion matrix</h2>',
-              f"<p>Rows are the true classes, columns the predicted ones, on {e(eval_name)}. The right panel divides "
-              "each row by its total: the diagonal is each class's recall.</p>",
-              _img(figures["confusion_matrix"], "confusion matrix"), "</section>",
-              '<section id="per-class"><h2>Per-class precision, recall and F1</h2>',
+    if multi:
+        parts += ['<section id="pr-curves"><h2>Precision and recall per label</h2>',
+                  f"<p>Each label's precision-recall curve on {e(eval_name)}; the dot is where its decision threshold "
+                  "(tuned on held-out rows to maximise that label's F1, saved with the model) operates. "
+                  f"{e(metrics.get('thresholds_protocol', ''))}.</p>" if metrics.get("thresholds_protocol") else
+                  f"<p>Each label's precision-recall curve on {e(eval_name)}; the dot is where the model's saved "
+                  "threshold for the label operates.</p>",
+                  _img(figures["pr_curves"], "precision-recall curve per label"), "</section>",
+                  '<section id="cooccurrence"><h2>Label co-occurrence</h2>',
+                  f"<p>Rows carrying both labels, on {e(eval_name)}; the diagonal is each label's count. The right panel "
+                  "divides each row by its diagonal: how often a row with the row's label also carries the column's.</p>",
+                  _img(figures["cooccurrence"], "label co-occurrence"), "</section>"]
+    else:
+        parts += ['<section id="confusion-matrix"><h2>Confusion matrix</h2>',
+                  f"<p>Rows are the true classes, columns the predicted ones, on {e(eval_name)}. The right panel divides "
+                  "each row by its total: the diagonal is each class's recall.</p>",
+                  _img(figures["confusion_matrix"], "confusion matrix"), "</section>"]
+    parts += ['<section id="per-class"><h2>Per-class precision, recall and F1</h2>',
               _per_class_table(metrics, k, splits), _img(figures["per_class"], "per-class precision, recall and F1"),
               "</section>",
               '<section id="class-distribution"><h2>Class distribution</h2>',
@@ -472,7 +552,10 @@ def render(
         parts.append("<p>Not available: this run has no calibration data (it was trained by an older headstart).</p>")
     parts.append("</section>")
     parts.append('<section id="mistakes"><h2>Most confident mistakes</h2>')
-    if predictions is not None:
+    if predictions is not None and multi:
+        thresholds = np.asarray([metrics["per_class"][c]["threshold"] for c in metrics["labels"]])
+        parts.append(_multilabel_mistakes_html(task, *predictions, metrics["labels"], thresholds))
+    elif predictions is not None:
         parts.append(_mistakes_html(task, *predictions, metrics["labels"]))
     else:
         parts.append(f"<p>Not available: no {PREDICTIONS_FILE} in this run (it was trained by an older headstart).</p>")
@@ -487,14 +570,21 @@ def render(
 
 
 def _figures(task_history: Sequence[dict] | None, metrics: dict[str, Any], splits: dict[str, dict[str, int]],
-             calib_panels: list | None) -> dict[str, bytes]:
+             calib_panels: list | None, predictions: tuple | None = None) -> dict[str, bytes]:
     from . import plots
 
     labels = metrics["labels"]
     figures: dict[str, bytes] = {}
     if task_history:
         figures["learning_curves"] = plots.learning_curves(task_history)
-    figures["confusion_matrix"] = plots.confusion_matrix(metrics["confusion_matrix"], labels)
+    if metrics.get("objective") == "multi-label":
+        figures["cooccurrence"] = plots.confusion_matrix(metrics["cooccurrence"], labels, axes_names=("label", "also carries"),
+                                                         normalised_title="share of the row label's rows")
+        if predictions is not None:
+            thresholds = [metrics["per_class"][c]["threshold"] for c in labels]
+            figures["pr_curves"] = plots.pr_curves(predictions[1], predictions[2], labels, thresholds)
+    else:
+        figures["confusion_matrix"] = plots.confusion_matrix(metrics["confusion_matrix"], labels)
     figures["per_class"] = plots.per_class_scores(metrics["per_class"], labels)
     figures["class_distribution"] = plots.class_distribution(splits, labels)
     if calib_panels:
@@ -554,9 +644,18 @@ def _write_outputs(out: Path, page: str, figures: dict[str, bytes]) -> Path:
 
 
 def _calibration_panels(probs_after: np.ndarray, labels: np.ndarray, temperature: float, after_title: str):
-    """Reliability before and after the temperature, from the probabilities after it."""
-    from .calibration import expected_calibration_error
+    """Reliability before and after the temperature, from the probabilities after it (with
+    several labels per row: every (row, label) probability, before and after the shared
+    temperature of the sigmoids)."""
+    from .calibration import _label_ece, expected_calibration_error, label_reliability
 
+    if np.asarray(labels).ndim == 2:
+        p = np.clip(probs_after, 1e-12, 1 - 1e-12)
+        before = 1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) * temperature))
+        return [
+            ("before (T = 1), every label", label_reliability(before, labels), _label_ece(before, labels)),
+            (f"{after_title} (T = {temperature:.3f})", label_reliability(probs_after, labels), _label_ece(probs_after, labels)),
+        ]
     before = apply_temperature(log_probs(probs_after) * temperature, 1.0)
     return [
         ("before (T = 1)", reliability(before, labels), expected_calibration_error(before, labels)),
@@ -598,7 +697,7 @@ def build_report(run_dir: str | Path) -> Path:
         hint = " (that is a model directory; pass the run directory above it)" if (run / "config.json").is_file() and (run / "model.safetensors").is_file() else ""
         raise HeadstartError(f"{str(run)!r} is not a headstart run directory: it has no metrics.json{hint}")
     metrics = _read_json(run / "metrics.json", "metrics file")
-    if "val" not in metrics or "confusion_matrix" not in (metrics.get("val") or {}):
+    if "val" not in metrics or "per_class" not in (metrics.get("val") or {}):
         raise DataError(f"{str(run / 'metrics.json')!r} has no validation metrics; was this run finished?")
     run_config = _read_json(run / "config.json", "run config") if (run / "config.json").is_file() else {}
     model_config = {}
@@ -613,8 +712,9 @@ def build_report(run_dir: str | Path) -> Path:
     if not splits:
         splits = {"validation": {c: val["per_class"][c]["support"] for c in classes}}
     predictions = None
+    separator = (model_config.get("objective") or {}).get("separator", ";") if val.get("objective") == "multi-label" else None
     if (run / PREDICTIONS_FILE).is_file():
-        predictions = read_predictions(run / PREDICTIONS_FILE, classes)
+        predictions = read_predictions(run / PREDICTIONS_FILE, classes, separator)
     calibration = metrics.get("calibration")
     panels = None
     if predictions is not None and calibration:
@@ -629,7 +729,7 @@ def build_report(run_dir: str | Path) -> Path:
     findings = data_findings(metrics, check)
     if check is None and (run / CHECK_FILE).exists():
         findings.insert(0, _finding("warning", "check", f"{CHECK_FILE} exists but could not be read"))
-    figures = _figures(metrics.get("history"), val, splits, panels)
+    figures = _figures(metrics.get("history"), val, splits, panels, predictions)
     training = run_config.get("training") or model_config.get("training") or {}
     backbone = run_config.get("backbone") or (model_config.get("backbone") or model_config.get("encoder") or {}).get("name", "?")
     val_source = (data.get("val") or {}).get("source") or "the validation set"
@@ -664,8 +764,6 @@ def evaluation_report(clf, model_dir: str | Path, data: Any, out_dir: str | Path
     per-class scores, calibration with the model's stored temperature and the most
     confident mistakes, in ``out_dir`` (report.html, plots/, metrics.json, predictions.csv).
     Returns the page's path and the metrics."""
-    from .evaluation import classification_metrics
-
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise HeadstartError(f"report directory {str(out)!r} is a file; pass a directory path")
@@ -685,19 +783,31 @@ def evaluation_report(clf, model_dir: str | Path, data: Any, out_dir: str | Path
     items, labels, logits, skipped = clf.labelled_outputs(data)
     if len(labels) == 0:
         raise DataError(f"no example of {str(data)!r} could be read; nothing to report")
-    probs = apply_temperature(logits, clf.temperature_)
-    metrics = classification_metrics(labels, probs, clf.classes_)
+    probs = clf._probabilities(logits)
+    metrics = clf.metrics(labels, probs)
     metrics["skipped"] = skipped
     from .calibration import summarise
 
-    calibration = summarise(logits, labels, clf.temperature_)
+    multi = clf.objective_.multi_label
+    if multi:
+        from .calibration import _bce, _label_ece
+
+        t = clf.temperature_
+        plain = clf.objective_.probabilities(logits, 1.0)
+        calibration = {"temperature": float(t), "bins": 15, "n": int(len(labels)), "per": "label",
+                       "ece_before": _label_ece(plain, labels), "ece_after": _label_ece(probs, labels),
+                       "nll_before": _bce(logits, labels, 1.0), "nll_after": _bce(logits, labels, t)}
+    else:
+        calibration = summarise(logits, labels, clf.temperature_)
     out.mkdir(parents=True, exist_ok=True)
     if clf.task == "image":
         items = [str(Path(i).absolute()) for i in items]
-    write_predictions(out / EVAL_PREDICTIONS_FILE, items, labels, probs, clf.classes_)
+    thresholds = clf.decision_.thresholds if multi else None
+    write_predictions(out / EVAL_PREDICTIONS_FILE, items, labels, probs, clf.classes_, thresholds,
+                      clf.objective_.separator or ";")
     splits = {"evaluation": {c: metrics["per_class"][c]["support"] for c in clf.classes_}}
     panels = _calibration_panels(probs, labels, clf.temperature_, "with the model's temperature")
-    figures = _figures(None, metrics, splits, panels)
+    figures = _figures(None, metrics, splits, panels, (items, labels, probs))
     findings = []
     if skipped:
         findings.append(_finding("warning", "skipped", f"{len(skipped)} input(s) were skipped",

@@ -22,11 +22,13 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .labels import LabelPredictions
+from .objectives import decision_from_config
 from .errors import DataError, HeadstartError, ModelDirError
 from .images import load_opened, to_rgb
 
 EXPORT_FORMAT = "headstart-export"
-EXPORT_VERSION = 1
+# 2: sigmoid outputs with per-label thresholds ("objective", "decision"); written only for those
+EXPORT_VERSION = 2
 EXPORT_CONFIG = "headstart-export.json"
 PARITY_FILE = "parity.json"
 
@@ -241,6 +243,7 @@ class OnnxClassifier(LabelPredictions):
         self.directory, self.config = directory, config
         self.task = config["task"]
         self.classes_ = list(config["labels"])
+        self.decision_ = decision_from_config(config.get("decision"), len(self.classes_))
         self.batch_size = batch_size
         options = ort.SessionOptions()
         if threads:

@@ -32,6 +32,7 @@ import numpy as np
 
 from . import __version__
 from .errors import DataError, HeadstartError
+from .labels import top_k_results  # noqa: F401 - the studio's answers are the server's
 
 log = logging.getLogger("headstart.serve")
 
@@ -210,14 +211,6 @@ async def parse_multipart(request, body: bytes, *, max_files: int, max_fields: i
         raise HTTPException(status, f"cannot read the multipart body: {exc.message}") from None
 
 
-def top_k_results(names: Sequence[str], probs: np.ndarray, labels: Sequence[str], top_k: int) -> list[dict[str, Any]]:
-    """The answer's ``results``: each input's name and its ``top_k`` labels with scores, best first."""
-    k = min(top_k, len(labels))
-    results = []
-    for name, row in zip(names, probs):
-        order = np.argsort(-row, kind="stable")[:k]
-        results.append({"input": name, "predictions": [{"label": labels[int(i)], "score": float(row[i])} for i in order]})
-    return results
 
 
 _PREDICT_BODY = {
@@ -276,6 +269,7 @@ def create_app(
             "max_batch, max_inputs, max_pixels, max_concurrent and max_upload_mb must be positive, max_wait_ms not negative"
         )
     labels = list(model.classes_)
+    rule = getattr(model, "decision_", None)  # per-label thresholds: answers carry the labels over them
     task = model.task
     max_bytes = int(max_upload_mb * 1024 * 1024)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headstart-model")
@@ -453,7 +447,7 @@ def create_app(
                                 status_code=500, headers={"X-Request-ID": request_id})
         finally:
             in_flight -= 1
-        return {"task": task, "results": top_k_results(names, probs, labels, top_k_)}
+        return {"task": task, "results": top_k_results(names, probs, labels, top_k_, rule)}
 
     return app
 

@@ -448,6 +448,7 @@ class Projects:
     def add_table(self, pid: str, filename: str, data: bytes) -> tuple[int, list]:
         """Add the texts of a CSV / TSV / JSON Lines table (text and label columns found
         as `headstart train` finds them); returns how many were added and what was skipped."""
+        from .labels import label_names
         from .textdata import read_table
 
         suffix = os.path.splitext(filename or "")[1].lower()
@@ -464,7 +465,7 @@ class Projects:
                 # the CLI's advice (--text-column) has no place here: the columns are renamed instead
                 message = re.sub(r"Pass --(text|label)-column NAME", r"Name the \1 column '\1'", str(exc))
                 raise Refused(422, message.replace(str(path), filename)) from None
-        pairs = [(t, table.classes[int(y)]) for t, y in zip(table.texts, table.labels)]
+        pairs = list(zip(table.texts, label_names(table.labels, table.classes)))  # "a;b" stays "a;b"
         skipped = [(where.replace(str(path), filename), why) for where, why in table.skipped]
         return self.add_texts(pid, pairs), skipped
 
@@ -1249,7 +1250,7 @@ def create_studio_app(
             items, names = texts, texts
         probs = await run_in_threadpool(lambda: np.atleast_2d(model.predict_proba(items)))
         return {"task": model.task, "calibrated": float(getattr(model, "temperature_", 1.0)) != 1.0,
-                "results": top_k_results(names, probs, list(model.classes_), top_k)}
+                "results": top_k_results(names, probs, list(model.classes_), top_k, getattr(model, "decision_", None))}
 
     @app.post("/api/projects/{pid}/runs/{rid}/export")
     async def export(pid: str, rid: str) -> dict[str, Any]:

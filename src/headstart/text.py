@@ -16,8 +16,8 @@ from .classifier import Classifier
 from .config import TrainConfig
 from .encoders import EncoderSpec, encoder_block_groups, load_encoder, quiet_transformers, resolve_encoder
 from .errors import DataError, HeadstartError, ModelDirError
-from .evaluation import classification_metrics
 from .model import Head
+from .objectives import announce_objective, check_separator
 from .textdata import TextSet, read_table
 from .tokens import TokenBackend, run_batches, token_items, tokenize
 from .training import recipe_setup, resolve_device, resolve_precision, seed_everything
@@ -99,6 +99,8 @@ class TextClassifier(Classifier):
     """
 
     task = "text"
+    multi_label: bool | None = None
+    label_sep = ";"
 
     def __init__(
         self,
@@ -114,6 +116,8 @@ class TextClassifier(Classifier):
         word_vectors: str | None = None,
         sequence_encoder: str | None = None,
         hidden_size: int = 128,
+        multi_label: bool | None = None,
+        label_sep: str = ";",
         progress: bool = False,
         **train: Any,
     ):
@@ -149,13 +153,20 @@ class TextClassifier(Classifier):
             raise HeadstartError(f"max_length must be at least 2; got {max_length}")
         self.max_length = max_length
         self.text_column, self.label_column, self.encoding = text_column, label_column, encoding
+        self.multi_label, self.label_sep = multi_label, check_separator(label_sep)
 
-    def _read(self, data: Any, labels: Sequence[Any] | None = None, classes: Sequence[str] | None = None) -> TextSet:
+    def _read(self, data: Any, labels: Sequence[Any] | None = None, classes: Sequence[str] | None = None,
+              multi_label: bool | None = None) -> TextSet:
+        """A labelled set; ``multi_label`` (a validation set read like its training data)
+        overrides how the label column is read, as a trained model's objective does."""
         if isinstance(data, TextSet):
             return data
+        trained = classes is not None and hasattr(self, "classes_")
+        multi = self.objective_.multi_label if trained else self.multi_label if multi_label is None else multi_label
+        sep = (self.objective_.separator if trained and self.objective_.multi_label else None) or self.label_sep
         return read_table(
             data, labels, text_column=self.text_column, label_column=self.label_column,
-            encoding=self.encoding, classes=classes,
+            encoding=self.encoding, classes=classes, multi_label=multi, label_sep=sep,
         )
 
     def fit(self, data: Any, labels: Sequence[Any] | None = None, *, val: Any = None, val_labels: Sequence[Any] | None = None) -> "TextClassifier":
@@ -167,8 +178,10 @@ class TextClassifier(Classifier):
 
         cfg = self._resolved()
         full = self._read(data, labels)
-        val_set = None if val is None else self._read(val, val_labels, classes=full.classes)
+        val_set = None if val is None else self._read(val, val_labels, classes=full.classes,
+                                                      multi_label=full.labels.ndim == 2)
         require_two_classes(full.labels, full.classes)
+        self.objective_ = announce_objective(full.labels, self.label_sep, self.multi_label)
         if self._spec is None and self.kind == "transformer":
             self._spec, self._source = resolve_encoder(self.backbone, cfg.cache_dir)
         self.classes_ = list(full.classes)
@@ -292,7 +305,7 @@ class TextClassifier(Classifier):
     def evaluate(self, data: Any, labels: Sequence[Any] | None = None) -> dict[str, Any]:
         """Metrics on labelled data (file, DataFrame, or texts + labels)."""
         items, y, logits, skipped = self.labelled_outputs(data, labels)
-        metrics = classification_metrics(y, self._probabilities(logits), self.classes_)
+        metrics = self.metrics(y, self._probabilities(logits))
         metrics["skipped"] = skipped
         return metrics
 

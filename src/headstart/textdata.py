@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .labels import class_counts
+from .labels import class_counts, encode_multi_label, is_multi_label, split_labels
 from .errors import DataError
 
 TEXT_COLUMNS = ("text", "sentence", "review", "content")
@@ -146,11 +146,17 @@ def read_table(
     encoding: str | None = None,
     classes: Sequence[str] | None = None,
     require_labels: bool = True,
+    multi_label: bool | None = None,
+    label_sep: str = ";",
 ) -> TextSet:
     """Texts and labels from a file path, a pandas DataFrame, or a list of texts (+ ``labels``).
 
     Empty texts and empty labels are skipped and counted. With ``classes`` (a trained
     model's labels) a label outside them is an error that names it.
+
+    A label cell holding ``label_sep`` (``;``) makes the column multi-label: each cell names
+    any of the labels, and ``labels`` is an ``(n, K)`` 0/1 array. ``multi_label`` True or
+    False decides instead (a trained model passes what it learned).
     """
     source = ""
     if labels is not None:
@@ -201,15 +207,19 @@ def read_table(
         raise DataError(f"no non-empty texts with labels found in {source}")
     if not require_labels:
         return TextSet(texts, np.full(len(texts), -1, dtype=np.int64), list(classes or []), skipped, source)
+    multi = is_multi_label(names, label_sep, multi_label)
+    found = {n for cell in names for n in split_labels(cell, label_sep)} if multi else set(names)
     if classes is None:
-        classes = sort_classes(set(names))
+        classes = sort_classes(found)
     else:
-        unknown = sorted(set(names) - set(classes))
+        unknown = sorted(found - set(classes))
         if unknown:
             raise DataError(
                 f"label(s) {', '.join(map(repr, unknown))} in {source} never appear in the training data; "
                 f"known labels are: {', '.join(classes)}"
             )
+    if multi:
+        return TextSet(texts, encode_multi_label(names, label_sep, classes), list(classes), skipped, source)
     index = {c: i for i, c in enumerate(classes)}
     return TextSet(texts, np.asarray([index[n] for n in names], dtype=np.int64), list(classes), skipped, source)
 
