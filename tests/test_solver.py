@@ -284,3 +284,34 @@ def test_one_label_splits_are_still_scikit_learns():
         assert ours[0].tolist() == sorted(train.tolist()) and ours[1].tolist() == sorted(val.tolist())
     with pytest.raises(DataError, match="only one class"):
         require_two_classes(np.zeros(5, dtype=np.int64), ["a", "b"])
+
+
+def test_auto_trains_phase_two_on_the_part_of_an_epoch_the_budget_holds(monkeypatch):
+    """One epoch would overrun auto's time budget: one epoch over a seeded random part of the
+    training rows that fits is trained instead, held out and judged as usual; too small a part
+    and phase 2 is not tried."""
+    from headstart.training import OverBudget
+
+    calls = []
+    original = FakeBackend.train
+
+    def over_budget_train(self, model, train_rows, eval_rows, *, epochs, phase, head_trained, deadline):
+        calls.append((len(train_rows), epochs))
+        if len(calls) == 1:  # the whole epoch: 100 s projected, a 60 s budget is all that is left
+            raise OverBudget("one epoch would take about 100 s", 100.0, 60.0)
+        return original(self, model, train_rows, eval_rows, epochs=epochs, phase=phase, head_trained=head_trained,
+                        deadline=deadline)
+
+    monkeypatch.setattr(FakeBackend, "train", over_budget_train)
+    monkeypatch.setattr(Transfer, "time_left", lambda self: 60.0)
+    result, backend = _transfer("good")
+    (whole, _), (part, epochs) = calls[:2]  # then the refit on every row (the fake's epochs take no time)
+    # 0.8 x (60 s - the held-out rows' scoring) / 100 s of the 72 training rows of fold 1
+    assert whole == 72 and epochs == 1 and 0.4 * 72 <= part < 0.48 * 72
+    assert set(backend.trained[0][0]) < set(range(90)) and not set(backend.trained[0][0]) & set(backend.trained[0][1])
+    entry = [t for t in result.tried if t["recipe"] == "fine-tune"][0]
+    assert entry["trained_rows"] == part and result.recipe == "fine-tune"
+    calls.clear()
+    monkeypatch.setattr(Transfer, "time_left", lambda self: 10.0)  # under a fifth of an epoch: not tried
+    result, _ = _transfer("good")
+    assert len(calls) == 1 and result.recipe == "linear-probe" and "100 s" in result.tried[1]["skipped"]

@@ -87,7 +87,12 @@ def seed_everything(seed: int) -> None:
 
 
 class OverBudget(HeadstartError):
-    """A training phase cannot finish one epoch within the time budget."""
+    """A training phase cannot finish one epoch within the time budget: ``epoch_seconds`` is
+    the projected length of one epoch, ``available`` the seconds that were left for it."""
+
+    def __init__(self, message: str, epoch_seconds: float = math.inf, available: float = 0.0):
+        super().__init__(message)
+        self.epoch_seconds, self.available = epoch_seconds, available
 
 
 @dataclass
@@ -301,7 +306,7 @@ def train_loop(
                 if projected > deadline:
                     raise OverBudget(
                         f"one epoch would take about {projected - start:.0f} s, more than the time left "
-                        f"({max(0.0, deadline - start):.0f} s)"
+                        f"({max(0.0, deadline - start):.0f} s)", projected - start, max(0.0, deadline - start),
                     )
             real = x is not None  # None: no image of this batch could be decoded
             if real:

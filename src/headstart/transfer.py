@@ -453,28 +453,59 @@ class Transfer:
         cfg = self.cfg
         train_rows, eval_rows = self._held_out_splits()[0]
         start = time.perf_counter()
-        model = copy.deepcopy(pristine)
         head_trained = recipe == "fine-tune"
-        if head_trained:
-            self.fit_head(model.head, train_rows, C=self.C)
         # the budget bounds what auto tries; a recipe the user asked for trains to its end
         deadline = self.deadline if cfg.recipe == "auto" else None
-        try:
-            hist = self.backend.train(model, train_rows, eval_rows, epochs=cfg.epochs, phase=recipe,
-                                      head_trained=head_trained, deadline=deadline)
-        except OverBudget as exc:
-            log.info("%s not tried: %s", recipe, exc)
-            self.tried.append({"recipe": recipe, "skipped": str(exc)})
-            return None
+        epochs, all_rows = cfg.epochs, len(train_rows)
+        while True:
+            model = copy.deepcopy(pristine)
+            if head_trained:
+                self.fit_head(model.head, train_rows, C=self.C)
+            try:
+                hist = self.backend.train(model, train_rows, eval_rows, epochs=epochs, phase=recipe,
+                                          head_trained=head_trained, deadline=deadline)
+                break
+            except OverBudget as exc:
+                part = self._affordable_part(train_rows, len(eval_rows), exc) if epochs == cfg.epochs else None
+                if part is None:
+                    log.info("%s not tried: %s", recipe, exc)
+                    self.tried.append({"recipe": recipe, "skipped": str(exc)})
+                    return None
+                log.info("%s: %s; training one epoch on %d of the %d training rows (drawn at random), what the "
+                         "time budget holds", recipe, exc, len(part), len(train_rows))
+                train_rows, epochs = part, 1
         logits, ok = self.backend.logits(model, eval_rows)
         score = self._score(logits, self.labels[ok])
         best = max(hist, key=lambda r: (r.val_accuracy, -r.val_loss))
         entry = {"recipe": recipe, "accuracy": score, "n": int(len(ok)), "epochs": len(hist), "best_epoch": best.epoch,
                  "seconds": round(time.perf_counter() - start, 1)}
+        if len(train_rows) < all_rows:
+            entry["trained_rows"] = int(len(train_rows))
         if probe_logits is not None:  # the probe on the same rows, trained on the same rows
             entry.update(self._against_probe(logits, ok, probe_logits))
         return {"model": model, "history": hist, "logits": logits, "rows": ok, "entry": entry,
                 "train_rows": train_rows, "eval_rows": eval_rows, "best_epoch": best.epoch}
+
+    # Phase 2 on part of the training rows when a whole epoch does not fit auto's time budget:
+    # at least this share of an epoch (less is little more than noise on the pretrained
+    # weights), sized with this margin on the projected time.
+    MIN_EPOCH_PART = 0.2
+    BUDGET_MARGIN = 0.8
+
+    def _affordable_part(self, train_rows: np.ndarray, n_eval: int, exc: OverBudget) -> np.ndarray | None:
+        """The training rows one epoch of phase 2 can cover in the time left (a seeded random
+        draw), leaving time to score the held-out rows; None when that is under
+        ``MIN_EPOCH_PART`` of them. Large data on a CPU: one epoch over a part of it usually
+        beats no fine-tuning at all, and the sign test against the probe still decides."""
+        if not math.isfinite(exc.epoch_seconds) or exc.epoch_seconds <= 0:
+            return None
+        per_row = exc.epoch_seconds / max(1, len(train_rows))
+        scoring = per_row * n_eval / 3  # inference: no backward pass
+        share = self.BUDGET_MARGIN * (self.time_left() - scoring) / exc.epoch_seconds
+        if share < self.MIN_EPOCH_PART:
+            return None
+        m = int(share * len(train_rows))
+        return np.sort(np.random.default_rng([self.cfg.seed, 2]).choice(train_rows, m, replace=False))
 
     def refit_phase2(self, recipe: str, pristine: nn.Module, tried: dict) -> nn.Module | None:
         """Phase 2 again on every labelled row, for the epochs that held out best; None when
