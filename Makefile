@@ -32,6 +32,7 @@ bench: install
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/head_vs_logreg.py
 	$(PY) bench/fewshot.py
+	$(PY) bench/multilabel.py
 	$(PY) bench/prototypes.py
 	$(PY) bench/image_recipes.py
 	$(PY) bench/text_recipes.py
