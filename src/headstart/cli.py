@@ -253,6 +253,8 @@ def _resumable_run(run: Path, params: dict) -> tuple[Path, dict]:
     for k in ("data", "val_data", "word_vectors"):
         saved[k] = Path(saved[k]) if saved.get(k) is not None else None
     saved["hidden"] = tuple(saved.get("hidden") or ())
+    saved.setdefault("multi_label", None)  # runs started before these options existed
+    saved.setdefault("label_sep", ";")
     saved.update({k: params[k] for k in ("quiet", "progress", "log_to")})
     return run, saved
 
