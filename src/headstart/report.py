@@ -599,7 +599,9 @@ def _tried_html(tried: list[dict], head: dict) -> str:
     parts = ['<section id="recipes"><h2>Recipes tried</h2>']
     if head.get("kind"):
         if head.get("C") is not None:
-            what = f"C = {head['C']:.3g}, chosen by cross-validation"
+            C = head["C"]
+            what = (f"C = {C:.3g}, chosen by cross-validation" if not isinstance(C, list) else
+                    f"C per label = {', '.join(f'{c:.3g}' for c in C)}, each chosen by cross-validation")
         elif head.get("scale") is not None:
             what = f"cosine similarity x {head['scale']:g}, calibrated by temperature"
         else:
