@@ -214,6 +214,21 @@ def test_the_card_names_the_embedded_licences():
     assert "see the weights' source" in card and "Not recorded" in card
 
 
+def test_the_card_says_how_much_phase_two_ran():
+    from headstart.card import model_card
+
+    base = {"task": "text", "labels": ["a", "b"], "encoder": {"name": "my-bert", "model_config": {}},
+            "training": {"recipe": "auto", "epochs": 3, "seed": 0}}
+    cut = {**base, "summary": {"recipe": "full", "phase2": {"epochs": 1, "trained_rows": 30993}}}
+    assert "1 epoch(s) of every layer over 30993 training rows (what the time budget held), of 3 planned" in model_card(cut)
+    planned = {**base, "summary": {"recipe": "full"}}  # saved before the summary recorded it
+    assert "3 epoch(s) of every layer;" in model_card(planned)
+    multi = {**base, "objective": {"name": "multi-label", "separator": ";"},
+             "decision": {"kind": "thresholds", "thresholds": [0.3, 0.6]}}
+    card = model_card(multi)
+    assert "several per input" in card and "thresholds 0.30, 0.60" in card
+
+
 MARKDOWN_LABELS = ["[x](javascript:alert(1))", "![](https://host/p.png)", "*bold* _it_ ~~gone~~", "# heading",
                    "1. one", "- item", "a|b", "`code`", "back\\slash", "<img src=x onerror=alert(1)>", "&#x5B;x&#x5D;(y)"]
 

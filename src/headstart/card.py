@@ -66,12 +66,17 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def _recipe_line(recipe: str, training: dict) -> str:
-    """What trained the saved model, in one line."""
+def _recipe_line(recipe: str, training: dict, phase2: dict | None = None) -> str:
+    """What trained the saved model, in one line (``phase2``: the epochs it ran, when known)."""
     if recipe == "linear-probe":
         what = "the backbone frozen, the head solved on its features"
     elif recipe in ("fine-tune", "full"):
-        what = f"{training.get('epochs', '?')} epoch(s) of {'the top blocks' if recipe == 'fine-tune' else 'every layer'}"
+        layers = "the top blocks" if recipe == "fine-tune" else "every layer"
+        if phase2:
+            part = f" over {phase2['trained_rows']} training rows (what the time budget held)" if phase2.get("trained_rows") else ""
+            what = f"{phase2['epochs']} epoch(s) of {layers}{part}, of {training.get('epochs', '?')} planned"
+        else:
+            what = f"{training.get('epochs', '?')} epoch(s) of {layers}"
     elif recipe == "prototype":
         what = "the backbone frozen, each class its mean feature direction (nearest class mean by cosine)"
     elif recipe == "contrastive":
@@ -122,7 +127,7 @@ def model_card(config: dict[str, Any], val_metrics: dict[str, Any] | None = None
         f"- Weights from: {md(bb['source'])}",
         f"- Licence of the pretrained weights: {md(bb['licence'])}. The trained model is derived from them; "
         "check that licence before you distribute it.",
-        _recipe_line(summary.get("recipe") or training.get("recipe", "?"), training),
+        _recipe_line(summary.get("recipe") or training.get("recipe", "?"), training, summary.get("phase2")),
     ]
     if task == "image" and "preprocessing" in config:
         pre = config["preprocessing"]

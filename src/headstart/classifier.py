@@ -126,6 +126,9 @@ class Classifier(LabelPredictions):
             }
             if getattr(self, "calibration_", None):
                 cfg["summary"]["calibration"] = self.calibration_
+            kept = [t for t in getattr(self, "tried_", None) or [] if t.get("kept") and "best_epoch" in t]
+            if kept:  # phase 2 as it ran: the epoch kept (of those planned), on how many training rows
+                cfg["summary"]["phase2"] = {"epochs": kept[-1]["best_epoch"], "trained_rows": kept[-1].get("trained_rows")}
         return cfg
 
     def save(self, path: str | Path) -> Path:
