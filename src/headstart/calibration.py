@@ -51,6 +51,11 @@ def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> dict
     labels = np.asarray(labels, dtype=np.int64)
     confidence = probs.max(axis=1) if len(probs) else np.empty(0)
     correct = (probs.argmax(axis=1) == labels) if len(probs) else np.empty(0, dtype=bool)
+    return _binned(confidence, correct, bins)
+
+
+def _binned(confidence: np.ndarray, outcome: np.ndarray, bins: int) -> dict[str, list]:
+    """Per equal-width bin of ``confidence``: count, mean confidence, mean ``outcome`` (None when empty)."""
     # bin i holds confidences in (i/bins, (i+1)/bins]; a confidence of exactly 0 goes in bin 0
     index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
     counts, conf, acc = [], [], []
@@ -59,16 +64,20 @@ def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> dict
         n = int(mask.sum())
         counts.append(n)
         conf.append(float(confidence[mask].mean()) if n else None)
-        acc.append(float(correct[mask].mean()) if n else None)
+        acc.append(float(outcome[mask].mean()) if n else None)
     return {"edges": np.linspace(0, 1, bins + 1).tolist(), "count": counts, "confidence": conf, "accuracy": acc}
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> float:
-    r = reliability(probs, labels, bins)
+def _ece(r: dict[str, list]) -> float:
+    """The count-weighted mean gap between the bins' accuracy and confidence."""
     n = sum(r["count"])
     if n == 0:
         return 0.0
     return float(sum(c * abs(a - f) for c, a, f in zip(r["count"], r["accuracy"], r["confidence"]) if c) / n)
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> float:
+    return _ece(reliability(probs, labels, bins))
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -163,23 +172,12 @@ def label_reliability(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -
     """Reliability of independent per-label probabilities: every (row, label) cell is one
     prediction; per equal-width probability bin, the count, mean probability and the share
     of cells whose label is present (the 'accuracy' of a calibrated bin equals its probability)."""
-    p = np.asarray(probs, dtype=np.float64).ravel()
-    hit = np.asarray(labels, dtype=np.float64).ravel()
-    index = np.clip(np.ceil(p * bins).astype(np.int64) - 1, 0, bins - 1)
-    counts, conf, acc = [], [], []
-    for b in range(bins):
-        mask = index == b
-        n = int(mask.sum())
-        counts.append(n)
-        conf.append(float(p[mask].mean()) if n else None)
-        acc.append(float(hit[mask].mean()) if n else None)
-    return {"edges": np.linspace(0, 1, bins + 1).tolist(), "count": counts, "confidence": conf, "accuracy": acc}
+    return _binned(np.asarray(probs, dtype=np.float64).ravel(), np.asarray(labels, dtype=np.float64).ravel(), bins)
 
 
-def _label_ece(probs: np.ndarray, labels: np.ndarray) -> float:
-    r = label_reliability(probs, labels)
-    n = sum(r["count"])
-    return float(sum(c * abs(a - f) for c, a, f in zip(r["count"], r["accuracy"], r["confidence"]) if c) / n) if n else 0.0
+def label_calibration_error(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Expected calibration error over every (row, label) probability."""
+    return _ece(label_reliability(probs, labels))
 
 
 def _bce(logits: np.ndarray, labels: np.ndarray, t: float) -> float:
@@ -188,6 +186,16 @@ def _bce(logits: np.ndarray, labels: np.ndarray, t: float) -> float:
     y = np.asarray(labels, dtype=np.float64)
     # log(1 + e^z) - y z, stable
     return float((np.logaddexp(0.0, z) - y * z).sum(1).mean()) if len(y) else 0.0
+
+
+def summarise_sigmoid(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, Any]:
+    """Per-label ECE and binary cross-entropy of sigmoid ``logits`` without and with ``temperature``."""
+    return {
+        "temperature": float(temperature), "bins": BINS, "n": int(len(labels)), "per": "label",
+        "ece_before": label_calibration_error(sigmoid(logits), labels),
+        "ece_after": label_calibration_error(sigmoid(np.asarray(logits, dtype=np.float64) / temperature), labels),
+        "nll_before": _bce(logits, labels, 1.0), "nll_after": _bce(logits, labels, temperature),
+    }
 
 
 def calibrate_sigmoid(logits: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, Any]]:
@@ -209,12 +217,7 @@ def calibrate_sigmoid(logits: np.ndarray, labels: np.ndarray) -> tuple[float, di
         res = minimize_scalar(lambda s: _bce(logits, labels, float(np.exp(s))), bounds=(np.log(T_MIN), np.log(T_MAX)),
                               method="bounded", options={"xatol": 1e-4})
         t = float(np.exp(res.x)) if np.isfinite(res.x) else 1.0
-    summary = {
-        "temperature": t, "bins": BINS, "n": n, "per": "label",
-        "ece_before": _label_ece(sigmoid(logits), labels), "ece_after": _label_ece(sigmoid(logits / t), labels),
-        "nll_before": _bce(logits, labels, 1.0), "nll_after": _bce(logits, labels, t),
-        "fitted": reason is None, "reason": reason,
-    }
+    summary = {**summarise_sigmoid(logits, labels, t), "fitted": reason is None, "reason": reason}
     if reason:
         log.info("calibration: temperature not fitted: %s", reason)
     else:

@@ -7,6 +7,15 @@ from typing import Any, Sequence
 import numpy as np
 
 
+def _per_class(labels: Sequence[str], precision, recall, f1, support, extra=None) -> dict[str, dict[str, Any]]:
+    """Each label's precision, recall, F1 and support (plus ``extra(i)``'s entries)."""
+    return {
+        label: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                "support": int(support[i]), **(extra(i) if extra else {})}
+        for i, label in enumerate(labels)
+    }
+
+
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
@@ -27,15 +36,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, labels: Sequen
         "macro_f1": macro_f1,
         "loss": nll,
         "labels": list(labels),
-        "per_class": {
-            label: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, label in enumerate(labels)
-        },
+        "per_class": _per_class(labels, precision, recall, f1, support),
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=k).tolist(),
     }
 
@@ -79,17 +80,8 @@ def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, labels: Sequence[s
         "thresholds": {label: float(t) for label, t in zip(labels, thresholds)},
         # rows carrying both labels (true labels); the diagonal is each label's support
         "cooccurrence": (y.T @ y).astype(int).tolist(),
-        "per_class": {
-            label: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-                "average_precision": None if np.isnan(ap[i]) else float(ap[i]),
-                "threshold": float(thresholds[i]),
-            }
-            for i, label in enumerate(labels)
-        },
+        "per_class": _per_class(labels, precision, recall, f1, support, lambda i: {
+            "average_precision": None if np.isnan(ap[i]) else float(ap[i]), "threshold": float(thresholds[i])}),
     }
 
 

@@ -143,22 +143,30 @@ class SingleLabel:
         """The held-out score recipes and epochs are compared by: accuracy."""
         return float(self.correct(logits, y).mean()) if len(y) else 0.0
 
+    def class_weights(self, y: np.ndarray, k: int) -> np.ndarray:
+        """``--class-weight balanced``: n / (k * rows of the class), 0 for an absent class."""
+        counts = self.counts(y, k).astype(np.float64)
+        return np.where(counts > 0, len(y) / (k * np.maximum(counts, 1)), 0.0)
+
     def loss(self, train_labels: np.ndarray, k: int, *, balanced: bool, label_smoothing: float = 0.0):
         """The training loss (summed over rows: the loop divides by their total weight)."""
         import torch
 
         from .losses import CrossEntropy
 
-        weight = None
-        if balanced:
-            counts = self.counts(train_labels, k).astype(np.float64)
-            weight = torch.tensor(np.where(counts > 0, len(train_labels) / (k * np.maximum(counts, 1)), 0.0), dtype=torch.float32)
+        weight = torch.tensor(self.class_weights(train_labels, k), dtype=torch.float32) if balanced else None
         return CrossEntropy(weight=weight, label_smoothing=label_smoothing)
 
     def calibrate(self, logits: np.ndarray, y: np.ndarray) -> tuple[float, dict]:
         from .calibration import calibrate
 
         return calibrate(logits, y)
+
+    def summarise(self, logits: np.ndarray, y: np.ndarray, temperature: float) -> dict:
+        """Calibration of ``logits`` without and with a given temperature (no fitting)."""
+        from .calibration import summarise
+
+        return summarise(logits, y, temperature)
 
     def fit_decision(self, probs: np.ndarray, y: np.ndarray) -> Argmax:
         return Argmax()
@@ -219,6 +227,11 @@ class MultiLabel:
         from .calibration import calibrate_sigmoid
 
         return calibrate_sigmoid(logits, y)
+
+    def summarise(self, logits: np.ndarray, y: np.ndarray, temperature: float) -> dict:
+        from .calibration import summarise_sigmoid
+
+        return summarise_sigmoid(logits, y, temperature)
 
     def fit_decision(self, probs: np.ndarray, y: np.ndarray) -> Thresholds:
         """Per-label thresholds tuned on held-out probabilities (out-of-fold under CV)."""

@@ -649,14 +649,14 @@ def _calibration_panels(probs_after: np.ndarray, labels: np.ndarray, temperature
     """Reliability before and after the temperature, from the probabilities after it (with
     several labels per row: every (row, label) probability, before and after the shared
     temperature of the sigmoids)."""
-    from .calibration import _label_ece, expected_calibration_error, label_reliability
+    from .calibration import expected_calibration_error, label_calibration_error, label_reliability
 
     if np.asarray(labels).ndim == 2:
         p = np.clip(probs_after, 1e-12, 1 - 1e-12)
         before = 1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) * temperature))
         return [
-            ("before (T = 1), every label", label_reliability(before, labels), _label_ece(before, labels)),
-            (f"{after_title} (T = {temperature:.3f})", label_reliability(probs_after, labels), _label_ece(probs_after, labels)),
+            ("before (T = 1), every label", label_reliability(before, labels), label_calibration_error(before, labels)),
+            (f"{after_title} (T = {temperature:.3f})", label_reliability(probs_after, labels), label_calibration_error(probs_after, labels)),
         ]
     before = apply_temperature(log_probs(probs_after) * temperature, 1.0)
     return [
@@ -788,19 +788,8 @@ def evaluation_report(clf, model_dir: str | Path, data: Any, out_dir: str | Path
     probs = clf._probabilities(logits)
     metrics = clf.metrics(labels, probs)
     metrics["skipped"] = skipped
-    from .calibration import summarise
-
     multi = clf.objective_.multi_label
-    if multi:
-        from .calibration import _bce, _label_ece
-
-        t = clf.temperature_
-        plain = clf.objective_.probabilities(logits, 1.0)
-        calibration = {"temperature": float(t), "bins": 15, "n": int(len(labels)), "per": "label",
-                       "ece_before": _label_ece(plain, labels), "ece_after": _label_ece(probs, labels),
-                       "nll_before": _bce(logits, labels, 1.0), "nll_after": _bce(logits, labels, t)}
-    else:
-        calibration = summarise(logits, labels, clf.temperature_)
+    calibration = clf.objective_.summarise(logits, labels, clf.temperature_)
     out.mkdir(parents=True, exist_ok=True)
     if clf.task == "image":
         items = [str(Path(i).absolute()) for i in items]

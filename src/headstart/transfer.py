@@ -243,9 +243,7 @@ class Transfer:
         train = self.labels[self.data_rows]
         if self.objective.multi_label:
             return {"pos_weight": self.objective.pos_weight(train)}
-        counts = self.objective.counts(train, self.k).astype(np.float64)
-        weights = np.where(counts > 0, len(train) / (self.k * np.maximum(counts, 1)), 0.0)
-        return {"sample_weight": weights[y]}
+        return {"sample_weight": self.objective.class_weights(train, self.k)[y]}
 
     # ------------------------------------------------------------------ the probe
 
