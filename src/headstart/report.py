@@ -30,6 +30,7 @@ import numpy as np
 from . import __version__
 from .calibration import apply_temperature, log_probs, reliability
 from .errors import DataError, HeadstartError
+from .labels import label_names
 
 log = logging.getLogger("headstart")
 
@@ -65,10 +66,10 @@ def write_predictions(path: Path, items: Sequence[str], labels: np.ndarray, prob
         w = csv.writer(f)
         w.writerow(FIXED_COLUMNS + [f"p:{c}" for c in classes])
         if thresholds is not None:
-            for item, y, row in zip(items, labels, probs):
-                true = separator.join(classes[j] for j in np.flatnonzero(y))
-                pred = separator.join(classes[j] for j in np.flatnonzero(row >= thresholds))
-                w.writerow([item, true, pred, f"{row.max():.10g}"] + [f"{v:.10g}" for v in row])
+            true = label_names(labels, classes, separator)
+            pred = label_names((probs >= thresholds).astype(np.int64), classes, separator)
+            for item, t, p, row in zip(items, true, pred, probs):
+                w.writerow([item, t, p, f"{row.max():.10g}"] + [f"{v:.10g}" for v in row])
         else:
             pred = probs.argmax(axis=1) if len(probs) else np.empty(0, dtype=np.int64)
             for item, y, p, row in zip(items, labels, pred, probs):
