@@ -21,7 +21,7 @@ LAYERS = {
                    "solver"],
     "data": ["data", "textdata", "check", "demo"],
     "backbones": ["backbones", "encoders", "vectors", "transforms", "fetch"],
-    "model": ["model"],
+    "model": ["model", "unknown"],
     "training": ["training", "contrastive", "transfer", "tokens", "image_recipe", "wordvec"],
     "fronts": ["classifier", "image", "text"],
     "loading": ["loading"],

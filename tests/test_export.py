@@ -76,18 +76,25 @@ def test_image_onnx_export_files_parity_and_predictions(image_model, image_onnx,
     files = sorted(p.name for p in image_onnx.iterdir())
     assert files == ["headstart-export.json", "model.onnx", "parity.json"]
     config = json.loads((image_onnx / EXPORT_CONFIG).read_text())
-    assert config["task"] == "image" and config["inputs"] == ["pixel_values"] and config["outputs"] == ["probabilities"]
+    # a model with one label per image can answer unknown: its score is the graph's second output
+    assert config["task"] == "image" and config["inputs"] == ["pixel_values"]
+    assert config["outputs"] == ["probabilities", "unknown_score"]
+    assert config["format_version"] == 2 and config["decision"]["kind"] == "abstain"
     assert config["labels"] == ["blue", "green", "red"]
     assert config["preprocessing"]["input_size"] == 32 and config["preprocessing"]["resize_short_side"] == 32
     parity = json.loads((image_onnx / "parity.json").read_text())
     assert parity["passed"] and parity["n"] == 10 and parity["top1_agreement"] == 1.0
     assert parity["max_abs_diff"] <= 1e-4 and "generated images" in parity["source"]
+    assert parity["unknown"]["passed"] and parity["unknown"]["agreement"] == 1.0
 
     clf = ImageClassifier.load(image_model, precision="fp32")
     onnx = OnnxClassifier.load(image_onnx / "model.onnx")  # the file works as well as its directory
     paths = photos(tmp_path)
     np.testing.assert_allclose(onnx.predict_proba(paths), clf.predict_proba(paths), atol=1e-5)
     assert onnx.predict(paths) == clf.predict(paths)
+    (_, ours), (_, theirs) = clf.predict_scored(paths), onnx.predict_scored(paths)
+    np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-5)
+    assert onnx.decision_.to_config() == clf.decision_.to_config()  # the threshold travels with the export
     assert onnx.predict_proba(paths[0]).shape == (3,)
     assert onnx.predict_proba(paths[0].read_bytes()).shape == (3,)  # bytes, as the server passes them
 
@@ -100,7 +107,9 @@ def test_image_torchscript_export(image_model, tmp_path):
     x = torch.randn(5, 3, 32, 32)  # any batch size
     with torch.inference_mode():
         expected = torch.softmax(clf.model_(x), 1)
-        np.testing.assert_allclose(module(x).numpy(), expected.numpy(), atol=1e-6)
+        probs, scores = module(x)  # with the unknown score
+        np.testing.assert_allclose(probs.numpy(), expected.numpy(), atol=1e-6)
+        assert scores.shape == (5,)
     with pytest.raises(ModelDirError, match="light predictor runs ONNX"):
         OnnxClassifier.load(result.path)
 
@@ -166,11 +175,11 @@ def test_a_drifting_export_is_refused_and_kept_aside(image_model, image_onnx, tm
     real = export.reference_probs
 
     def drifted(clf, inputs, temperature):
-        inputs, probs = real(clf, inputs, temperature)
+        inputs, probs, scores = real(clf, inputs, temperature)
         probs = probs.copy()
         probs[0] = probs[0][::-1]  # one input's classes swapped: the export now "disagrees"
         probs[:, 0] += 1e-3
-        return inputs, probs
+        return inputs, probs, scores
 
     monkeypatch.setattr(export, "reference_probs", drifted)
     with pytest.raises(HeadstartError, match="does not match the PyTorch model.*kept at"):
@@ -366,7 +375,9 @@ def test_text_torchscript_export(text_model, tmp_path):
     mask = (ids != 0).long()
     with torch.inference_mode():
         expected = torch.softmax(clf.model_({"input_ids": ids, "attention_mask": mask}), 1)
-        np.testing.assert_allclose(module(ids, mask).numpy(), expected.numpy(), atol=1e-6)
+        probs, scores = module(ids, mask)  # with the unknown score
+        np.testing.assert_allclose(probs.numpy(), expected.numpy(), atol=1e-6)
+        assert scores.shape == (2,)
 
 
 @pytest.mark.parametrize("encoder, pooling", [("bilstm", "mean+max"), ("cnn", "max")])

@@ -159,7 +159,14 @@ def test_text_model_predicts_label_sets_and_round_trips(multi_text, tmp_path):
 
 
 def test_single_label_models_keep_format_one(trained_text, tmp_path):
+    """Single-label models that never answer unknown keep format 1; the unknown rule (on by
+    default) makes a format-2 config with the decision and no objective."""
     path = trained_text.save(tmp_path / "m")
+    config = read_config(path)
+    assert config["format_version"] == 2 and "objective" not in config and config["decision"]["kind"] == "abstain"
+    trained_text.decision_ = trained_text.decision_.inner  # as trained with --unknown-rate 0
+    del trained_text.model_.unknown
+    path = trained_text.save(tmp_path / "m1")
     config = read_config(path)
     assert config["format_version"] == 1 and "objective" not in config and "decision" not in config
     assert isinstance(load(path).predict("good great"), str)

@@ -128,11 +128,11 @@ def test_training_run_writes_a_self_contained_report(image_run):
         "check.json", "config.json", "metrics.json", "model", "plots", "report.html", "run.json", "train.log", "val_predictions.csv"]
     page = parse(run_dir / "report.html")
     assert {"summary", "learning-curves", "confusion-matrix", "per-class", "class-distribution", "calibration",
-            "mistakes", "data-notes"} <= set(page.sections)
+            "unknown", "mistakes", "data-notes"} <= set(page.sections)
     plots = [i for i in page.images if i.get("class") == "plot"]
-    assert len(plots) == 5
+    assert len(plots) == 6
     files = {p.read_bytes() for p in (run_dir / "plots").glob("*.png")}
-    assert len(files) == 5
+    assert len(files) == 6
     for img in page.images:  # plots and mistake thumbnails: all inline PNG, none from the network
         data, w, h = png(img["src"])
         assert (int(img["width"]), int(img["height"])) == (w, h)
@@ -268,7 +268,7 @@ def test_report_command_rebuilds_the_report(image_run, tmp_path, capsys):
     code, out, err = run(capsys, "report", copy)
     assert code == 0, err
     assert out.strip() == f"report: {copy / 'report.html'}"
-    assert len(list((copy / "plots").glob("*.png"))) == 5 and (copy / "model" / "README.md").is_file()
+    assert len(list((copy / "plots").glob("*.png"))) == 6 and (copy / "model" / "README.md").is_file()
     metrics = json.loads((copy / "metrics.json").read_text())
     check_numbers(parse(copy / "report.html"), metrics)
     import headstart
@@ -303,7 +303,7 @@ def test_report_of_an_older_run_without_predictions_or_calibration(image_run, tm
     assert run(capsys, "report", copy)[0] == 0
     html = (copy / "report.html").read_text()
     assert html.count("Not available") == 2
-    assert len(list((copy / "plots").glob("*.png"))) == 5 - 1  # no reliability diagram without predictions
+    assert len(list((copy / "plots").glob("*.png"))) == 6 - 1  # no reliability diagram without predictions
 
 
 def test_evaluate_report(image_run, tmp_path, capsys):

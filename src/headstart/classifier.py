@@ -18,7 +18,7 @@ from .config import HeadConfig, TrainConfig
 from .labels import LabelPredictions
 from .errors import HeadstartError, ModelDirError
 from .evaluation import summary_line
-from .objectives import SINGLE_LABEL, decision_from_config, objective_from_config
+from .objectives import SINGLE_LABEL, Abstain, decision_from_config, objective_from_config
 
 log = logging.getLogger("headstart")
 
@@ -64,6 +64,46 @@ class Classifier(LabelPredictions):
         """The objective's metrics of probabilities against labels, decided by the model's rule."""
         return self.objective_.metrics(labels, probs, self.classes_, self.decision_)
 
+    def evaluate(self, data: Any, labels: Sequence[Any] | None = None, *, unknown: Any = None) -> dict[str, Any]:
+        """Metrics on labelled data whose class names the model knows (text: a file, a
+        DataFrame, or texts + ``labels``). With ``unknown`` (inputs of none of the classes),
+        also ``"unknown"``: how well the model tells them from the labelled data
+        (:meth:`unknown_metrics`)."""
+        if unknown is not None:
+            self.require_unknown_rule()
+        _, y, logits, scores, skipped = self.labelled_outputs(data, labels, with_unknown=True)
+        probs = self._probabilities(logits)
+        metrics = self.metrics(y, probs)
+        metrics["skipped"] = skipped
+        if unknown is not None:
+            metrics["unknown"] = self.unknown_metrics(y, probs, scores, self.unknown_inputs_scores(unknown))
+        return metrics
+
+    def require_unknown_rule(self):
+        if self.unknown_rule_ is None:
+            raise HeadstartError("this model never answers unknown (it was trained with --unknown-rate 0, learns several "
+                                 "labels per row, or has a class named 'unknown'); retrain it with --unknown-rate 0.05 "
+                                 "to evaluate unknown inputs")
+        return self.unknown_rule_
+
+    def unknown_metrics(self, y: np.ndarray, probs: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray) -> dict[str, Any]:
+        """The unknown rule on in-scope rows (labels ``y``) and unknown inputs: AUROC of the
+        score; at the saved threshold the share of unknown inputs answered unknown (recall),
+        the share of unknown answers that were right (precision), and the in-scope accuracy
+        counting an in-scope row answered unknown as wrong."""
+        from .unknown import auroc
+
+        rule = self.require_unknown_rule()
+        fired_in, fired_out = rule.fired(in_scores), rule.fired(out_scores)
+        right = self.objective_.correct(probs, y)
+        answered = int(fired_in.sum() + fired_out.sum())
+        return {"score": rule.score, "threshold": rule.threshold, "rate": rule.rate,
+                "auroc": auroc(in_scores, out_scores), "recall": float(fired_out.mean()) if len(fired_out) else 0.0,
+                "precision": float(fired_out.sum() / answered) if answered else 0.0,
+                "in_scope_accuracy": float((right & ~fired_in).mean()) if len(right) else 0.0,
+                "in_scope_rejected": float(fired_in.mean()) if len(fired_in) else 0.0,
+                "n_in_scope": int(len(fired_in)), "n_unknown": int(len(fired_out))}
+
     def _record_fit(self, result, train_summary: dict, skipped: int, items: Sequence[str] | None = None) -> None:
         """Keep what the fit learned about itself: history, the validation protocol and what
         it measured, a temperature fitted on the validation logits (out-of-fold under
@@ -91,6 +131,7 @@ class Classifier(LabelPredictions):
         self.val_metrics_ = objective.held_out_metrics(self.val_labels_, self.val_probs_, self.classes_, self.decision_,
                                                        seed=self.config.seed)
         self.val_metrics_["protocol"] = self.protocol_["description"]
+        self._record_unknown(result.unknown)
         self.train_seconds_ = result.seconds
         self.precision_ = result.precision
         val_summary = {"source": self.protocol_["description"], "n": int(len(self.val_labels_)),
@@ -98,6 +139,33 @@ class Classifier(LabelPredictions):
         self.data_summary_ = {"train": train_summary, "val": val_summary, "skipped": skipped}
         log.info("recipe %s; validation %s (%d examples: %s); %.1fs", self.recipe_, summary_line(self.val_metrics_),
                  self.val_metrics_["n"], self.protocol_["description"], result.seconds)
+
+    def _record_unknown(self, unknown: dict | None) -> None:
+        """Wrap the decision rule in the unknown rule the fit calibrated, give the model its
+        score, and add what it does on the reported in-scope rows to the validation metrics
+        (an in-scope row answered unknown counts as wrong there)."""
+        self.val_unknown_scores_ = None
+        if unknown is None:
+            return
+        from .unknown import attach, histograms
+
+        attach(self.model_, unknown["score"], unknown["k"], unknown["bank"])
+        self.decision_ = Abstain(self.decision_, unknown["score"], unknown["threshold"], unknown["rate"], unknown["k"],
+                                 tuple(unknown["bank"].shape) if unknown["bank"] is not None else ())
+        scores = np.asarray(unknown["scores"], dtype=np.float64)
+        self.val_unknown_scores_ = scores
+        fired = self.decision_.fired(scores)
+        right = self.objective_.correct(self.val_probs_, self.val_labels_)  # argmax: probabilities rank as logits
+        self.val_metrics_["unknown"] = {
+            "score": unknown["score"], "why": unknown["why"], "threshold": unknown["threshold"], "rate": unknown["rate"],
+            **({"k": unknown["k"], "bank_rows": int(unknown["bank"].shape[0])} if unknown["bank"] is not None else {}),
+            "held_out_class_auroc": unknown["measured"], "candidates": unknown["candidates"],
+            "in_scope_rejected": float(fired.mean()) if len(fired) else 0.0,
+            "in_scope_accuracy": float((right & ~fired).mean()) if len(fired) else 0.0,
+            "histograms": histograms({"in-scope, held out": scores}),
+            "protocol": "threshold and rates on the reported held-out rows; AUROC per score with a share of the "
+                        "training classes held out in turn (held_out_class_auroc)",
+        }
 
     def to_config(self) -> dict[str, Any]:
         self._check_fitted()
@@ -108,6 +176,7 @@ class Classifier(LabelPredictions):
             "temperature": float(self.temperature_),
             **({"objective": self.objective_.to_config(), "decision": self.decision_.to_config()}
                if self.objective_.multi_label else {}),
+            **({"decision": self.decision_.to_config()} if isinstance(self.decision_, Abstain) else {}),
             **self._config(),
             "head": self.head_config.to_dict(),
             "training": self.config.to_dict(),
@@ -176,6 +245,10 @@ class Classifier(LabelPredictions):
         """Load ``model.safetensors`` strictly into ``model_``, and switch to inference."""
         from .artifact import read_weights
 
+        if isinstance(self.decision_, Abstain):
+            from .unknown import attach
+
+            attach(self.model_, self.decision_.score, self.decision_.k, bank_shape=self.decision_.bank_shape or None)
         try:
             self.model_.load_state_dict(read_weights(path), strict=True)
         except RuntimeError as exc:

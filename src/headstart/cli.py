@@ -20,6 +20,7 @@ import numpy as np
 from . import __version__
 from .config import AUGMENTS, OPTIMIZERS, POOLINGS, PRECISIONS, RECIPES, SCHEDULES
 from .errors import DataError, HeadstartError
+from .objectives import UNKNOWN
 
 log = logging.getLogger("headstart")
 
@@ -142,6 +143,10 @@ def cli(debug: bool) -> None:
 @click.option("--refit/--no-refit", default=None,
               help="Train the final model on every labelled row after validating [on without --val, off with it].")
 @click.option("--time-budget", type=click.FloatRange(min=0), help="Seconds for the whole fit: auto tries fine-tuning and refits only within it [600 on a CPU, no limit on a GPU; 0 = no limit].")
+@click.option("--unknown-rate", type=click.FloatRange(min=0, max=0.5, max_open=True), default=0.05, show_default=True,
+              help="One label per row: the share of in-scope inputs the model may answer 'unknown' (its threshold on the unknown score is set on held-out in-scope rows); 0 = always answer with a class.")
+@click.option("--unknown-score", type=click.Choice(["auto", "msp", "energy", "knn"]), default="auto", show_default=True,
+              help="How unlike the training data an input is: msp (1 - top probability), energy (-logsumexp of the logits), knn (distance to the 10th nearest training example's features; frozen backbones only); auto: the best AUROC on held-out classes of the training data.")
 @click.option("--task", type=click.Choice(["image", "text"]), help="Inferred from DATA when omitted: a folder (or a CSV with a path column) is image, a table of texts is text.")
 @click.option("--backbone", help="Image: efficientnet_lite0 (default) or any timm name. Text: minilm-l6 (default), mpnet-base (after `headstart fetch mpnet-base`), a local Hugging Face directory or a hub id. See `headstart backbones`.")
 @click.option("--weights", help="Image: local .pth/.safetensors state dict for the backbone, or 'none' for random init.")
@@ -192,7 +197,7 @@ def cli(debug: bool) -> None:
 @click.option("--progress/--no-progress", default=None, help="Progress bars [on when stderr is a terminal].")
 @click.option("--strict", is_flag=True, help="Refuse to train when the data check finds an error, an unreadable file or train/validation leakage (see `headstart check`).")
 @click.option("--log", "log_to", type=click.Choice(["tensorboard"]), help="Also log per-epoch scalars to TensorBoard (RUN_DIR/tensorboard; needs headstart[tensorboard]).")
-def train(data, val_data, val_split, folds, refit, time_budget, task, backbone, weights, recipe, epochs, head_epochs, batch_size, grad_accum, lr,
+def train(data, val_data, val_split, folds, refit, time_budget, unknown_rate, unknown_score, task, backbone, weights, recipe, epochs, head_epochs, batch_size, grad_accum, lr,
           backbone_lr, unfreeze_blocks, layer_decay, optimizer, weight_decay, label_smoothing, schedule,
           warmup_epochs, patience, augment, class_weight, ema, hidden, dropout, pooling, cache_views, cache_dir, no_cache, compile_, text_column,
           label_column, multi_label, label_sep, max_length, encoding, word_vectors, sequence_encoder, hidden_size, precision,
@@ -255,11 +260,13 @@ def _resumable_run(run: Path, params: dict) -> tuple[Path, dict]:
     saved["hidden"] = tuple(saved.get("hidden") or ())
     saved.setdefault("multi_label", None)  # runs started before these options existed
     saved.setdefault("label_sep", ";")
+    saved.setdefault("unknown_rate", 0.05)
+    saved.setdefault("unknown_score", "auto")
     saved.update({k: params[k] for k in ("quiet", "progress", "log_to")})
     return run, saved
 
 
-def _train(data, val_data, val_split, folds, refit, time_budget, task, backbone, weights, recipe, epochs, head_epochs, batch_size, grad_accum, lr,
+def _train(data, val_data, val_split, folds, refit, time_budget, unknown_rate, unknown_score, task, backbone, weights, recipe, epochs, head_epochs, batch_size, grad_accum, lr,
            backbone_lr, unfreeze_blocks, layer_decay, optimizer, weight_decay, label_smoothing, schedule,
            warmup_epochs, patience, augment, class_weight, ema, hidden, dropout, pooling, cache_views, cache_dir, no_cache, compile_, text_column,
            label_column, multi_label, label_sep, max_length, encoding, word_vectors, sequence_encoder, hidden_size,
@@ -286,6 +293,7 @@ def _train(data, val_data, val_split, folds, refit, time_budget, task, backbone,
         unfreeze_blocks=unfreeze_blocks, layer_decay=layer_decay, optimizer=optimizer, weight_decay=weight_decay,
         label_smoothing=label_smoothing, schedule=schedule, warmup_epochs=warmup_epochs, patience=patience,
         class_weight=class_weight, ema=ema, val_split=val_split, folds=folds, refit=refit, time_budget=time_budget,
+        unknown_rate=unknown_rate, unknown_score=unknown_score,
         seed=seed, precision=precision, device=device,
         hidden=hidden or (), progress=sys.stderr.isatty() if progress is None else progress,
     )
@@ -502,8 +510,11 @@ def demo(ctx, data_dir, out, epochs, time_budget):
 @click.option("--encoding", help="Text models: file encoding when not UTF-8.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path),
               help="Also write an HTML report (confusion matrix, per-class scores, calibration, mistakes) to this directory.")
-def evaluate(model_dir, data, as_json, text_column, label_column, encoding, report_dir):
-    """Evaluate a saved model on labelled DATA (image folder / CSV of path,label, or a text table)."""
+@click.option("--unknown", "unknown_data", type=click.Path(path_type=Path),
+              help="Inputs of none of the model's classes (images: files, folders or a CSV with a path column; text: a table whose labels are ignored): adds how well the model answers them 'unknown' (AUROC; recall and precision of 'unknown' and the in-scope accuracy at the saved threshold).")
+def evaluate(model_dir, data, as_json, text_column, label_column, encoding, report_dir, unknown_data):
+    """Evaluate a saved model on labelled DATA (image folder / CSV of path,label, or a text table);
+    with --unknown OOS_DATA, also on inputs outside its classes."""
     from .loading import load
     from .evaluation import format_metrics
 
@@ -512,13 +523,15 @@ def evaluate(model_dir, data, as_json, text_column, label_column, encoding, repo
         clf.text_column = text_column or clf.text_column
         clf.label_column = label_column or clf.label_column
         clf.encoding = encoding
+    if unknown_data is not None and not unknown_data.exists():
+        raise DataError(f"--unknown {str(unknown_data)!r} does not exist")
     if report_dir is not None:
         from .report import evaluation_report
 
-        page, metrics = evaluation_report(clf, model_dir, data, report_dir)
+        page, metrics = evaluation_report(clf, model_dir, data, report_dir, unknown=unknown_data)
         click.echo(f"report: {page}", err=True)
     else:
-        metrics = clf.evaluate(data)
+        metrics = clf.evaluate(data, unknown=unknown_data)
     if as_json:
         click.echo(json.dumps(metrics, ensure_ascii=False))
     else:
@@ -549,6 +562,9 @@ def _emit(as_json: bool, result: dict, top_k: int | None) -> None:
         return
     preds = result["labels"] if "labels" in result and top_k is None else result["predictions"]
     shown = item if "\n" not in item and "\t" not in item else json.dumps(item, ensure_ascii=False)
+    unknown = result.get("unknown") or {}
+    if unknown.get("fired"):  # the answer is unknown; --top-k still shows the classes after it
+        preds = [{"label": UNKNOWN, "score": unknown["score"]}] + (result["predictions"] if top_k else [])
     click.echo(f"{shown}\t" + ("\t".join(f"{p['label']} {p['score']:.4f}" for p in preds) if preds else "(no label)"))
 
 
@@ -558,11 +574,15 @@ def _emit(as_json: bool, result: dict, top_k: int | None) -> None:
 @click.option("--top-k", type=click.IntRange(min=1),
               help="Show the k most likely labels with their scores [1; a multi-label model: every label over its threshold].")
 @click.option("--json", "as_json", is_flag=True,
-              help="JSON lines: {input, predictions: [{label, score}]} (top-k), and for a multi-label model labels: the labels over their thresholds.")
-def predict(model_dir, inputs, top_k, as_json):
+              help="JSON lines: {input, predictions: [{label, score}]} (top-k), for a multi-label model labels: the labels over their thresholds, and for a model that can answer unknown unknown: {score, threshold, fired}.")
+@click.option("--unknown/--no-unknown", "use_unknown", default=True, show_default=True,
+              help="Answer 'unknown' (with its score) for an input unlike the training data, when the model has an unknown threshold (see train --unknown-rate).")
+def predict(model_dir, inputs, top_k, as_json, use_unknown):
     """Predict labels. Image models: files or folders (searched recursively). Text models:
     texts as arguments; '-' reads one text per line from standard input. A multi-label
-    model answers with every label whose score reaches its threshold (possibly none).
+    model answers with every label whose score reaches its threshold (possibly none). A
+    model with one label per input answers 'unknown' with its unknown score for an input
+    unlike its training data (unless --no-unknown).
 
     MODEL_DIR is a model directory, or an ONNX export (its directory or its model.onnx, from
     `headstart export`), which runs with onnxruntime and needs no PyTorch."""
@@ -583,16 +603,16 @@ def predict(model_dir, inputs, top_k, as_json):
             texts += [line for line in sys.stdin.read().splitlines() if line.strip()] if item == "-" else [item]
         if not texts:
             raise DataError("no text to classify: standard input was empty")
-        probs = np.atleast_2d(clf.predict_proba(texts))
-        for result in top_k_results(texts, probs, clf.classes_, top_k or 1, clf.decision_):
+        probs, scores = clf.predict_scored(texts) if use_unknown else (clf.predict_proba(texts), None)
+        for result in top_k_results(texts, np.atleast_2d(probs), clf.classes_, top_k or 1, clf.decision_, scores):
             _emit(as_json, result, top_k)
         return
     from .images import expand_inputs
 
     items = expand_inputs(inputs)
-    probs, errors = clf.predict_proba_items(items)
+    probs, scores, errors = clf.predict_scored_items(items)
     failed = 0
-    for item, row, error in zip(items, probs, errors):
+    for i, (item, row, error) in enumerate(zip(items, probs, errors)):
         if error:
             failed += 1
             if as_json:
@@ -600,7 +620,8 @@ def predict(model_dir, inputs, top_k, as_json):
             else:
                 click.echo(f"error: cannot read {item}: {error}", err=True)
             continue
-        _emit(as_json, top_k_results([str(item)], row[None], clf.classes_, top_k or 1, clf.decision_)[0], top_k)
+        one = scores[i:i + 1] if scores is not None and use_unknown else None
+        _emit(as_json, top_k_results([str(item)], row[None], clf.classes_, top_k or 1, clf.decision_, one)[0], top_k)
     if failed:
         raise HeadstartError(f"{failed} of {len(items)} input(s) could not be read")
 

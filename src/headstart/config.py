@@ -100,6 +100,11 @@ class TrainConfig(_JsonMixin):
     (default: on without a separate validation set) trains the final model on every labelled
     row. ``time_budget`` (seconds for the whole fit; 0 = no limit; default 600 on a CPU, none
     on a GPU) bounds what ``auto`` tries and the refits.
+
+    Unknown inputs: a model with one label per row answers ``unknown`` for an input whose
+    unknown score (``unknown_score``: msp, energy, knn, or auto: the best measured on
+    held-out classes of the training data) is over a threshold that a share
+    ``unknown_rate`` of in-scope held-out rows exceeds (0 = never answer unknown).
     """
 
     task: str = "image"
@@ -129,6 +134,8 @@ class TrainConfig(_JsonMixin):
     folds: int = 5
     refit: bool | None = None
     time_budget: float | None = None
+    unknown_rate: float = 0.05
+    unknown_score: str = "auto"
     seed: int = 0
     precision: str = "auto"
     num_workers: int | None = None
@@ -184,6 +191,10 @@ class TrainConfig(_JsonMixin):
             raise HeadstartError(f"folds must be at least 2; got {self.folds}")
         if self.time_budget is not None:
             _positive("time_budget", self.time_budget, allow_zero=True)
+        if not 0.0 <= self.unknown_rate < 0.5:
+            raise HeadstartError(f"unknown_rate is the share of in-scope inputs answered 'unknown', in [0, 0.5) "
+                                 f"(0 = never); got {self.unknown_rate}")
+        _choice("unknown_score", self.unknown_score, ("auto", "msp", "energy", "knn"))
         if self.num_workers is not None:
             _positive("num_workers", self.num_workers, allow_zero=True)
 

@@ -115,7 +115,17 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     lines.append(" " * width + "  " + " ".join(f"{i:>{cell}}" for i in range(len(labels))))
     for i, (label, row) in enumerate(zip(labels, metrics["confusion_matrix"])):
         lines.append(f"{label:<{width}}  " + " ".join(f"{v:>{cell}}" for v in row) + f"   ({i})")
+    if "unknown" in metrics:
+        lines += ["", format_unknown(metrics["unknown"])]
     return "\n".join(lines)
+
+
+def format_unknown(u: dict[str, Any]) -> str:
+    """The unknown block of ``evaluate --unknown``, in words."""
+    return (f"unknown ({u['score']} score, threshold {u['threshold']:.4g}): AUROC {u['auroc']:.4f}; at the threshold "
+            f"{u['recall']:.1%} of the {u['n_unknown']} unknown inputs answered unknown (precision {u['precision']:.1%}), "
+            f"{u['in_scope_rejected']:.1%} of the {u['n_in_scope']} in-scope ones; in-scope accuracy "
+            f"{u['in_scope_accuracy']:.4f} (an in-scope input answered unknown counts as wrong)")
 
 
 def _format_multilabel(metrics: dict[str, Any]) -> str:

@@ -50,22 +50,26 @@ class Parity:
     tolerance: float
     disagreements: list[dict[str, Any]]
     decided_by: str = "top-1"  # or "thresholds": the labels over each label's threshold
+    unknown: dict[str, Any] | None = None  # a model that can answer unknown: compare_unknown
 
     @property
     def passed(self) -> bool:
-        return self.n > 0 and self.top1_agreement == 1.0 and self.max_abs_diff <= self.tolerance
+        return (self.n > 0 and self.top1_agreement == 1.0 and self.max_abs_diff <= self.tolerance
+                and (self.unknown is None or self.unknown["passed"]))
 
     @property
     def summary(self) -> str:
         what = "top-1 agreement" if self.decided_by == "top-1" else "agreement of the labels over their thresholds"
         return (f"{what} {self.top1_agreement:.2%} on {self.n} inputs, "
-                f"max |prob diff| {self.max_abs_diff:.2e} (tolerance {self.tolerance:.0e})")
+                f"max |prob diff| {self.max_abs_diff:.2e} (tolerance {self.tolerance:.0e})"
+                + (f"; {self.unknown['summary']}" if self.unknown else ""))
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed, "n": self.n, "source": self.source, "top1_agreement": self.top1_agreement,
             "max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance, "precision": "fp32",
             "summary": self.summary, "disagreements": self.disagreements[:20],
+            **({"unknown": self.unknown} if self.unknown else {}),
         }
 
 
@@ -85,28 +89,38 @@ def _activate(logits: torch.Tensor, temperature: float, multi_label: bool) -> to
     return torch.sigmoid(z) if multi_label else torch.softmax(z, dim=-1)
 
 
-class ImageProbabilities(nn.Module):
-    """pixel_values -> softmax(logits / temperature) (a sigmoid per label with several
-    labels per image): the exported image graph."""
+class _Probabilities(nn.Module):
+    """inputs -> softmax(logits / temperature) (a sigmoid per label with several labels per
+    input), and for a model that can answer unknown its unknown score as a second output."""
 
     def __init__(self, model: nn.Module, temperature: float, multi_label: bool = False):
         super().__init__()
         self.model, self.temperature, self.multi_label = model, float(temperature), bool(multi_label)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return _activate(self.model(pixel_values), self.temperature, self.multi_label)
+    def _outputs(self, x):
+        if getattr(self.model, "unknown", None) is None:
+            return _activate(self.model(x), self.temperature, self.multi_label)
+        features = self.model.features(x)
+        logits = self.model.head(features)
+        return _activate(logits, self.temperature, self.multi_label), self.model.unknown(features.flatten(1), logits)
 
 
-class TextProbabilities(nn.Module):
-    """(input_ids, attention_mask) -> softmax(logits / temperature) (or sigmoids): the exported text graph."""
+class ImageProbabilities(_Probabilities):
+    """pixel_values -> probabilities [, unknown_score]: the exported image graph."""
 
-    def __init__(self, model: nn.Module, temperature: float, multi_label: bool = False):
-        super().__init__()
-        self.model, self.temperature, self.multi_label = model, float(temperature), bool(multi_label)
+    def forward(self, pixel_values: torch.Tensor):
+        return self._outputs(pixel_values)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        logits = self.model({"input_ids": input_ids, "attention_mask": attention_mask})
-        return _activate(logits, self.temperature, self.multi_label)
+
+class TextProbabilities(_Probabilities):
+    """(input_ids, attention_mask) -> probabilities [, unknown_score]: the exported text graph."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        return self._outputs({"input_ids": input_ids, "attention_mask": attention_mask})
+
+
+def output_names(model: nn.Module) -> list[str]:
+    return ["probabilities"] + (["unknown_score"] if getattr(model, "unknown", None) is not None else [])
 
 
 def model_temperature(config: dict[str, Any]) -> float:
@@ -147,6 +161,7 @@ def _pad_id(clf) -> int:
 
 def _write_graph(module: nn.Module, example: tuple[torch.Tensor, ...], task: str, fmt: str, path: Path) -> None:
     names = ["pixel_values"] if task == "image" else ["input_ids", "attention_mask"]
+    outputs = output_names(module.model)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter; parity is the real check
         if fmt == "torchscript":
@@ -154,12 +169,12 @@ def _write_graph(module: nn.Module, example: tuple[torch.Tensor, ...], task: str
             torch.jit.save(traced, str(path))
             return
         axes = {n: ({0: "batch"} if task == "image" else {0: "batch", 1: "sequence"}) for n in names}
-        axes["probabilities"] = {0: "batch"}
+        axes.update({o: {0: "batch"} for o in outputs})
         # The TorchScript-based exporter: dynamic axes by name, LSTMs over packed sequences
         # (word-vector BiLSTMs), and sub-second exports; torch.export-based export cannot
         # trace pack_padded_sequence yet.
         torch.onnx.export(
-            module, example, str(path), input_names=names, output_names=["probabilities"],
+            module, example, str(path), input_names=names, output_names=outputs,
             dynamic_axes=axes, opset_version=ONNX_OPSET, do_constant_folding=True, dynamo=False,
         )
 
@@ -273,15 +288,17 @@ def _torchscript_probs(module, clf, inputs: Sequence) -> np.ndarray:
 
             transform = eval_transform(clf.preprocessing_)
             out = [module(torch.stack([transform(load_image(p)) for p in inputs[i : i + 32]])) for i in range(0, len(inputs), 32)]
-            return torch.cat(out).double().numpy()
-        from .tokens import pad, tokenize
+        else:
+            from .tokens import pad, tokenize
 
-        ids, _ = tokenize(clf.tokenizer_, list(inputs), clf.max_length_)
-        out = []
-        for i in range(0, len(ids), 32):
-            batch = pad(ids[i : i + 32], _pad_id(clf))
-            out.append(module(batch["input_ids"], batch["attention_mask"]))
-        return torch.cat(out).double().numpy()
+            ids, _ = tokenize(clf.tokenizer_, list(inputs), clf.max_length_)
+            out = []
+            for i in range(0, len(ids), 32):
+                batch = pad(ids[i : i + 32], _pad_id(clf))
+                out.append(module(batch["input_ids"], batch["attention_mask"]))
+    if out and isinstance(out[0], tuple):  # probabilities, unknown scores
+        return torch.cat([o[0] for o in out]).double().numpy(), torch.cat([o[1] for o in out]).double().numpy()
+    return torch.cat(out).double().numpy(), None
 
 
 def check_parity(clf, directory: Path, config: dict[str, Any], inputs: Sequence, source: str, temperature: float,
@@ -290,31 +307,52 @@ def check_parity(clf, directory: Path, config: dict[str, Any], inputs: Sequence,
     in ``directory``; compare the probabilities. ``where`` names the inputs' origin in the
     error when none of them decodes."""
     n = len(inputs)
-    inputs, ref = reference_probs(clf, list(inputs), temperature)
+    inputs, ref, ref_scores = reference_probs(clf, list(inputs), temperature)
     if not len(inputs):  # nothing to compare: say so, rather than compare two empty arrays
         raise DataError(f"no decodable images in {where or source} ({n} file(s) tried); "
                         "pass image files, a folder of images or a CSV with columns path,label")
     if config["model_format"] == "onnx":
-        exported = OnnxClassifier(directory, config).predict_proba(list(inputs))
+        exported, scores = OnnxClassifier(directory, config).predict_scored(list(inputs))
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still the portable format
             module = torch.jit.load(str(directory / config["file"]))
-        exported = _torchscript_probs(module, clf, inputs)
+        exported, scores = _torchscript_probs(module, clf, inputs)
     names = [Path(p).name for p in inputs] if clf.task == "image" else [t[:60] for t in inputs]
     thresholds = getattr(clf.decision_, "thresholds", None) if clf.objective_.multi_label else None
-    return compare(np.atleast_2d(ref), np.atleast_2d(exported), names, clf.classes_, tolerance, source, thresholds)
+    parity = compare(np.atleast_2d(ref), np.atleast_2d(exported), names, clf.classes_, tolerance, source, thresholds)
+    if ref_scores is not None:
+        parity.unknown = compare_unknown(ref_scores, scores, names, clf.unknown_rule_.threshold, tolerance)
+    return parity
+
+
+def compare_unknown(reference: np.ndarray, exported: np.ndarray | None, names: Sequence[str], threshold: float,
+                    tolerance: float) -> dict[str, Any]:
+    """Agreement of the unknown answers and the largest difference of the unknown scores,
+    relative to the score's size (energy scores are logits); an input whose reference score
+    lies within the tolerance of the threshold may go either way."""
+    if exported is None or np.shape(exported) != np.shape(reference):
+        return {"passed": False, "summary": "the export gives no unknown scores for this model"}
+    scale = np.maximum(1.0, np.abs(reference))
+    diff = np.abs(reference - exported) / scale
+    agree = ((reference > threshold) == (exported > threshold)) | (np.abs(reference - threshold) <= tolerance * scale)
+    bad = [{"input": str(names[i]), "model": float(reference[i]), "export": float(exported[i])}
+           for i in np.flatnonzero(~agree | (diff > tolerance))]
+    worst = float(diff.max()) if len(diff) and np.isfinite(diff).all() else (0.0 if not len(diff) else float("inf"))
+    return {"passed": bool(agree.all() and worst <= tolerance), "agreement": float(agree.mean()) if len(agree) else 1.0,
+            "max_rel_diff": worst, "summary": f"unknown answers agree on {agree.mean():.2%}, max relative score diff "
+                                              f"{worst:.2e}", "disagreements": bad[:20]}
 
 
 def reference_probs(clf, inputs: list, temperature: float) -> tuple[list, np.ndarray]:
     """The PyTorch model's probabilities, softmax(logits / temperature) or its sigmoids, in
     fp32; for images only of the inputs that decode (returned with them)."""
     if clf.task == "image":
-        logits, rows, _ = clf._logits(inputs)
+        logits, scores, rows, _ = clf._logits(inputs, with_unknown=True)
         inputs = [inputs[int(i)] for i in rows]
     else:
-        logits = clf._logits(inputs)
-    return inputs, _activate(logits.double(), temperature, clf.objective_.multi_label).numpy()
+        logits, scores = clf._logits(inputs, with_unknown=True)
+    return inputs, _activate(logits.double(), temperature, clf.objective_.multi_label).numpy(), scores
 
 
 def _image_files(val: Path) -> list[Path]:
@@ -355,12 +393,14 @@ def default_out(model_dir: Path, fmt: str) -> Path:
 
 def _describe(clf, fmt: str, model_dir: Path, temperature: float) -> dict[str, Any]:
     multi = clf.objective_.multi_label
+    abstains = clf.unknown_rule_ is not None
     config: dict[str, Any] = {
-        # version 2 only for what version 1 readers would misread: sigmoid outputs and thresholds
-        "format": EXPORT_FORMAT, "format_version": EXPORT_VERSION if multi else 1, "model_format": fmt, "file": MODEL_FILES[fmt],
-        "task": clf.task, "labels": list(clf.classes_), "temperature": temperature,
-        **({"objective": clf.objective_.to_config(), "decision": clf.decision_.to_config()} if multi else {}),
-        "outputs": ["probabilities"], "precision": "fp32",
+        # version 2 only for what version 1 readers would misread: sigmoid outputs, thresholds, unknown
+        "format": EXPORT_FORMAT, "format_version": EXPORT_VERSION if multi or abstains else 1, "model_format": fmt,
+        "file": MODEL_FILES[fmt], "task": clf.task, "labels": list(clf.classes_), "temperature": temperature,
+        **({"objective": clf.objective_.to_config()} if multi else {}),
+        **({"decision": clf.decision_.to_config()} if multi or abstains else {}),
+        "outputs": output_names(clf.model_), "precision": "fp32",
         "source": {"model_dir": str(model_dir.resolve()), "headstart_version": __version__, "torch_version": torch.__version__},
     }
     if clf.task == "image":

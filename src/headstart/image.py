@@ -14,12 +14,13 @@ from .backbones import BackboneSpec, Preprocessing, create_backbone, resolve_spe
 from .classifier import Classifier
 from .data import ImageDataset, ImageSet, require_two_classes, scan_folder
 from .images import expand_inputs
-from .errors import DataError, ModelDirError
+from .errors import DataError, HeadstartError, ModelDirError
 from .objectives import announce_objective, check_separator
 from .model import ImageModel, feature_dim
 from .image_recipe import predict_logits, run_image_recipe
 from .training import resolve_device, resolve_precision, seed_everything
 from .transforms import eval_resize, eval_transform
+from . import unknown
 
 log = logging.getLogger("headstart")
 
@@ -140,17 +141,24 @@ class ImageClassifier(Classifier):
 
     # ------------------------------------------------------------------ prediction
 
-    def _logits(self, items: list) -> tuple[torch.Tensor, np.ndarray, list[tuple[int, str]]]:
+    def _logits(self, items: list, with_unknown: bool = False):
+        """Logits of the items that decode, their rows and the failures; with
+        ``with_unknown``, also the unknown scores of those rows (None: the model has none)."""
         self._check_fitted()
         device = resolve_device(self.config.device)
         precision = resolve_precision(self.config.precision, device)
         # The memory format training used: the same convolution kernels, the same numbers.
         self.model_.to(device, memory_format=torch.channels_last)
         dataset = ImageDataset(items, None, eval_transform(self.preprocessing_), draft=eval_resize(self.preprocessing_))
-        return predict_logits(
-            self.model_, dataset, batch_size=self.config.batch_size, device=device, precision=precision,
+        net = unknown.runner(self.model_) if with_unknown else self.model_
+        out, rows, failed = predict_logits(
+            net, dataset, batch_size=self.config.batch_size, device=device, precision=precision,
             num_workers=self.config.num_workers if len(items) > 64 else 0, progress=self.progress,
         )
+        if not with_unknown:
+            return out, rows, failed
+        logits, scores = unknown.split(out, self.model_)
+        return logits, scores, rows, failed
 
     def _items(self, inputs: ImageInput | Sequence[ImageInput]) -> tuple[list, bool]:
         self._check_fitted()
@@ -167,46 +175,73 @@ class ImageClassifier(Classifier):
                 single = single and not Path(item).is_dir()
         return items, single
 
-    def predict_proba_items(self, items: list) -> tuple[np.ndarray, list[str | None]]:
-        """Probabilities for each item (rows of NaN where an item could not be decoded) and
-        the decode error of each item (None when it decoded)."""
-        logits, rows, failed = self._logits(items)
+    def predict_scored_items(self, items: list) -> tuple[np.ndarray, np.ndarray | None, list[str | None]]:
+        """Probabilities for each item (rows of NaN where an item could not be decoded), the
+        unknown score of each (None: the model has none) and the decode error of each item
+        (None when it decoded)."""
+        logits, scores, rows, failed = self._logits(items, with_unknown=True)
         probs = np.full((len(items), len(self.classes_)), np.nan, dtype=np.float64)
+        out_scores = None if scores is None else np.full(len(items), np.nan)
         if len(rows):
             probs[rows] = self._probabilities(logits)
+            if scores is not None:
+                out_scores[rows] = scores
         errors: list[str | None] = [None] * len(items)
         for i, reason in failed:
             errors[i] = reason
+        return probs, out_scores, errors
+
+    def predict_proba_items(self, items: list) -> tuple[np.ndarray, list[str | None]]:
+        """Probabilities for each item (rows of NaN where an item could not be decoded) and
+        the decode error of each item (None when it decoded)."""
+        probs, _, errors = self.predict_scored_items(items)
         return probs, errors
 
-    def predict_proba(self, inputs: ImageInput | Sequence[ImageInput]) -> np.ndarray:
-        """Class probabilities, columns in ``classes_`` order. Folders expand to their images."""
+    def predict_scored(self, inputs: ImageInput | Sequence[ImageInput]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class probabilities and unknown scores (None: the model has none)."""
         items, single = self._items(inputs)
-        probs, errors = self.predict_proba_items(items)
+        probs, scores, errors = self.predict_scored_items(items)
         bad = [f"{items[i]} ({e})" for i, e in enumerate(errors) if e]
         if bad:
             raise DataError(f"cannot read {len(bad)} image(s): {'; '.join(bad[:5])}")
-        return probs[0] if single else probs
+        return (probs[0], None if scores is None else scores[:1]) if single else (probs, scores)
 
-    def evaluate(self, data: str | Path | ImageSet) -> dict[str, Any]:
-        """Metrics on labelled data whose class names the model knows."""
-        items, labels, logits, skipped = self.labelled_outputs(data)
-        metrics = self.metrics(labels, self._probabilities(logits))
-        metrics["skipped"] = skipped
-        return metrics
+    def predict_proba(self, inputs: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+        """Class probabilities, columns in ``classes_`` order. Folders expand to their images."""
+        return self.predict_scored(inputs)[0]
 
-    def labelled_outputs(self, data: str | Path | ImageSet) -> tuple[list[str], np.ndarray, np.ndarray, list[dict]]:
+    def labelled_outputs(self, data: str | Path | ImageSet, labels: None = None, with_unknown: bool = False):
         """For labelled data: the images that decoded, their labels, the model's logits
-        (before the temperature), and the files skipped with the reason."""
+        (before the temperature), and the files skipped with the reason; with
+        ``with_unknown`` also the unknown scores (after the logits; None: the model has none)."""
         self._check_fitted()
+        if labels is not None:
+            raise HeadstartError("image data carries its labels (class folders or a CSV of path,label); pass no labels")
         dataset = self._scan(data, classes=self.classes_)
-        logits, rows, failed = self._logits(dataset.paths)
+        logits, scores, rows, failed = self._logits(dataset.paths, with_unknown=True)
         skipped = [{"path": p, "reason": r} for p, r in dataset.skipped] + [
             {"path": str(dataset.paths[i]), "reason": r} for i, r in failed
         ]
         if len(rows) == 0:
             logits = torch.empty(0, len(self.classes_))
-        return [str(dataset.paths[i]) for i in rows], dataset.labels[rows], logits.numpy(), skipped
+        out = [str(dataset.paths[i]) for i in rows], dataset.labels[rows], logits.numpy()
+        return (*out, scores, skipped) if with_unknown else (*out, skipped)
+
+    def unknown_inputs_scores(self, data: str | Path | Sequence) -> np.ndarray:
+        """Unknown scores of images outside the classes: files, folders (searched
+        recursively, whatever their names) or a CSV with a path column; unreadable ones are
+        left out."""
+        self._check_fitted()
+        if isinstance(data, (str, Path)) and Path(data).suffix.lower() in (".csv", ".tsv") and Path(data).is_file():
+            from .data import read_csv
+
+            items = list(read_csv(Path(data)).paths)
+        else:
+            items = expand_inputs([data] if isinstance(data, (str, Path)) else list(data))
+        if not items:
+            raise DataError(f"{str(data)!r} holds no images to score")
+        _, scores, _ = self.predict_scored_items(items)
+        return scores[np.isfinite(scores)] if scores is not None else None
 
     # ------------------------------------------------------------------ persistence
 

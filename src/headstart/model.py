@@ -33,8 +33,12 @@ class ImageModel(nn.Module):
         self.backbone = backbone
         self.head = Head(feature_dim, num_classes, head)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the head reads."""
+        return self.backbone(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return self.head(self.features(x))
 
     def block_groups(self) -> list[list[str]]:
         from .backbones import block_groups

@@ -39,7 +39,7 @@ class Argmax:
 
     kind = "argmax"
 
-    def decide(self, probs: np.ndarray) -> list[list[int]]:
+    def decide(self, probs: np.ndarray, scores: np.ndarray | None = None) -> list[list[int]]:
         probs = np.atleast_2d(probs)
         return [[int(i)] for i in probs.argmax(1)] if len(probs) else []
 
@@ -54,7 +54,7 @@ class Thresholds:
     thresholds: np.ndarray
     kind = "thresholds"
 
-    def decide(self, probs: np.ndarray) -> list[list[int]]:
+    def decide(self, probs: np.ndarray, scores: np.ndarray | None = None) -> list[list[int]]:
         probs = np.atleast_2d(probs)
         out = []
         for row in probs:
@@ -64,6 +64,44 @@ class Thresholds:
 
     def to_config(self) -> dict[str, Any]:
         return {"kind": self.kind, "thresholds": [round(float(t), 6) for t in self.thresholds]}
+
+
+UNKNOWN = "unknown"
+UNKNOWN_SCORES = ("msp", "energy", "knn")  # see headstart.unknown
+
+
+@dataclass
+class Abstain:
+    """The inner rule's answer, or none (``unknown``) for an input whose unknown score
+    (:mod:`headstart.unknown`: higher is less like the training data) is over ``threshold``,
+    set so that a share ``rate`` of in-scope held-out inputs is over it."""
+
+    inner: Any
+    score: str  # msp, energy or knn
+    threshold: float
+    rate: float
+    k: int = 0  # knn: the neighbour compared with
+    bank_shape: tuple = ()  # knn: the training features kept in the model (rows, features)
+    kind = "abstain"
+
+    def decide(self, probs: np.ndarray, scores: np.ndarray | None = None) -> list[list[int]]:
+        answers = self.inner.decide(probs)
+        if scores is None:
+            return answers
+        return [[] if s > self.threshold else a for a, s in zip(answers, np.atleast_1d(scores))]
+
+    def fired(self, scores: np.ndarray) -> np.ndarray:
+        return np.atleast_1d(np.asarray(scores, dtype=np.float64)) > self.threshold
+
+    def to_config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "inner": self.inner.to_config(), "score": self.score,
+                "threshold": float(self.threshold), "rate": float(self.rate),
+                **({"k": self.k, "bank_shape": list(self.bank_shape)} if self.score == "knn" else {})}
+
+
+def inner_rule(rule):
+    """The rule that picks labels, under an :class:`Abstain` if there is one."""
+    return rule.inner if isinstance(rule, Abstain) else rule
 
 
 # Thresholds are searched over this grid of probabilities (and kept off the extremes, where a
@@ -106,6 +144,19 @@ def cross_fitted_decisions(probs: np.ndarray, y: np.ndarray, folds: int, seed: i
 
 def decision_from_config(entry: dict[str, Any] | None, k: int):
     """The decision rule stored in a config (None: argmax)."""
+    if entry and entry.get("kind") == Abstain.kind:
+        score, threshold, rate = entry.get("score"), entry.get("threshold"), entry.get("rate")
+        if score not in UNKNOWN_SCORES or not isinstance(threshold, (int, float)) \
+                or not isinstance(rate, (int, float)) or not 0 < rate < 1:
+            raise ModelDirError(f"the unknown rule must name a score (msp, energy or knn), a threshold and a rate in "
+                                f"(0, 1); got {entry!r}")
+        k_nn, shape = entry.get("k", 0), entry.get("bank_shape", [])
+        if score == "knn" and (not isinstance(k_nn, int) or k_nn < 1 or not isinstance(shape, list) or len(shape) != 2
+                               or not all(isinstance(d, int) and d >= k_nn for d in shape[:1])):
+            raise ModelDirError(f"the knn unknown rule needs a neighbour count k >= 1 and the shape of its training "
+                                f"features; got {entry!r}")
+        return Abstain(decision_from_config(entry.get("inner"), k), score, float(threshold), float(rate), int(k_nn),
+                       tuple(int(d) for d in shape))
     if not entry or entry.get("kind", "argmax") == "argmax":
         return Argmax()
     if entry.get("kind") == "thresholds":

@@ -233,3 +233,20 @@ def pr_curves(y: np.ndarray, probs: np.ndarray, labels: Sequence[str], threshold
             ax.legend(fontsize=7, loc="lower left", frameon=False)
         fig.tight_layout()
         return _png(fig)
+
+
+def unknown_scores(histograms: dict[str, dict[str, list]], threshold: float, score: str) -> bytes:
+    """The unknown score's distribution on each set of inputs (share of the set per bin, on
+    shared bins) and the model's threshold: inputs to its right are answered unknown."""
+    plt = _plt()
+    with plt.rc_context(_style()):
+        fig, ax = plt.subplots(figsize=(7, 3.0))
+        for name, h in histograms.items():
+            counts, edges = np.asarray(h["counts"], dtype=np.float64), np.asarray(h["edges"], dtype=np.float64)
+            ax.stairs(counts / max(1.0, counts.sum()), edges, fill=True, alpha=0.45, label=f"{name} ({int(counts.sum())})")
+        ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.4g}")
+        ax.set_xlabel(f"{score} score (higher: less like the training data)")
+        ax.set_ylabel("share of the inputs")
+        ax.legend(fontsize=8, frameon=False)
+        fig.tight_layout()
+        return _png(fig)

@@ -552,6 +552,8 @@ def render(
     else:
         parts.append("<p>Not available: this run has no calibration data (it was trained by an older headstart).</p>")
     parts.append("</section>")
+    if metrics.get("unknown"):
+        parts.append(_unknown_html(metrics["unknown"], figures, k))
     parts.append('<section id="mistakes"><h2>Most confident mistakes</h2>')
     if predictions is not None and multi:
         thresholds = np.asarray([metrics["per_class"][c]["threshold"] for c in metrics["labels"]])
@@ -590,7 +592,36 @@ def _figures(task_history: Sequence[dict] | None, metrics: dict[str, Any], split
     figures["class_distribution"] = plots.class_distribution(splits, labels)
     if calib_panels:
         figures["calibration"] = plots.reliability_diagrams(calib_panels)
+    unknown = metrics.get("unknown") or {}
+    if unknown.get("histograms"):
+        figures["unknown"] = plots.unknown_scores(unknown["histograms"], unknown["threshold"], unknown["score"])
     return figures
+
+
+def _unknown_html(u: dict[str, Any], figures: dict[str, bytes], k: str) -> str:
+    """What the model answers for inputs unlike its training data."""
+    parts = ['<section id="unknown"><h2>Unknown inputs</h2>',
+             f"<p>The model answers <b>unknown</b> for an input whose <b>{e(u['score'])}</b> score is over "
+             f"{u['threshold']:.4g}: the threshold a share {u['rate']:.0%} of in-scope held-out inputs exceeds "
+             f"(train <code>--unknown-rate</code>; <code>predict --no-unknown</code> turns it off). "
+             f"Score: {e(u.get('why', ''))}.</p>"]
+    rows = []
+    measured = u.get("held_out_class_auroc") or {}
+    if measured:
+        rows.append(("AUROC with training classes held out",
+                     ", ".join(f"{e(s)} {a:.3f}" + (" (candidate)" if s in u.get("candidates", []) else " (not a candidate: "
+                                                    "the kept model trained its backbone)") for s, a in measured.items())))
+    if "auroc" in u:
+        rows += [("AUROC, unknown vs in-scope inputs", _metric(u["auroc"], [k, "unknown", "auroc"])),
+                 ("unknown inputs answered unknown (recall)", f"{u['recall']:.1%} of {u['n_unknown']}"),
+                 ("unknown answers that were right (precision)", f"{u['precision']:.1%}")]
+    rows += [("in-scope inputs answered unknown", f"{u['in_scope_rejected']:.1%}"),
+             ("in-scope accuracy, an unknown answer counted wrong", _metric(u["in_scope_accuracy"], [k, "unknown", "in_scope_accuracy"]))]
+    parts.append(_kv(rows))
+    if "unknown" in figures:
+        parts.append(_img(figures["unknown"], "unknown score histograms with the threshold"))
+    parts.append("</section>")
+    return "".join(parts)
 
 
 def _tried_html(tried: list[dict], head: dict) -> str:
@@ -762,7 +793,7 @@ def build_report(run_dir: str | Path) -> Path:
     return path
 
 
-def evaluation_report(clf, model_dir: str | Path, data: Any, out_dir: str | Path) -> tuple[Path, dict[str, Any]]:
+def evaluation_report(clf, model_dir: str | Path, data: Any, out_dir: str | Path, unknown: Any = None) -> tuple[Path, dict[str, Any]]:
     """The evaluation part of a report for any labelled ``data``: metrics, confusion matrix,
     per-class scores, calibration with the model's stored temperature and the most
     confident mistakes, in ``out_dir`` (report.html, plots/, metrics.json, predictions.csv).
@@ -783,12 +814,20 @@ def evaluation_report(clf, model_dir: str | Path, data: Any, out_dir: str | Path
                 f"report directory {str(out)!r} is not empty and holds no earlier evaluation report; pass another "
                 "--report directory (nothing was overwritten)"
             )
-    items, labels, logits, skipped = clf.labelled_outputs(data)
+    if unknown is not None:
+        clf.require_unknown_rule()
+    items, labels, logits, scores, skipped = clf.labelled_outputs(data, with_unknown=True)
     if len(labels) == 0:
         raise DataError(f"no example of {str(data)!r} could be read; nothing to report")
     probs = clf._probabilities(logits)
     metrics = clf.metrics(labels, probs)
     metrics["skipped"] = skipped
+    if unknown is not None:
+        from .unknown import histograms
+
+        out_scores = clf.unknown_inputs_scores(unknown)
+        metrics["unknown"] = clf.unknown_metrics(labels, probs, scores, out_scores)
+        metrics["unknown"]["histograms"] = histograms({"in-scope": scores, "unknown": out_scores})
     multi = clf.objective_.multi_label
     calibration = clf.objective_.summarise(logits, labels, clf.temperature_)
     out.mkdir(parents=True, exist_ok=True)

@@ -253,7 +253,8 @@ class OnnxClassifier(LabelPredictions):
             self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
             raise ModelDirError(f"onnxruntime cannot load {str(model_file)!r} ({str(exc).splitlines()[0]})") from None
-        self.output = config["outputs"][0]
+        self.outputs = list(config["outputs"])  # probabilities [, unknown_score]
+        self.scored = "unknown_score" in self.outputs
         if self.task == "image":
             self.preprocessing = config["preprocessing"]
         else:
@@ -293,26 +294,38 @@ class OnnxClassifier(LabelPredictions):
 
     # ------------------------------------------------------------------ running
 
-    def _run_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        out = []
+    def _run_images(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray | None]:
+        probs, scores = [], []
         for start in range(0, len(images), self.batch_size):
             x = np.stack([preprocess_image(im, self.preprocessing) for im in images[start : start + self.batch_size]])
-            out.append(self.session.run([self.output], {self.config["inputs"][0]: x})[0])
-        return np.concatenate(out).astype(np.float64)
+            out = self.session.run(self.outputs, {self.config["inputs"][0]: x})
+            probs.append(out[0])
+            scores.append(out[1] if self.scored else np.zeros(len(x)))
+        return np.concatenate(probs).astype(np.float64), np.concatenate(scores).astype(np.float64) if self.scored else None
 
-    def _run_texts(self, texts: Sequence[str]) -> np.ndarray:
+    def _run_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
         seqs = self.tokenize(texts)
         order = np.argsort([-len(s) for s in seqs], kind="stable")  # little padding per batch
         probs = np.empty((len(seqs), len(self.classes_)), dtype=np.float64)
+        scores = np.empty(len(seqs), dtype=np.float64)
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
             ids, mask = pad_batch([seqs[i] for i in index], self.pad_id)
-            probs[index] = self.session.run([self.output], {"input_ids": ids, "attention_mask": mask})[0]
-        return probs
+            out = self.session.run(self.outputs, {"input_ids": ids, "attention_mask": mask})
+            probs[index] = out[0]
+            if self.scored:
+                scores[index] = out[1]
+        return probs, scores if self.scored else None
 
     def predict_proba_items(self, items: Sequence[ImageSource]) -> tuple[np.ndarray, list[str | None]]:
         """Image models: probabilities of each item (NaN rows where one could not be
         decoded) and each item's decode error (None when it decoded)."""
+        probs, _, errors = self.predict_scored_items(items)
+        return probs, errors
+
+    def predict_scored_items(self, items: Sequence[ImageSource]) -> tuple[np.ndarray, np.ndarray | None, list[str | None]]:
+        """Image models: probabilities of each item (NaN rows where one could not be
+        decoded), unknown scores (None: the model has none) and each item's decode error."""
         images: list[Image.Image] = []
         rows: list[int] = []
         errors: list[str | None] = [None] * len(items)
@@ -323,19 +336,27 @@ class OnnxClassifier(LabelPredictions):
             except DataError as exc:
                 errors[i] = str(exc)
         probs = np.full((len(items), len(self.classes_)), np.nan, dtype=np.float64)
+        scores = np.full(len(items), np.nan) if self.scored else None
         if images:
-            probs[rows] = self._run_images(images)
-        return probs, errors
+            probs[rows], got = self._run_images(images)
+            if self.scored:
+                scores[rows] = got
+        return probs, scores, errors
 
     def predict_proba(self, inputs: Any) -> np.ndarray:
         """Class probabilities, columns in ``classes_`` order: one row for one input, a 2-D
         array for a list. Images: paths, bytes or PIL images; text: strings."""
+        return self.predict_scored(inputs)[0]
+
+    def predict_scored(self, inputs: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class probabilities (as :meth:`predict_proba`) and unknown scores (None: the
+        model has none)."""
         single = isinstance(inputs, (str, Path, bytes, Image.Image))
         items = [inputs] if single else list(inputs)
         if not items:
-            return np.empty((0, len(self.classes_)))
+            return np.empty((0, len(self.classes_))), (np.empty(0) if self.scored else None)
         if self.task == "image":
-            probs, errors = self.predict_proba_items(items)
+            probs, scores, errors = self.predict_scored_items(items)
             bad = [f"{items[i] if not isinstance(items[i], (bytes, Image.Image)) else f'input {i + 1}'} ({e})"
                    for i, e in enumerate(errors) if e]
             if bad:
@@ -346,8 +367,10 @@ class OnnxClassifier(LabelPredictions):
             if empty:
                 which = "the text" if single else f"text {empty[0] + 1} of {len(texts)}"
                 raise DataError(f"{which} is empty; there is nothing to classify")
-            probs = self._run_texts(texts)
-        return probs[0] if single else probs
+            probs, scores = self._run_texts(texts)
+        if single:
+            return probs[0], None if scores is None else scores[:1]
+        return probs, scores
 
 
 def load_onnx(path: str | Path, **kwargs: Any) -> OnnxClassifier:

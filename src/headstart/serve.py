@@ -274,8 +274,15 @@ def create_app(
     max_bytes = int(max_upload_mb * 1024 * 1024)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headstart-model")
 
+    abstains = getattr(model, "unknown_rule_", None) is not None
+
     def predict(items: list) -> np.ndarray:
-        return np.atleast_2d(model.predict_proba(items))
+        """Probabilities, with each input's unknown score as one more column when the model
+        can answer unknown (the batcher cuts rows, not columns)."""
+        if not abstains:
+            return np.atleast_2d(model.predict_proba(items))
+        probs, scores = model.predict_scored(items)
+        return np.hstack([np.atleast_2d(probs), np.asarray(scores, dtype=np.float64).reshape(-1, 1)])
 
     batcher = Batcher(predict, executor, max_batch, max_wait_ms / 1000.0) if batching else None
     page = _page()
@@ -420,9 +427,13 @@ def create_app(
     async def predict_endpoint(
         request: Request,
         top_k_: int = Query(top_k, alias="top_k", ge=1, description="How many labels to return per input."),
+        unknown: bool = Query(True, description="For a model that can answer unknown: include each input's unknown "
+                                                "score and whether it is over the model's threshold (the answer is then "
+                                                "unknown); false leaves it out."),
     ) -> dict[str, Any]:
         """Classify uploaded images (multipart/form-data, one or more files) or texts (JSON
-        `{"text": ...}` or `{"texts": [...]}`). Returns the top-k labels of each input."""
+        `{"text": ...}` or `{"texts": [...]}`). Returns the top-k labels of each input, and for
+        a model that can answer unknown, `unknown`: {score, threshold, fired}."""
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in ("multipart/form-data", "application/json", "application/x-www-form-urlencoded"):
             raise HTTPException(
@@ -447,7 +458,10 @@ def create_app(
                                 status_code=500, headers={"X-Request-ID": request_id})
         finally:
             in_flight -= 1
-        return {"task": task, "results": top_k_results(names, probs, labels, top_k_, rule)}
+        scores = None
+        if abstains:
+            probs, scores = probs[:, :-1], probs[:, -1]
+        return {"task": task, "results": top_k_results(names, probs, labels, top_k_, rule, scores if unknown else None)}
 
     return app
 

@@ -1248,9 +1248,10 @@ def create_studio_app(
                 if len(t) > limits.max_text_chars:
                     raise HTTPException(413, f"a text has {len(t)} characters; the limit is {limits.max_text_chars}")
             items, names = texts, texts
-        probs = await run_in_threadpool(lambda: np.atleast_2d(model.predict_proba(items)))
+        probs, scores = await run_in_threadpool(lambda: model.predict_scored(items))
+        probs = np.atleast_2d(probs)
         return {"task": model.task, "calibrated": float(getattr(model, "temperature_", 1.0)) != 1.0,
-                "results": top_k_results(names, probs, list(model.classes_), top_k, getattr(model, "decision_", None))}
+                "results": top_k_results(names, probs, list(model.classes_), top_k, getattr(model, "decision_", None), scores)}
 
     @app.post("/api/projects/{pid}/runs/{rid}/export")
     async def export(pid: str, rid: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from .errors import DataError, HeadstartError, ModelDirError
 from .model import Head
 from .objectives import announce_objective, check_separator
 from .textdata import TextSet, read_table
+from . import unknown
 from .tokens import TokenBackend, run_batches, token_items, tokenize
 from .training import recipe_setup, resolve_device, resolve_precision, seed_everything
 from .transfer import RecipeResult, Transfer
@@ -47,8 +48,12 @@ class TextModel(nn.Module):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the head reads."""
+        return self.embed(batch["input_ids"], batch["attention_mask"])
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.head(self.embed(batch["input_ids"], batch["attention_mask"]))
+        return self.head(self.features(batch))
 
     def block_groups(self) -> list[list[str]]:
         return encoder_block_groups(self.backbone)
@@ -287,14 +292,25 @@ class TextClassifier(Classifier):
             raise DataError(f"{which} is empty; there is nothing to classify")
         return texts, single
 
-    def _logits(self, texts: list[str]) -> torch.Tensor:
+    def _logits(self, texts: list[str], with_unknown: bool = False):
+        """Logits of the texts; with ``with_unknown``, (logits, unknown scores or None)."""
         device = resolve_device(self.config.device)
         # word vectors train and predict in fp32: lookups and a small LSTM gain nothing from bf16
         precision = "fp32" if self.kind == "word-vectors" else resolve_precision(self.config.precision, device)
         self.model_.to(device).eval()
         ids, _ = tokenize(self.tokenizer_, texts, self.max_length_)
         pad_id = self.tokenizer_.pad_token_id if self.tokenizer_.pad_token_id is not None else 0
-        return run_batches(self.model_, ids, pad_id, max(64, self.config.batch_size), device, precision, self.progress, "predict")
+        net = unknown.runner(self.model_) if with_unknown else self.model_
+        out = run_batches(net, ids, pad_id, max(64, self.config.batch_size), device, precision, self.progress, "predict")
+        return unknown.split(out, self.model_) if with_unknown else out
+
+    def predict_scored(self, inputs: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class probabilities (columns in ``classes_`` order) and unknown scores (None: the
+        model has none)."""
+        texts, single = self._texts(inputs)
+        logits, scores = self._logits(texts, with_unknown=True)
+        probs = self._probabilities(logits)
+        return (probs[0], None if scores is None else scores[:1]) if single else (probs, scores)
 
     def predict_proba(self, inputs: str | Sequence[str]) -> np.ndarray:
         """Class probabilities, columns in ``classes_`` order."""
@@ -302,20 +318,29 @@ class TextClassifier(Classifier):
         probs = self._probabilities(self._logits(texts))
         return probs[0] if single else probs
 
-    def evaluate(self, data: Any, labels: Sequence[Any] | None = None) -> dict[str, Any]:
-        """Metrics on labelled data (file, DataFrame, or texts + labels)."""
-        items, y, logits, skipped = self.labelled_outputs(data, labels)
-        metrics = self.metrics(y, self._probabilities(logits))
-        metrics["skipped"] = skipped
-        return metrics
-
-    def labelled_outputs(self, data: Any, labels: Sequence[Any] | None = None) -> tuple[list[str], np.ndarray, np.ndarray, list[dict]]:
+    def labelled_outputs(self, data: Any, labels: Sequence[Any] | None = None, with_unknown: bool = False):
         """For labelled data: the texts, their labels, the model's logits (before the
-        temperature), and the rows skipped with the reason."""
+        temperature), and the rows skipped with the reason; with ``with_unknown`` also the
+        unknown scores (after the logits; None: the model has none)."""
         self._check_fitted()
         dataset = self._read(data, labels, classes=self.classes_)
-        logits = self._logits(dataset.texts).numpy()
-        return list(dataset.texts), dataset.labels, logits, [{"path": p, "reason": r} for p, r in dataset.skipped]
+        logits, scores = self._logits(dataset.texts, with_unknown=True) if with_unknown else (self._logits(dataset.texts), None)
+        skipped = [{"path": p, "reason": r} for p, r in dataset.skipped]
+        if with_unknown:
+            return list(dataset.texts), dataset.labels, logits.numpy(), scores, skipped
+        return list(dataset.texts), dataset.labels, logits.numpy(), skipped
+
+    def unknown_inputs_scores(self, data: Any) -> np.ndarray:
+        """Unknown scores of inputs outside the classes: a table of texts (any labels in it
+        are ignored), a DataFrame or a list of texts."""
+        self._check_fitted()
+        if isinstance(data, (list, tuple)):
+            texts = [str(t) for t in data if str(t).strip()]
+        else:
+            texts = list(read_table(data, text_column=self.text_column, encoding=self.encoding, require_labels=False).texts)
+        if not texts:
+            raise DataError(f"{data!r} holds no text to score")
+        return self._logits(texts, with_unknown=True)[1]
 
     # ------------------------------------------------------------------ persistence
 

@@ -89,6 +89,7 @@ class RecipeResult:
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     precision: str = "fp32"
+    unknown: dict | None = None  # the unknown score chosen and calibrated (fit_unknown)
 
     def history_dicts(self) -> list[dict]:
         return [asdict(r) for r in self.history]
@@ -626,6 +627,63 @@ class Transfer:
                                  "C": fit.solution.C, "path": fit.path}
         return model
 
+    # ------------------------------------------------------------------ unknown inputs
+
+    def fit_unknown(self, recipe: str, report: dict) -> dict | None:
+        """The unknown score of the kept model (:mod:`headstart.unknown`) and its scores on
+        the reported in-scope rows, which the threshold is set on; None when the model never
+        answers unknown (``unknown_rate`` 0, several labels per row, or a class named so).
+
+        The score is measured on held-out classes of the frozen features when they were
+        computed; ``knn`` is a candidate only when the kept model's backbone is the frozen
+        one, so its training features are those a new input is compared with."""
+        from . import unknown as U
+        from .objectives import UNKNOWN
+
+        cfg = self.cfg
+        if not cfg.unknown_rate or self.objective.multi_label:
+            return None
+        if UNKNOWN in self.classes:
+            log.info("unknown: a class is named %r, so the model answers it as a class and never abstains", UNKNOWN)
+            return None
+        start = time.perf_counter()
+        frozen = recipe in ("linear-probe", "prototype") and hasattr(self, "x")
+        candidates = U.SCORES if frozen else ("msp", "energy")
+        measured: dict[str, float] = {}
+        if cfg.unknown_score == "auto" and hasattr(self, "x"):  # every process alike: same draws, same choice
+            x, ok = self._x(self.data_rows)
+            measured = U.held_out_class_auroc(x, self.labels[ok], self.k, C=float(np.mean(self.C)) if self.C else 1.0,
+                                              seed=cfg.seed)
+        score, why = U.choose(measured, candidates, cfg.unknown_score)
+        if score == "knn" and not frozen:
+            log.info("unknown: knn compares an input with the frozen backbone's training features, and the kept model "
+                     "(%s) trained its backbone: energy instead", recipe)
+            score, why = "energy", "knn asked for, but the kept model trained its backbone"
+        rows = report["rows"]
+        k_nn, bank = 0, None
+        if score == "knn":
+            bank_rows = self._final_rows()
+            if len(bank_rows) > U.KNN_MAX_BANK:
+                bank_rows = np.sort(np.random.default_rng([cfg.seed, 3]).choice(bank_rows, U.KNN_MAX_BANK, replace=False))
+            xb, bank_rows = self._x(bank_rows)
+            k_nn = U.knn_k(self.objective.counts(self.labels[bank_rows], self.k))
+            bank = torch.nn.functional.normalize(xb.float(), dim=1).half()
+            where = {int(r): i for i, r in enumerate(bank_rows)}
+            xq, okq = self._x(rows)
+            exclude = np.asarray([where.get(int(r), -1) for r in okq])  # a row is not its own neighbour
+            scores = np.full(len(rows), np.nan)
+            pos = {int(r): i for i, r in enumerate(rows)}
+            scores[[pos[int(r)] for r in okq]] = U.knn_scores(xq, bank, k_nn, exclude).double().numpy()
+        else:
+            scores = U.logit_scores(score, torch.as_tensor(np.asarray(report["logits"]))).double().numpy()
+        threshold = U.threshold_for(scores[np.isfinite(scores)], cfg.unknown_rate)
+        log.info("unknown: %s score (%s%s), threshold %.4g: %.1f%% of the %d in-scope held-out rows over it; %.1fs",
+                 score, why, "; held-out-class AUROC " + ", ".join(f"{s} {a:.3f}" for s, a in measured.items())
+                 if measured else "", threshold, 100 * float(np.mean(scores > threshold)), len(scores),
+                 time.perf_counter() - start)
+        return {"score": score, "why": why, "measured": measured, "candidates": list(candidates), "k": k_nn,
+                "bank": bank, "scores": scores, "rate": cfg.unknown_rate, "threshold": threshold}
+
     # ------------------------------------------------------------------ the recipes
 
     def run(self) -> RecipeResult:
@@ -710,10 +768,11 @@ class Transfer:
         for p in final_model.parameters():
             p.requires_grad_(True)
         final_model.eval()
+        unknown = self.fit_unknown(final_recipe, report)
         rows = report["rows"]
         return RecipeResult(
             model=final_model, history=self.history, val_logits=np.asarray(report["logits"], dtype=np.float32),
             val_labels=self.labels[rows], val_rows=rows, protocol=self.protocol, recipe=final_recipe,
             tried=self.tried, head=head_info, failed=self.backend.failed(),
-            seconds=time.perf_counter() - self.start, precision=self.backend.precision,
+            seconds=time.perf_counter() - self.start, precision=self.backend.precision, unknown=unknown,
         )

@@ -144,8 +144,12 @@ class WordVectorModel(nn.Module):
             pooled.append(x.masked_fill(mask == 0, float("-inf")).amax(1))
         return torch.cat(pooled, dim=1)
 
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the head reads."""
+        return self.embed(batch["input_ids"], batch["attention_mask"])
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.head(self.embed(batch["input_ids"], batch["attention_mask"]))
+        return self.head(self.features(batch))
 
     def block_groups(self) -> list[list[str]]:
         return [[name for name, _ in self.backbone.named_parameters()]]

@@ -463,6 +463,10 @@ function renderResults(result) {
   const box = $("try-results");
   box.replaceChildren();
   for (const r of result.results) {
+    if (r.unknown && r.unknown.fired) {
+      box.append(el("p", { class: "label", text: "Unknown: unlike the training data (score " + r.unknown.score.toFixed(3) +
+        " over the threshold " + r.unknown.threshold.toFixed(3) + "). The closest labels:" }));
+    }
     for (const p of r.predictions) {
       box.append(el("div", { class: "row" }, el("span", { class: "label", text: p.label }),
         el("span", { class: "score", text: (p.score * 100).toFixed(1) + "%" }),
