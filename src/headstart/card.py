@@ -96,6 +96,18 @@ def _class_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
+def _unknown_line(config: dict[str, Any], what: str, k: int) -> str:
+    """The limitation a model with one label per input has with inputs outside its classes."""
+    rule = config.get("decision") or {}
+    if rule.get("kind") != "abstain":
+        return (f"- It always answers with one of its {k} labels, even for {what} that belong to none of them: "
+                "it was trained without an unknown threshold (`--unknown-rate 0`). A low top score is the only hint.")
+    return (f"- It answers `unknown` for {what} whose {md(rule['score'])} score is over {rule['threshold']:.4g}, a threshold "
+            f"{rule['rate']:.0%} of in-scope held-out {what} exceed, so about that share of in-scope {what} is answered "
+            "unknown too; inputs outside its classes that resemble them can still get a class. Measure both on your own "
+            "data with `headstart evaluate MODEL DATA --unknown OTHER_DATA`.")
+
+
 def model_card(config: dict[str, Any], val_metrics: dict[str, Any] | None = None) -> str:
     """The Markdown model card of a model directory's ``config``."""
     task = config.get("task", "?")
@@ -212,9 +224,7 @@ def model_card(config: dict[str, Any], val_metrics: dict[str, Any] | None = None
         "## Limitations",
         "",
         (f"- Each label is decided on its own (thresholds {', '.join(f'{t:.2f}' for t in thresholds)}): an input far "
-         "from the training data can still score high on some label." if multi else
-         f"- It always answers with one of its {len(labels)} labels, even for {what} that belong to none of them: "
-         "there is no 'unknown' class. A low top score is the only hint."),
+         "from the training data can still score high on some label." if multi else _unknown_line(config, what, len(labels))),
         "- It learned from the training data above: other cameras, styles, domains, languages or class "
         "balances than those can lower the accuracy without warning. Evaluate on your own data first.",
         "- The metrics come from a limited number of examples; small classes have wide error margins.",

@@ -34,6 +34,7 @@ DEFAULT_SEPARATOR = ";"
 # --------------------------------------------------------------------------- decision rules
 
 
+@dataclass
 class Argmax:
     """The most likely class: one label per input."""
 

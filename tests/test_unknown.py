@@ -1,0 +1,182 @@
+"""Unknown inputs: the score, its threshold on held-out in-scope rows, and the answer
+``unknown`` through predict, evaluate, save/load, export, the runtime and the server."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import conftest
+from conftest import TINY, make_folder
+from headstart import ImageClassifier, load
+from headstart.cli import main
+from headstart.errors import HeadstartError, ModelDirError
+from headstart.objectives import Abstain, Argmax, decision_from_config
+from headstart import unknown as U
+
+CLASSES = ("red", "green", "blue", "yellow", "cyan")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    conftest.COLORS.update({"yellow": (220, 220, 30), "cyan": (30, 220, 220)})
+    return make_folder(tmp_path_factory.mktemp("unknown") / "photos", per_class=10, classes=CLASSES)
+
+
+@pytest.fixture(scope="module")
+def noise(tmp_path_factory) -> list[Path]:
+    """Out-of-distribution inputs: uniform noise, nothing like the single-colour classes."""
+    root = tmp_path_factory.mktemp("noise")
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(10):
+        out.append(root / f"noise{i}.png")
+        Image.fromarray(rng.integers(0, 256, (36, 40, 3), dtype=np.uint8)).save(out[-1])
+    return out
+
+
+def fit(photos, **kw) -> ImageClassifier:
+    return ImageClassifier(backbone=TINY, weights="none", recipe="linear-probe", batch_size=8, precision="fp32",
+                           num_workers=0, seed=0, **kw).fit(photos)
+
+
+@pytest.fixture(scope="module")
+def model(photos) -> ImageClassifier:
+    return fit(photos)
+
+
+# --------------------------------------------------------------------------- the scores
+
+
+def test_knn_scores_never_compare_a_row_with_itself():
+    bank = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]]), dim=1)
+    alone = U.knn_scores(bank, bank, 1)
+    assert torch.allclose(alone, torch.zeros(3), atol=1e-6)  # each row's nearest is itself
+    held_out = U.knn_scores(bank, bank, 1, exclude=np.array([0, 1, 2]))
+    assert torch.allclose(held_out, torch.tensor([0.2, 0.2, 0.4]), atol=1e-5)  # 1 - cos to the nearest other row
+
+
+def test_threshold_keeps_the_asked_share_of_in_scope_rows():
+    scores = np.arange(100, dtype=float)
+    t = U.threshold_for(scores, 0.05)
+    assert (scores > t).mean() == pytest.approx(0.05, abs=0.011)
+    assert U.threshold_for(scores, 0.2) < t
+
+
+def test_held_out_class_measurement_scores_every_candidate():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (6, 16)) * 4
+    y = np.repeat(np.arange(6), 30)
+    x = torch.as_tensor(centres[y] + rng.normal(0, 1, (len(y), 16)), dtype=torch.float32)
+    measured = U.held_out_class_auroc(x, y, 6, C=1.0, seed=0)
+    assert set(measured) == {"msp", "energy", "knn"} and all(0 <= a <= 1 for a in measured.values())
+    assert measured["knn"] > 0.9  # tight, far apart clusters: a held-out class is far from every kept one
+    assert U.held_out_class_auroc(x[:60], y[:60], 2, C=1.0, seed=0) == {}  # two classes: nothing to hold out
+    assert U.choose({}, ("msp", "energy"), "auto")[0] == "energy"
+    assert U.choose(measured, ("msp", "energy"), "auto")[0] in ("msp", "energy")  # knn only where it is a candidate
+    assert U.choose(measured, U.SCORES, "msp") == ("msp", "asked for")
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def test_synthetic_out_of_distribution_inputs_are_answered_unknown(model, photos, noise):
+    rule = model.unknown_rule_
+    assert isinstance(rule, Abstain) and rule.rate == 0.05 and rule.score in U.SCORES
+    info = model.val_metrics_["unknown"]
+    assert set(info["held_out_class_auroc"]) == set(U.SCORES)  # measured on held-out classes, then chosen
+    assert info["in_scope_rejected"] <= 0.05 + 1e-9  # the threshold sits on the held-out in-scope rows
+    answers = model.predict([str(p) for p in noise])
+    assert answers.count("unknown") >= 8
+    assert all(a in CLASSES for a in model.predict([str(p) for p in noise], unknown=False))
+    inside = model.predict([str(p) for p in sorted(photos.rglob("*.png"))])
+    assert inside.count("unknown") <= 5 and sum(a in CLASSES for a in inside) >= 45
+    metrics = model.evaluate(photos, unknown=[str(p) for p in noise])
+    u = metrics["unknown"]
+    assert u["auroc"] >= 0.95 and u["recall"] >= 0.8 and u["precision"] >= 0.8 and u["in_scope_accuracy"] >= 0.85
+    assert u["n_unknown"] == 10 and u["n_in_scope"] == 50
+
+
+def test_each_score_can_be_asked_for_and_round_trips(photos, noise, tmp_path):
+    for score in U.SCORES:
+        clf = fit(photos, unknown_score=score)
+        assert clf.unknown_rule_.score == score
+        path = clf.save(tmp_path / score)
+        config = json.loads((path / "config.json").read_text())
+        assert config["format_version"] == 2 and config["decision"]["kind"] == "abstain"
+        loaded = load(path)
+        assert loaded.decision_ == clf.decision_
+        (_, ours), (_, theirs) = clf.predict_scored([str(p) for p in noise]), loaded.predict_scored([str(p) for p in noise])
+        np.testing.assert_allclose(theirs, ours, rtol=1e-6)
+        assert loaded.predict([str(p) for p in noise]) == clf.predict([str(p) for p in noise])
+        if score == "knn":  # the training features travel in the weights file, fp16
+            assert tuple(loaded.model_.unknown.bank.shape) == (50, clf.model_.unknown.bank.shape[1])
+
+
+def test_no_rule_at_rate_zero_nor_with_a_class_named_unknown(photos, tmp_path):
+    clf = fit(photos, unknown_rate=0)
+    assert clf.unknown_rule_ is None and getattr(clf.model_, "unknown", None) is None
+    assert json.loads((clf.save(tmp_path / "m") / "config.json").read_text())["format_version"] == 1
+    with pytest.raises(HeadstartError, match="never answers unknown.*--unknown-rate 0.05"):
+        clf.evaluate(photos, unknown=[str(next(photos.rglob("*.png")))])
+    named = make_folder(tmp_path / "named", per_class=6, classes=("red", "green", "blue"))
+    (named / "blue").rename(named / "unknown")
+    assert fit(named).unknown_rule_ is None  # "unknown" is one of its answers already
+
+
+def test_a_malformed_unknown_rule_is_refused():
+    good = Abstain(Argmax(), "knn", 0.3, 0.05, 5, (40, 8)).to_config()
+    assert decision_from_config(good, 3) == Abstain(Argmax(), "knn", 0.3, 0.05, 5, (40, 8))
+    for bad in ({**good, "score": "vibes"}, {**good, "rate": 0}, {**good, "threshold": "high"},
+                {**good, "k": 0}, {**good, "bank_shape": [3]}):
+        with pytest.raises(ModelDirError, match="unknown rule"):
+            decision_from_config(bad, 3)
+
+
+def test_cli_predict_and_evaluate_answer_unknown(model, photos, noise, tmp_path, capsys):
+    path = model.save(tmp_path / "m")
+
+    def run(*argv):
+        with pytest.raises(SystemExit) as exc:
+            main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        assert exc.value.code == 0, err
+        return out
+
+    lines = run("predict", path, noise[0], "--json").strip().splitlines()
+    answer = json.loads(lines[0])
+    assert answer["unknown"]["fired"] and answer["unknown"]["threshold"] == pytest.approx(model.unknown_rule_.threshold)
+    assert run("predict", path, noise[0]).split("\t")[1].startswith("unknown ")
+    assert run("predict", path, noise[0], "--no-unknown").split("\t")[1].split()[0] in CLASSES
+    assert "unknown" not in json.loads(run("predict", path, noise[0], "--json", "--no-unknown"))
+    metrics = json.loads(run("evaluate", path, photos, "--unknown", noise[0].parent, "--json"))
+    assert {"auroc", "recall", "precision", "in_scope_accuracy"} <= set(metrics["unknown"])
+    text = run("evaluate", path, photos, "--unknown", noise[0].parent)
+    assert "unknown (" in text and "AUROC" in text
+    report = tmp_path / "report"
+    run("evaluate", path, photos, "--unknown", noise[0].parent, "--report", report)
+    assert 'id="unknown"' in (report / "report.html").read_text()
+
+
+def test_the_server_answers_unknown_with_its_score(model, noise, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from headstart.serve import create_app
+
+    with TestClient(create_app(load(model.save(tmp_path / "m")))) as client:
+        files = [("files", (p.name, p.read_bytes(), "image/png")) for p in noise[:3]]
+        results = client.post("/predict", files=files).json()["results"]
+        assert all(r["unknown"]["fired"] for r in results)
+        results = client.post("/predict?unknown=false", files=files).json()["results"]
+        assert all("unknown" not in r for r in results)
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 36), (220, 30, 30)).save(buf, format="PNG")
+        one = client.post("/predict", files=[("files", ("red.png", buf.getvalue(), "image/png"))]).json()["results"][0]
+        assert not one["unknown"]["fired"] and one["predictions"][0]["label"] == "red"
