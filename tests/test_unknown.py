@@ -180,3 +180,17 @@ def test_the_server_answers_unknown_with_its_score(model, noise, tmp_path):
         Image.new("RGB", (40, 36), (220, 30, 30)).save(buf, format="PNG")
         one = client.post("/predict", files=[("files", ("red.png", buf.getvalue(), "image/png"))]).json()["results"][0]
         assert not one["unknown"]["fired"] and one["predictions"][0]["label"] == "red"
+
+
+def test_knn_after_fine_tuning_only_without_a_refit(photos, noise):
+    """A fine-tuned model that scored its held-out rows keeps its training rows' features for
+    knn; one refitted on every row has no held-out rows for a knn threshold: energy."""
+    kept = ImageClassifier(backbone=TINY, weights="none", recipe="fine-tune", epochs=2, batch_size=8, precision="fp32",
+                           num_workers=0, seed=0, unknown_score="knn", val_split=0.2, refit=False).fit(photos)
+    rule = kept.unknown_rule_
+    assert rule.score == "knn" and rule.bank_shape[0] == 40  # the 80% it trained on
+    assert kept.model_.unknown.bank.shape[0] == 40
+    assert kept.predict([str(p) for p in noise]).count("unknown") >= 8
+    refitted = ImageClassifier(backbone=TINY, weights="none", recipe="fine-tune", epochs=2, batch_size=8,
+                               precision="fp32", num_workers=0, seed=0, unknown_score="knn", val_split=0.2).fit(photos)
+    assert refitted.unknown_rule_.score == "energy" and "no held-out rows" in refitted.val_metrics_["unknown"]["why"]

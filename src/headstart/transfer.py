@@ -506,11 +506,14 @@ class Transfer:
         m = int(share * len(train_rows))
         return np.sort(np.random.default_rng([self.cfg.seed, 2]).choice(train_rows, m, replace=False))
 
+    def refit_rows(self) -> np.ndarray:
+        """Every labelled row: the data (under CV or a holdout split), plus a given validation set."""
+        return np.concatenate([self.train_rows, self.eval_rows]) if self.given_val else self.data_rows
+
     def refit_phase2(self, recipe: str, pristine: nn.Module, tried: dict) -> nn.Module | None:
         """Phase 2 again on every labelled row, for the epochs that held out best; None when
         the time budget cannot hold it (estimated from the held-out run, scaled by rows)."""
-        # every labelled row: the data (under CV or a holdout split), plus a given validation set
-        rows = np.concatenate([self.train_rows, self.eval_rows]) if self.given_val else self.data_rows
+        rows = self.refit_rows()
         epochs = tried["best_epoch"]
         per_epoch = [r.seconds for r in tried["history"]]
         estimate = sum(per_epoch[:epochs]) * len(rows) / max(1, len(tried["train_rows"]))
@@ -635,8 +638,11 @@ class Transfer:
         answers unknown (``unknown_rate`` 0, several labels per row, or a class named so).
 
         The score is measured on held-out classes of the frozen features when they were
-        computed; ``knn`` is a candidate only when the kept model's backbone is the frozen
-        one, so its training features are those a new input is compared with."""
+        computed. ``knn`` is a candidate when the kept model's backbone is the frozen one
+        (every row is compared with the other rows' cached features) or was tuned by phase 2
+        and is the model that scored the held-out rows (no refit): it compares them with its
+        own training rows' features, which it keeps. A model refitted on every row has no
+        held-out rows its features were not trained on, so logit scores only."""
         from . import unknown as U
         from .objectives import UNKNOWN
 
@@ -648,20 +654,37 @@ class Transfer:
             return None
         start = time.perf_counter()
         frozen = recipe in ("linear-probe", "prototype") and hasattr(self, "x")
-        candidates = U.SCORES if frozen else ("msp", "energy")
+        scoring = getattr(self, "scoring", None) if recipe in ("fine-tune", "full") else None
+        candidates = U.SCORES if frozen or scoring is not None else ("msp", "energy")
         measured: dict[str, float] = {}
         if cfg.unknown_score == "auto" and hasattr(self, "x"):  # every process alike: same draws, same choice
             x, ok = self._x(self.data_rows)
             measured = U.held_out_class_auroc(x, self.labels[ok], self.k, C=float(np.mean(self.C)) if self.C else 1.0,
                                               seed=cfg.seed)
         score, why = U.choose(measured, candidates, cfg.unknown_score)
-        if score == "knn" and not frozen:
-            log.info("unknown: knn compares an input with the frozen backbone's training features, and the kept model "
-                     "(%s) trained its backbone: energy instead", recipe)
-            score, why = "energy", "knn asked for, but the kept model trained its backbone"
+        if score == "knn" and not (frozen or scoring is not None):
+            log.info("unknown: knn needs held-out rows the kept model's features never trained on, and the %s model was "
+                     "refitted on every row (or tuned contrastively): energy instead", recipe)
+            score, why = "energy", f"knn asked for, but the {recipe} model has no held-out rows for it"
         rows = report["rows"]
         k_nn, bank = 0, None
-        if score == "knn":
+        if score == "knn" and not frozen:
+            # The tuned backbone: the model that scored the held-out rows compares them with its
+            # own training rows' features; the final model keeps its training rows' features.
+            def bank_of(model: nn.Module, bank_rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+                if len(bank_rows) > U.KNN_MAX_TUNED_BANK:
+                    bank_rows = np.sort(np.random.default_rng([cfg.seed, 3]).choice(bank_rows, U.KNN_MAX_TUNED_BANK,
+                                                                                    replace=False))
+                feats, ok = self._features_of(model, bank_rows)
+                return torch.nn.functional.normalize(feats, dim=1).half(), ok
+
+            bank, bank_rows = bank_of(scoring["model"], scoring["train_rows"])
+            k_nn = U.knn_k(self.objective.counts(self.labels[bank_rows], self.k))
+            xq, okq = self._features_of(scoring["model"], rows)
+            scores = np.full(len(rows), np.nan)
+            pos = {int(r): i for i, r in enumerate(rows)}
+            scores[[pos[int(r)] for r in okq]] = U.knn_scores(xq, bank, k_nn).double().numpy()
+        elif score == "knn":
             bank_rows = self._final_rows()
             if len(bank_rows) > U.KNN_MAX_BANK:
                 bank_rows = np.sort(np.random.default_rng([cfg.seed, 3]).choice(bank_rows, U.KNN_MAX_BANK, replace=False))
@@ -683,6 +706,13 @@ class Transfer:
                  time.perf_counter() - start)
         return {"score": score, "why": why, "measured": measured, "candidates": list(candidates), "k": k_nn,
                 "bank": bank, "scores": scores, "rate": cfg.unknown_rate, "threshold": threshold}
+
+    def _features_of(self, model: nn.Module, rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """What ``model``'s head reads for ``rows`` (never cached: the backbone may be tuned)."""
+        from .unknown import FeaturesOf
+
+        feats, ok = self.backend.logits(FeaturesOf(model), rows)
+        return torch.as_tensor(np.asarray(feats), dtype=torch.float32), ok
 
     # ------------------------------------------------------------------ the recipes
 
@@ -756,6 +786,8 @@ class Transfer:
                     if self.eval_rows is None:  # CV: phase 2 is judged on its held-out fold
                         self._scored_on_folds(len(tried["rows"]), 1, None)
                     refitted = self.refit_phase2(phase2_recipe, pristine, tried) if self.refit else None
+                    if refitted is None:  # the kept model scored the reported rows: knn can be calibrated on them
+                        self.scoring = {"model": tried["model"], "train_rows": tried["train_rows"]}
                     if refitted is not None:
                         final_model = refitted
                     self.refit_done = refitted is not None

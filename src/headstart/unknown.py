@@ -35,8 +35,10 @@ log = logging.getLogger("headstart")
 # the k-th neighbour: 10, at most half the smallest class (an in-scope input's k-th
 # neighbour should still be of its class)
 KNN_K = 10
-# training features kept for knn (a seeded draw beyond this): fp16, 384-d is 15 MB
+# training features kept for knn (a seeded draw beyond this): fp16, 384-d is 15 MB. A tuned
+# backbone computes them afresh (twice when the final model was refitted): fewer rows.
 KNN_MAX_BANK = 20000
+KNN_MAX_TUNED_BANK = 10000
 # the held-out-class measurement: rounds, share of the classes held out, rows a head is solved on
 ROUNDS, HELD_OUT_SHARE, MAX_FIT_ROWS = 3, 0.2, 5000
 
@@ -92,6 +94,17 @@ class UnknownScore(nn.Module):
                 sims = f @ self.bank.float().T
                 return 1.0 - sims.topk(self.k, dim=1).values[:, -1]
             return logit_scores(self.kind, logits)
+
+
+class FeaturesOf(nn.Module):
+    """A model's features (what its head reads), flattened, as a module the batch runners run."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x) -> torch.Tensor:
+        return self.model.features(x).flatten(1)
 
 
 class WithUnknown(nn.Module):
