@@ -130,6 +130,8 @@ class FakeBackend:
 
     def logits(self, model, rows):
         rows = np.asarray(rows)
+        if not hasattr(model, "quality"):  # unknown.FeaturesOf(model): what the head reads
+            return self.x[rows].numpy(), rows
         k = int(self.labels.max()) + 1
         if model.quality == "good":
             return np.eye(k)[self.labels[rows]] * 5.0, rows
@@ -315,3 +317,34 @@ def test_auto_trains_phase_two_on_the_part_of_an_epoch_the_budget_holds(monkeypa
     monkeypatch.setattr(Transfer, "time_left", lambda self: 10.0)  # under a fifth of an epoch: not tried
     result, _ = _transfer("good")
     assert len(calls) == 1 and result.recipe == "linear-probe" and "100 s" in result.tried[1]["skipped"]
+
+
+def test_one_plan_for_every_protocol_and_the_sets_a_fit_makes():
+    """plan_validation is what a fit uses; holdout_sets, what check, the report and the CLI
+    use, gives the very same holdout rows."""
+    from types import SimpleNamespace
+
+    from headstart.errors import DataError
+    from headstart.splits import holdout_sets, plan_validation
+
+    y = np.repeat(np.arange(3), 10)
+    classes = ["a", "b", "c"]
+    cv = plan_validation(y, classes, n_data=30, n_val=0, val_split=None, folds=5, seed=0)
+    assert cv.protocol.kind == "cross-validation" and cv.eval_rows is None and len(cv.folds) == 5
+    assert sorted(np.concatenate([va for _, va in cv.folds]).tolist()) == list(range(30))
+    held = plan_validation(y, classes, n_data=30, n_val=0, val_split=0.2, folds=5, seed=0)
+    assert held.protocol.kind == "holdout" and len(held.eval_rows) == 6 and held.folds is None
+    given = plan_validation(np.r_[y, [0, 1, 2]], classes, n_data=30, n_val=3, val_split=0.2, folds=5, seed=0,
+                            val_source="v.csv")
+    assert given.protocol.kind == "given" and given.eval_rows.tolist() == [30, 31, 32]
+
+    class Rows(SimpleNamespace):
+        def subset(self, rows):
+            return Rows(labels=self.labels[rows], classes=self.classes, rows=self.rows[rows])
+
+    full = Rows(labels=y, classes=classes, rows=np.arange(30))
+    train, val = holdout_sets(full, None, 0.2, 0)
+    assert val.rows.tolist() == held.eval_rows.tolist() and train.rows.tolist() == held.train_rows.tolist()
+    assert holdout_sets(full, None, None, 0) == (full, None)
+    with pytest.raises(DataError, match="single training example"):
+        plan_validation(np.arange(3), classes, n_data=3, n_val=0, val_split=None, folds=5, seed=0)

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .cache import file_digest
-from .splits import stratified_split
+from .splits import holdout_sets
 from .errors import DataError
 from .labels import class_counts, label_names
 from .textdata import TextSet, read_table
@@ -309,12 +309,11 @@ def _with_split(full, val, val_split: float | None, seed: int):
     if val is not None or not val_split:
         return full, val, []
     try:
-        tr, va = stratified_split(full.labels, val_split, seed, full.classes)
+        train, val = holdout_sets(full, None, val_split, seed)
     except DataError as exc:
         if (np.asarray(list(class_counts(full.labels, full.classes).values())) > 0).sum() < 2:  # reported as single-class
             return full, None, []
         return full, None, [Finding("error", "split-impossible", str(exc))]
-    train, val = full.subset(tr), full.subset(va)
     train.skipped = list(full.skipped)
     train.source = val.source = full.source
     return train, val, []

@@ -275,7 +275,7 @@ def _train(data, val_data, val_split, folds, refit, time_budget, unknown_rate, u
     from . import distributed
     from .checkpoint import TrainingInterrupted, checkpointing
     from .encoders import is_encoder_name
-    from .splits import require_two_classes, stratified_split
+    from .splits import holdout_sets, require_two_classes
     from .evaluation import summary_line
     from .report import PREDICTIONS_FILE, build_report, training_notes, write_predictions
 
@@ -326,8 +326,7 @@ def _train(data, val_data, val_split, folds, refit, time_budget, unknown_rate, u
         val_set = clf._read(val_data, classes=train_set.classes, multi_label=train_set.labels.ndim == 2) if val_data else None
         fit = lambda: clf.fit(train_set, val=val_set)  # noqa: E731
     require_two_classes(train_set.labels, train_set.classes)
-    if val_set is None and val_split:  # fail on a split that cannot be made before any directory is made
-        stratified_split(train_set.labels, val_split, seed, train_set.classes)
+    holdout_sets(train_set, val_set, val_split, seed)  # a split that cannot be made fails before any directory is made
     report = _check_before_training(task, data, train_set, val_set, val_split, seed, strict,
                                     label_sep if train_set.labels.ndim == 2 else None)
     if log_to == "tensorboard":

@@ -163,12 +163,9 @@ def training_notes(clf, train_set, val_set=None) -> dict[str, Any]:
     the rows that trained and the rows that validated, and the token limit texts were cut
     at. Under cross-validation every row validates and trains another fold's model, so any
     duplicate pair within the data is such a pair; with a holdout split, the pairs across it."""
-    from .splits import stratified_split
+    from .splits import holdout_sets
 
-    split = getattr(clf.config, "val_split", None)
-    if val_set is None and split:
-        tr, va = stratified_split(train_set.labels, split, clf.config.seed, train_set.classes)
-        train_set, val_set = train_set.subset(tr), train_set.subset(va)
+    train_set, val_set = holdout_sets(train_set, val_set, getattr(clf.config, "val_split", None), clf.config.seed)
     if val_set is None:  # cross-validation: duplicates within the data
         pairs = _within_duplicates(train_set.paths if clf.task == "image" else train_set.texts, clf.task)
     elif clf.task == "image":

@@ -219,3 +219,55 @@ class Protocol:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "description": self.description}
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class Plan:
+    """Which rows train and which judge: the protocol, and under a holdout or a given set the
+    training and held-out rows, under cross-validation the folds (over the training rows)."""
+
+    protocol: Protocol
+    train_rows: np.ndarray
+    eval_rows: np.ndarray | None  # None under cross-validation: every row is held out by a fold
+    folds: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+
+def plan_validation(labels: np.ndarray, classes: Sequence[str], *, n_data: int, n_val: int, val_split: float | None,
+                    folds: int, seed: int, val_source: str = "") -> Plan:
+    """The protocol of a fit over ``labels`` (the data's rows, then ``n_val`` rows of a given
+    validation set): the given set when there is one, else a stratified holdout of
+    ``val_split``, else stratified k-fold cross-validation over the data."""
+    labels = np.asarray(labels)
+    data_rows = np.arange(n_data)
+    multi = is_multilabel(labels)
+    if n_val:
+        return Plan(Protocol("given", n_val, source=val_source, multi_label=multi), data_rows,
+                    np.arange(n_data, n_data + n_val))
+    if val_split:
+        tr, va = stratified_split(labels[data_rows], val_split, seed, classes)
+        return Plan(Protocol("holdout", len(va), fraction=val_split, source=f"{val_split:.0%} stratified split, seed {seed}",
+                             multi_label=multi), tr, va)
+    y = labels[data_rows]
+    counts = y.sum(0) if multi else np.bincount(y.astype(np.int64), minlength=len(classes))
+    if counts.max() < 2:
+        raise DataError(
+            "every class has a single training example, so cross-validation cannot hold one out to score "
+            "the model; pass --val DATA (labelled examples to score it on; one per class is enough), or add "
+            "a second example to some class")
+    n_folds = fold_count(y, folds)
+    return Plan(Protocol("cross-validation", n_data, folds=n_folds, multi_label=multi), data_rows, None,
+                kfold(y, n_folds, seed))
+
+
+def holdout_sets(full, val, val_split: float | None, seed: int):
+    """The training and validation sets exactly as a fit makes them from ``full`` (a data set
+    with ``labels``, ``classes`` and ``subset``): ``val`` when given, else a stratified
+    holdout of ``val_split`` (raises :class:`DataError` when it cannot be made), else
+    ``(full, None)``: cross-validation over all of it."""
+    if val is not None or not val_split:
+        return full, val
+    tr, va = stratified_split(full.labels, val_split, seed, full.classes)
+    return full.subset(tr), full.subset(va)

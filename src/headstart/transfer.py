@@ -36,7 +36,7 @@ from . import distributed
 from .config import TrainConfig
 from .errors import DataError
 from .solver import LinearFit, select_and_fit
-from .splits import Protocol, fold_count, kfold, stratified_split
+from .splits import Protocol, fold_count, kfold, plan_validation
 from .objectives import objective_for
 from .training import EpochRecord, OverBudget, train_head
 
@@ -189,26 +189,12 @@ class Transfer:
         self.history: list[EpochRecord] = []
         self.given_val = n_val > 0
         # The protocol: a given validation set, a holdout split of the data, or k-fold CV on all of it.
-        if self.given_val:
-            self.train_rows, self.eval_rows = self.data_rows, np.arange(n_data, n_data + n_val)
-            self.protocol = Protocol("given", n_val, source=getattr(backend, "val_source", ""))
-        elif cfg.val_split:
-            tr, va = stratified_split(self.labels[self.data_rows], cfg.val_split, cfg.seed, classes)
-            self.train_rows, self.eval_rows = tr, va
-            self.protocol = Protocol("holdout", len(va), fraction=cfg.val_split,
-                                     source=f"{cfg.val_split:.0%} stratified split, seed {cfg.seed}")
-        else:
-            self.train_rows, self.eval_rows = self.data_rows, None
-            if self.objective.counts(self.labels[self.data_rows], self.k).max() < 2:
-                raise DataError(
-                    "every class has a single training example, so cross-validation cannot hold one out to score "
-                    "the model; pass --val DATA (labelled examples to score it on; one per class is enough), or add "
-                    "a second example to some class")
-            folds = fold_count(self.labels[self.data_rows], cfg.folds)
-            self.folds = kfold(self.labels[self.data_rows], folds, cfg.seed)
-            self.protocol = Protocol("cross-validation", n_data, folds=folds)
+        plan = plan_validation(self.labels, classes, n_data=n_data, n_val=n_val, val_split=cfg.val_split,
+                               folds=cfg.folds, seed=cfg.seed, val_source=getattr(backend, "val_source", ""))
+        self.protocol, self.train_rows, self.eval_rows = plan.protocol, plan.train_rows, plan.eval_rows
+        if plan.folds is not None:
+            self.folds = plan.folds
         self.refit = cfg.refit if cfg.refit is not None else not self.given_val
-        self.protocol.multi_label = self.objective.multi_label
 
     # ------------------------------------------------------------------ helpers
 
