@@ -194,3 +194,30 @@ def test_knn_after_fine_tuning_only_without_a_refit(photos, noise):
     refitted = ImageClassifier(backbone=TINY, weights="none", recipe="fine-tune", epochs=2, batch_size=8,
                                precision="fp32", num_workers=0, seed=0, unknown_score="knn", val_split=0.2).fit(photos)
     assert refitted.unknown_rule_.score == "energy" and "no held-out rows" in refitted.val_metrics_["unknown"]["why"]
+
+
+def test_text_models_score_unknown_texts_from_a_table_without_labels(tiny_bert, tmp_path, capsys):
+    from conftest import make_texts
+
+    from headstart import TextClassifier
+
+    texts, labels = make_texts(48)
+    clf = TextClassifier(backbone=str(tiny_bert), recipe="linear-probe", precision="fp32", seed=0).fit(texts, labels)
+    assert clf.unknown_rule_ is not None
+    probs, scores = clf.predict_scored(texts[:5])
+    assert probs.shape == (5, 2) and scores.shape == (5,) and np.isfinite(scores).all()
+    one_probs, one_score = clf.predict_scored(texts[0])
+    assert one_probs.shape == (2,) and one_score.shape == (1,)
+    assert isinstance(clf.predict(texts[0]), str)
+    path = clf.save(tmp_path / "m")
+    (tmp_path / "data.csv").write_text("text,label\n" + "\n".join(f"{t},{y}" for t, y in zip(texts, labels)) + "\n")
+    (tmp_path / "other.csv").write_text("text\n" + "\n".join(["! . !", "the the the", "plot actors movie"]) + "\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", str(path), str(tmp_path / "data.csv"), "--unknown", str(tmp_path / "other.csv"), "--json"])
+    out, err = capsys.readouterr()
+    assert exc.value.code == 0, err
+    u = json.loads(out)["unknown"]
+    assert u["n_unknown"] == 3 and u["n_in_scope"] == 48 and 0 <= u["auroc"] <= 1
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", str(path), str(tmp_path / "data.csv"), "--unknown", str(tmp_path / "missing.csv")])
+    assert exc.value.code != 0 and "does not exist" in capsys.readouterr().err
