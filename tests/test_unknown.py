@@ -69,18 +69,27 @@ def test_threshold_keeps_the_asked_share_of_in_scope_rows():
     assert U.threshold_for(scores, 0.2) < t
 
 
-def test_held_out_class_measurement_scores_every_candidate():
+def test_the_default_score_follows_what_the_model_allows():
+    assert U.choose("auto", knn_available=True) == (U.DEFAULT_WITH_KNN, U.choose("auto", knn_available=True)[1])
+    assert U.choose("auto", knn_available=False, recipe="full")[0] == U.DEFAULT_LOGITS
+    assert U.choose("msp", knn_available=False) == ("msp", "asked for")
+    assert U.choose("knn", knn_available=False, recipe="full")[0] == "energy"  # no held-out rows for knn
+    assert U.choose("msp+knn", knn_available=False, recipe="full")[0] == "msp"
+
+
+def test_a_combined_score_standardises_its_parts_on_the_held_out_rows():
     rng = np.random.default_rng(0)
-    centres = rng.normal(0, 1, (6, 16)) * 4
-    y = np.repeat(np.arange(6), 30)
-    x = torch.as_tensor(centres[y] + rng.normal(0, 1, (len(y), 16)), dtype=torch.float32)
-    measured = U.held_out_class_auroc(x, y, 6, C=1.0, seed=0)
-    assert set(measured) == {"msp", "energy", "knn"} and all(0 <= a <= 1 for a in measured.values())
-    assert measured["knn"] > 0.9  # tight, far apart clusters: a held-out class is far from every kept one
-    assert U.held_out_class_auroc(x[:60], y[:60], 2, C=1.0, seed=0) == {}  # two classes: nothing to hold out
-    assert U.choose({}, ("msp", "energy"), "auto")[0] == "energy"
-    assert U.choose(measured, ("msp", "energy"), "auto")[0] in ("msp", "energy")  # knn only where it is a candidate
-    assert U.choose(measured, U.SCORES, "msp") == ("msp", "asked for")
+    named = {"energy": rng.normal(-8, 3, 200), "knn": rng.normal(0.3, 0.05, 200)}
+    scores, mix = U.standardise(named, "energy+knn")
+    assert mix.shape == (2, 2) and abs(scores.mean()) < 1e-9
+    np.testing.assert_allclose(mix[:, 0], [named["energy"].mean(), named["knn"].mean()])
+    # the module computes the same sum from features and logits
+    bank = torch.nn.functional.normalize(torch.randn(30, 8), dim=1)
+    module = U.UnknownScore("energy+knn", 3, bank, mix=torch.as_tensor(mix))
+    feats, logits = torch.randn(5, 8), torch.randn(5, 4)
+    parts = {"energy": U.logit_scores("energy", logits).numpy(), "knn": U.knn_scores(feats, bank.half(), 3).numpy()}
+    expected = sum((parts[p] - mix[i, 0]) / mix[i, 1] for i, p in enumerate(("energy", "knn")))
+    np.testing.assert_allclose(module(feats, logits).numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
 # --------------------------------------------------------------------------- the model
@@ -88,9 +97,8 @@ def test_held_out_class_measurement_scores_every_candidate():
 
 def test_synthetic_out_of_distribution_inputs_are_answered_unknown(model, photos, noise):
     rule = model.unknown_rule_
-    assert isinstance(rule, Abstain) and rule.rate == 0.05 and rule.score in U.SCORES
+    assert isinstance(rule, Abstain) and rule.rate == 0.05 and rule.score == U.DEFAULT_WITH_KNN  # a frozen backbone
     info = model.val_metrics_["unknown"]
-    assert set(info["held_out_class_auroc"]) == set(U.SCORES)  # measured on held-out classes, then chosen
     assert info["in_scope_rejected"] <= 0.05 + 1e-9  # the threshold sits on the held-out in-scope rows
     answers = model.predict([str(p) for p in noise])
     assert answers.count("unknown") >= 8
@@ -115,8 +123,10 @@ def test_each_score_can_be_asked_for_and_round_trips(photos, noise, tmp_path):
         (_, ours), (_, theirs) = clf.predict_scored([str(p) for p in noise]), loaded.predict_scored([str(p) for p in noise])
         np.testing.assert_allclose(theirs, ours, rtol=1e-6)
         assert loaded.predict([str(p) for p in noise]) == clf.predict([str(p) for p in noise])
-        if score == "knn":  # the training features travel in the weights file, fp16
+        if "knn" in score:  # the training features travel in the weights file, fp16
             assert tuple(loaded.model_.unknown.bank.shape) == (50, clf.model_.unknown.bank.shape[1])
+        if "+" in score:  # and the standardisation of the parts
+            torch.testing.assert_close(loaded.model_.unknown.mix, clf.model_.unknown.mix)
 
 
 def test_no_rule_at_rate_zero_nor_with_a_class_named_unknown(photos, tmp_path):
@@ -194,6 +204,9 @@ def test_knn_after_fine_tuning_only_without_a_refit(photos, noise):
     refitted = ImageClassifier(backbone=TINY, weights="none", recipe="fine-tune", epochs=2, batch_size=8,
                                precision="fp32", num_workers=0, seed=0, unknown_score="knn", val_split=0.2).fit(photos)
     assert refitted.unknown_rule_.score == "energy" and "no held-out rows" in refitted.val_metrics_["unknown"]["why"]
+    default = ImageClassifier(backbone=TINY, weights="none", recipe="fine-tune", epochs=2, batch_size=8, precision="fp32",
+                              num_workers=0, seed=0, val_split=0.2).fit(photos)
+    assert default.unknown_rule_.score == U.DEFAULT_LOGITS  # refitted on every row: the logit score alone
 
 
 def test_text_models_score_unknown_texts_from_a_table_without_labels(tiny_bert, tmp_path, capsys):

@@ -149,7 +149,7 @@ class Classifier(LabelPredictions):
             return
         from .unknown import attach, histograms
 
-        attach(self.model_, unknown["score"], unknown["k"], unknown["bank"])
+        attach(self.model_, unknown["score"], unknown["k"], unknown["bank"], mix=unknown["mix"])
         self.decision_ = Abstain(self.decision_, unknown["score"], unknown["threshold"], unknown["rate"], unknown["k"],
                                  tuple(unknown["bank"].shape) if unknown["bank"] is not None else ())
         scores = np.asarray(unknown["scores"], dtype=np.float64)
@@ -159,12 +159,10 @@ class Classifier(LabelPredictions):
         self.val_metrics_["unknown"] = {
             "score": unknown["score"], "why": unknown["why"], "threshold": unknown["threshold"], "rate": unknown["rate"],
             **({"k": unknown["k"], "bank_rows": int(unknown["bank"].shape[0])} if unknown["bank"] is not None else {}),
-            "held_out_class_auroc": unknown["measured"], "candidates": unknown["candidates"],
             "in_scope_rejected": float(fired.mean()) if len(fired) else 0.0,
             "in_scope_accuracy": float((right & ~fired).mean()) if len(fired) else 0.0,
             "histograms": histograms({"in-scope, held out": scores}),
-            "protocol": "threshold and rates on the reported held-out rows; AUROC per score with a share of the "
-                        "training classes held out in turn (held_out_class_auroc)",
+            "protocol": "threshold and rates on the reported held-out in-scope rows",
         }
 
     def to_config(self) -> dict[str, Any]:

@@ -145,8 +145,8 @@ def cli(debug: bool) -> None:
 @click.option("--time-budget", type=click.FloatRange(min=0), help="Seconds for the whole fit: auto tries fine-tuning and refits only within it [600 on a CPU, no limit on a GPU; 0 = no limit].")
 @click.option("--unknown-rate", type=click.FloatRange(min=0, max=0.5, max_open=True), default=0.05, show_default=True,
               help="One label per row: the share of in-scope inputs the model may answer 'unknown' (its threshold on the unknown score is set on held-out in-scope rows); 0 = always answer with a class.")
-@click.option("--unknown-score", type=click.Choice(["auto", "msp", "energy", "knn"]), default="auto", show_default=True,
-              help="How unlike the training data an input is: msp (1 - top probability), energy (-logsumexp of the logits), knn (distance to the 10th nearest training example's features; frozen backbones only); auto: the best AUROC on held-out classes of the training data.")
+@click.option("--unknown-score", type=click.Choice(["auto", "msp", "energy", "knn", "energy+knn", "msp+knn"]), default="auto", show_default=True,
+              help="How unlike the training data an input is: msp (1 - top probability), energy (-logsumexp of the logits), knn (distance to the 10th nearest training example's features), or a logit score and knn together. knn needs held-out rows the model's features never trained on: a frozen backbone, or fine-tuning without a refit on every row. auto: energy+knn where knn is possible, else energy.")
 @click.option("--task", type=click.Choice(["image", "text"]), help="Inferred from DATA when omitted: a folder (or a CSV with a path column) is image, a table of texts is text.")
 @click.option("--backbone", help="Image: efficientnet_lite0 (default) or any timm name. Text: minilm-l6 (default), mpnet-base (after `headstart fetch mpnet-base`), a local Hugging Face directory or a hub id. See `headstart backbones`.")
 @click.option("--weights", help="Image: local .pth/.safetensors state dict for the backbone, or 'none' for random init.")

@@ -102,9 +102,10 @@ class TrainConfig(_JsonMixin):
     on a GPU) bounds what ``auto`` tries and the refits.
 
     Unknown inputs: a model with one label per row answers ``unknown`` for an input whose
-    unknown score (``unknown_score``: msp, energy, knn, or auto: the best measured on
-    held-out classes of the training data) is over a threshold that a share
-    ``unknown_rate`` of in-scope held-out rows exceeds (0 = never answer unknown).
+    unknown score (``unknown_score``: msp, energy, knn, energy+knn, msp+knn, or auto:
+    energy+knn where knn is possible, else energy; :mod:`headstart.unknown`) is over a
+    threshold that a share ``unknown_rate`` of in-scope held-out rows exceeds (0 = never
+    answer unknown).
     """
 
     task: str = "image"
@@ -194,7 +195,7 @@ class TrainConfig(_JsonMixin):
         if not 0.0 <= self.unknown_rate < 0.5:
             raise HeadstartError(f"unknown_rate is the share of in-scope inputs answered 'unknown', in [0, 0.5) "
                                  f"(0 = never); got {self.unknown_rate}")
-        _choice("unknown_score", self.unknown_score, ("auto", "msp", "energy", "knn"))
+        _choice("unknown_score", self.unknown_score, ("auto", "msp", "energy", "knn", "energy+knn", "msp+knn"))
         if self.num_workers is not None:
             _positive("num_workers", self.num_workers, allow_zero=True)
 

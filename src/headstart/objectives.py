@@ -68,7 +68,7 @@ class Thresholds:
 
 
 UNKNOWN = "unknown"
-UNKNOWN_SCORES = ("msp", "energy", "knn")  # see headstart.unknown
+UNKNOWN_SCORES = ("msp", "energy", "knn", "energy+knn", "msp+knn")  # see headstart.unknown
 
 
 @dataclass
@@ -97,7 +97,7 @@ class Abstain:
     def to_config(self) -> dict[str, Any]:
         return {"kind": self.kind, "inner": self.inner.to_config(), "score": self.score,
                 "threshold": float(self.threshold), "rate": float(self.rate),
-                **({"k": self.k, "bank_shape": list(self.bank_shape)} if self.score == "knn" else {})}
+                **({"k": self.k, "bank_shape": list(self.bank_shape)} if "knn" in self.score else {})}
 
 
 def inner_rule(rule):
@@ -149,10 +149,10 @@ def decision_from_config(entry: dict[str, Any] | None, k: int):
         score, threshold, rate = entry.get("score"), entry.get("threshold"), entry.get("rate")
         if score not in UNKNOWN_SCORES or not isinstance(threshold, (int, float)) \
                 or not isinstance(rate, (int, float)) or not 0 < rate < 1:
-            raise ModelDirError(f"the unknown rule must name a score (msp, energy or knn), a threshold and a rate in "
+            raise ModelDirError(f"the unknown rule must name a score ({', '.join(UNKNOWN_SCORES)}), a threshold and a rate in "
                                 f"(0, 1); got {entry!r}")
         k_nn, shape = entry.get("k", 0), entry.get("bank_shape", [])
-        if score == "knn" and (not isinstance(k_nn, int) or k_nn < 1 or not isinstance(shape, list) or len(shape) != 2
+        if "knn" in score and (not isinstance(k_nn, int) or k_nn < 1 or not isinstance(shape, list) or len(shape) != 2
                                or not all(isinstance(d, int) and d >= k_nn for d in shape[:1])):
             raise ModelDirError(f"the knn unknown rule needs a neighbour count k >= 1 and the shape of its training "
                                 f"features; got {entry!r}")

@@ -603,11 +603,6 @@ def _unknown_html(u: dict[str, Any], figures: dict[str, bytes], k: str) -> str:
              f"(train <code>--unknown-rate</code>; <code>predict --no-unknown</code> turns it off). "
              f"Score: {e(u.get('why', ''))}.</p>"]
     rows = []
-    measured = u.get("held_out_class_auroc") or {}
-    if measured:
-        rows.append(("AUROC with training classes held out",
-                     ", ".join(f"{e(s)} {a:.3f}" + (" (candidate)" if s in u.get("candidates", []) else " (not a candidate: "
-                                                    "the kept model trained its backbone)") for s, a in measured.items())))
     if "auroc" in u:
         rows += [("AUROC, unknown vs in-scope inputs", _metric(u["auroc"], [k, "unknown", "auroc"])),
                  ("unknown inputs answered unknown (recall)", f"{u['recall']:.1%} of {u['n_unknown']}"),

@@ -641,57 +641,44 @@ class Transfer:
         start = time.perf_counter()
         frozen = recipe in ("linear-probe", "prototype") and hasattr(self, "x")
         scoring = getattr(self, "scoring", None) if recipe in ("fine-tune", "full") else None
-        candidates = U.SCORES if frozen or scoring is not None else ("msp", "energy")
-        measured: dict[str, float] = {}
-        if cfg.unknown_score == "auto" and hasattr(self, "x"):  # every process alike: same draws, same choice
-            x, ok = self._x(self.data_rows)
-            measured = U.held_out_class_auroc(x, self.labels[ok], self.k, C=float(np.mean(self.C)) if self.C else 1.0,
-                                              seed=cfg.seed)
-        score, why = U.choose(measured, candidates, cfg.unknown_score)
-        if score == "knn" and not (frozen or scoring is not None):
-            log.info("unknown: knn needs held-out rows the kept model's features never trained on, and the %s model was "
-                     "refitted on every row (or tuned contrastively): energy instead", recipe)
-            score, why = "energy", f"knn asked for, but the {recipe} model has no held-out rows for it"
+        score, why = U.choose(cfg.unknown_score, knn_available=frozen or scoring is not None, recipe=recipe)
         rows = report["rows"]
+        named = {p: U.logit_scores(p, torch.as_tensor(np.asarray(report["logits"]))).double().numpy()
+                 for p in U.parts(score) if p != "knn"}
         k_nn, bank = 0, None
-        if score == "knn" and not frozen:
-            # The tuned backbone: the model that scored the held-out rows compares them with its
-            # own training rows' features; the final model keeps its training rows' features.
-            def bank_of(model: nn.Module, bank_rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-                if len(bank_rows) > U.KNN_MAX_TUNED_BANK:
-                    bank_rows = np.sort(np.random.default_rng([cfg.seed, 3]).choice(bank_rows, U.KNN_MAX_TUNED_BANK,
-                                                                                    replace=False))
-                feats, ok = self._features_of(model, bank_rows)
-                return torch.nn.functional.normalize(feats, dim=1).half(), ok
-
-            bank, bank_rows = bank_of(scoring["model"], scoring["train_rows"])
-            k_nn = U.knn_k(self.objective.counts(self.labels[bank_rows], self.k))
-            xq, okq = self._features_of(scoring["model"], rows)
-            scores = np.full(len(rows), np.nan)
-            pos = {int(r): i for i, r in enumerate(rows)}
-            scores[[pos[int(r)] for r in okq]] = U.knn_scores(xq, bank, k_nn).double().numpy()
-        elif score == "knn":
-            bank_rows = self._final_rows()
-            if len(bank_rows) > U.KNN_MAX_BANK:
-                bank_rows = np.sort(np.random.default_rng([cfg.seed, 3]).choice(bank_rows, U.KNN_MAX_BANK, replace=False))
-            xb, bank_rows = self._x(bank_rows)
-            k_nn = U.knn_k(self.objective.counts(self.labels[bank_rows], self.k))
-            bank = torch.nn.functional.normalize(xb.float(), dim=1).half()
-            where = {int(r): i for i, r in enumerate(bank_rows)}
-            xq, okq = self._x(rows)
-            exclude = np.asarray([where.get(int(r), -1) for r in okq])  # a row is not its own neighbour
-            scores = np.full(len(rows), np.nan)
-            pos = {int(r): i for i, r in enumerate(rows)}
-            scores[[pos[int(r)] for r in okq]] = U.knn_scores(xq, bank, k_nn, exclude).double().numpy()
-        else:
-            scores = U.logit_scores(score, torch.as_tensor(np.asarray(report["logits"]))).double().numpy()
+        if "knn" in U.parts(score):
+            named["knn"], bank, k_nn = self._knn_calibration(rows, scoring)
+        scores, mix = (named[score], None) if len(U.parts(score)) == 1 else U.standardise(named, score)
         threshold = U.threshold_for(scores[np.isfinite(scores)], cfg.unknown_rate)
-        log.info("unknown: %s score (%s%s), threshold %.4g: %.1f%% of the %d in-scope held-out rows over it; %.1fs",
-                 score, why, "; held-out-class AUROC " + ", ".join(f"{s} {a:.3f}" for s, a in measured.items())
-                 if measured else "", threshold, 100 * float(np.mean(scores > threshold)), len(scores),
-                 time.perf_counter() - start)
-        return {"score": score, "why": why, "measured": measured, "candidates": list(candidates), "k": k_nn,
-                "bank": bank, "scores": scores, "rate": cfg.unknown_rate, "threshold": threshold}
+        log.info("unknown: %s score (%s), threshold %.4g: %.1f%% of the %d in-scope held-out rows over it; %.1fs",
+                 score, why, threshold, 100 * float(np.mean(scores > threshold)), len(scores), time.perf_counter() - start)
+        return {"score": score, "why": why, "k": k_nn, "bank": bank, "mix": mix, "scores": scores,
+                "rate": cfg.unknown_rate, "threshold": threshold}
+
+    def _knn_calibration(self, rows: np.ndarray, scoring: dict | None) -> tuple[np.ndarray, torch.Tensor, int]:
+        """The knn scores of the reported ``rows``, the training features the model keeps
+        (unit rows, fp16) and k. Frozen backbone: every row against the cached features of
+        the final model's training rows, never itself. Tuned (``scoring``): the model that
+        scored the rows, against its own training rows' features."""
+        from . import unknown as U
+
+        seed = self.cfg.seed
+        if scoring is None:
+            bank_rows, cap = self._final_rows(), U.KNN_MAX_BANK
+        else:
+            bank_rows, cap = scoring["train_rows"], U.KNN_MAX_TUNED_BANK
+        if len(bank_rows) > cap:
+            bank_rows = np.sort(np.random.default_rng([seed, 3]).choice(bank_rows, cap, replace=False))
+        xb, bank_rows = self._x(bank_rows) if scoring is None else self._features_of(scoring["model"], bank_rows)
+        bank = torch.nn.functional.normalize(xb.float(), dim=1).half()
+        k_nn = U.knn_k(self.objective.counts(self.labels[bank_rows], self.k))
+        xq, okq = self._x(rows) if scoring is None else self._features_of(scoring["model"], rows)
+        where = {int(r): i for i, r in enumerate(bank_rows)}
+        exclude = np.asarray([where.get(int(r), -1) for r in okq])  # a row is not its own neighbour
+        scores = np.full(len(rows), np.nan)
+        pos = {int(r): i for i, r in enumerate(rows)}
+        scores[[pos[int(r)] for r in okq]] = U.knn_scores(xq, bank, k_nn, exclude).double().numpy()
+        return scores, bank, k_nn
 
     def _features_of(self, model: nn.Module, rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """What ``model``'s head reads for ``rows`` (never cached: the backbone may be tuned)."""

@@ -1,23 +1,26 @@
 """How unlike the training data an input is: the scores behind the answer ``unknown``.
 
-Three scores, each higher for an input less like what the model learned (an input of none of
-its classes):
+Each score is higher for an input less like what the model learned (an input of none of its
+classes):
 
 - ``msp``: 1 - the largest softmax probability (the classic baseline);
 - ``energy``: -logsumexp(logits), which keeps the logits' scale that softmax discards;
 - ``knn``: 1 - the cosine similarity of the input's features (what the head reads) to its
-  k-th nearest training example's. Used only when the backbone is the frozen pretrained one,
-  so that the training examples' features are the ones a new input is compared with.
+  k-th nearest training example's;
+- ``energy+knn`` (``msp+knn``): both, each standardised by its mean and spread on the
+  in-scope held-out rows, summed. The logits see what the classes are told apart by; the
+  neighbours see how far an input is from everything trained on. Neither alone wins on every
+  data set; together they are close to the better one on each (docs/benchmarks.md).
 
-Which one a model uses is measured on its own training data (:func:`held_out_class_auroc`):
-some classes are held out in turn, a head is solved on the others, and each score's AUROC at
-telling the held-out classes' rows from unseen rows of the kept classes is averaged. The
-threshold is the score that a share ``rate`` of in-scope held-out rows exceeds (rows the
-model never trained on, or for frozen features every row against the other rows), so about
-that share of in-scope inputs is answered ``unknown``.
+``knn`` needs training features that the held-out rows' features were not trained with: the
+frozen pretrained backbone (every row against the other rows' cached features), or a tuned
+model that scored held-out rows and was not refitted on them (its held-out rows against its
+own training rows). A model trained on every row uses the logit score alone.
 
-The score is part of the model (:class:`UnknownScore`, with the training features for
-``knn``), computed in fp32 beside the logits, and part of the exported graph.
+The threshold is the score that a share ``rate`` of in-scope held-out rows exceeds, so about
+that share of in-scope inputs is answered ``unknown``. The score is part of the model
+(:class:`UnknownScore`, with the training features and the standardisation), computed in
+fp32 beside the logits, and part of the exported graph.
 """
 
 from __future__ import annotations
@@ -39,8 +42,6 @@ KNN_K = 10
 # backbone computes them afresh (twice when the final model was refitted): fewer rows.
 KNN_MAX_BANK = 20000
 KNN_MAX_TUNED_BANK = 10000
-# the held-out-class measurement: rounds, share of the classes held out, rows a head is solved on
-ROUNDS, HELD_OUT_SHARE, MAX_FIT_ROWS = 3, 0.2, 5000
 
 
 def knn_k(counts: np.ndarray) -> int:
@@ -75,25 +76,51 @@ def logit_scores(kind: str, logits: torch.Tensor) -> torch.Tensor:
     raise ValueError(kind)
 
 
-class UnknownScore(nn.Module):
-    """(features, logits) -> the unknown score per row, in fp32 whatever the autocast."""
+def parts(kind: str) -> list[str]:
+    """The scores a kind is made of: ``"energy+knn"`` is energy and knn, each standardised."""
+    return kind.split("+")
 
-    def __init__(self, kind: str, k: int = KNN_K, bank: torch.Tensor | None = None, bank_shape: tuple | None = None):
+
+class UnknownScore(nn.Module):
+    """(features, logits) -> the unknown score per row, in fp32 whatever the autocast. A
+    combined kind sums its parts, each standardised by the mean and standard deviation it
+    had on the in-scope held-out rows (``mix``, one row per part)."""
+
+    def __init__(self, kind: str, k: int = KNN_K, bank: torch.Tensor | None = None, bank_shape: tuple | None = None,
+                 mix: torch.Tensor | None = None):
         super().__init__()
         self.kind, self.k = kind, int(k)
-        if kind == "knn":
+        if "knn" in parts(kind):
             if bank is None:
                 bank = torch.zeros(bank_shape, dtype=torch.float16)
             self.register_buffer("bank", nn.functional.normalize(bank.float(), dim=1).half() if bank.dtype != torch.float16
                                  else bank)
+        if len(parts(kind)) > 1:
+            self.register_buffer("mix", torch.zeros(len(parts(kind)), 2) if mix is None else torch.as_tensor(mix).float())
+
+    def part(self, name: str, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if name == "knn":
+            f = nn.functional.normalize(features.float().flatten(1), dim=1)
+            sims = f @ self.bank.float().T
+            return 1.0 - sims.topk(self.k, dim=1).values[:, -1]
+        return logit_scores(name, logits)
 
     def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         with torch.autocast(features.device.type, enabled=False):
-            if self.kind == "knn":
-                f = nn.functional.normalize(features.float().flatten(1), dim=1)
-                sims = f @ self.bank.float().T
-                return 1.0 - sims.topk(self.k, dim=1).values[:, -1]
-            return logit_scores(self.kind, logits)
+            names = parts(self.kind)
+            if len(names) == 1:
+                return self.part(names[0], features, logits)
+            total = torch.zeros(features.shape[0], device=features.device)
+            for i, name in enumerate(names):
+                total = total + (self.part(name, features, logits) - self.mix[i, 0]) / self.mix[i, 1]
+            return total
+
+
+def standardise(named: dict[str, np.ndarray], kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """A combined kind's scores from its parts' scores on the same rows, and its ``mix``
+    (each part's mean and standard deviation there)."""
+    mix = np.asarray([[np.nanmean(named[p]), max(float(np.nanstd(named[p])), 1e-6)] for p in parts(kind)])
+    return sum((named[p] - mix[i, 0]) / mix[i, 1] for i, p in enumerate(parts(kind))), mix
 
 
 class FeaturesOf(nn.Module):
@@ -137,8 +164,8 @@ def split(outputs: torch.Tensor, model: nn.Module) -> tuple[torch.Tensor, np.nda
 
 
 def attach(model: nn.Module, kind: str, k: int = KNN_K, bank: torch.Tensor | None = None,
-           bank_shape: tuple | None = None) -> None:
-    model.unknown = UnknownScore(kind, k, bank, bank_shape)
+           bank_shape: tuple | None = None, mix: np.ndarray | None = None) -> None:
+    model.unknown = UnknownScore(kind, k, bank, bank_shape, None if mix is None else torch.as_tensor(mix))
 
 
 # --------------------------------------------------------------------------- measuring
@@ -171,56 +198,23 @@ def histograms(named: dict[str, np.ndarray], bins: int = 40) -> dict[str, dict[s
             for n, s in finite.items()}
 
 
-def held_out_class_auroc(x: torch.Tensor, y: np.ndarray, k: int, C: float, seed: int) -> dict[str, float]:
-    """Each score's mean AUROC at telling rows of classes a head never saw from unseen rows of
-    the classes it learned: over ``ROUNDS`` draws, ``HELD_OUT_SHARE`` of the classes are held
-    out, a head is solved at ``C`` on half of the other classes' rows (at most
-    ``MAX_FIT_ROWS``) and the rest are scored, with ``knn`` against the rows it was solved on."""
-    from .solver import fit_logistic
-
-    y = np.asarray(y)
-    present = np.flatnonzero(np.bincount(y, minlength=k) >= 2)
-    if len(present) < 3:
-        return {}
-    rng = np.random.default_rng([seed, 17])
-    out: dict[str, list[float]] = {s: [] for s in SCORES}
-    for _ in range(ROUNDS):
-        held = rng.choice(present, max(1, int(round(HELD_OUT_SHARE * len(present)))), replace=False)
-        kept = np.setdiff1d(present, held)
-        fit_rows, test_rows = [], []
-        for c in kept:
-            rows = rng.permutation(np.flatnonzero(y == c))
-            half = max(1, len(rows) // 2)
-            fit_rows.append(rows[:half])
-            test_rows.append(rows[half:])
-        fit_rows, test_rows = np.concatenate(fit_rows), np.concatenate(test_rows)
-        if len(fit_rows) > MAX_FIT_ROWS:
-            fit_rows = rng.choice(fit_rows, MAX_FIT_ROWS, replace=False)
-        unknown_rows = np.flatnonzero(np.isin(y, held))
-        if len(unknown_rows) > len(test_rows):
-            unknown_rows = rng.choice(unknown_rows, len(test_rows), replace=False)
-        remap = {int(c): i for i, c in enumerate(kept)}
-        solution = fit_logistic(x[torch.as_tensor(fit_rows)], np.asarray([remap[int(c)] for c in y[fit_rows]]), len(kept), C=C)
-        bank = nn.functional.normalize(x[torch.as_tensor(fit_rows)].float(), dim=1)
-        kk = knn_k(np.bincount(y[fit_rows], minlength=k))
-        scores = {}
-        for name, rows in (("in", test_rows), ("out", unknown_rows)):
-            f = x[torch.as_tensor(rows)].float()
-            logits = torch.as_tensor(solution.logits(f))
-            scores[name] = {"msp": logit_scores("msp", logits), "energy": logit_scores("energy", logits),
-                            "knn": knn_scores(f, bank, kk)}
-        for s in SCORES:
-            out[s].append(auroc(scores["in"][s].numpy(), scores["out"][s].numpy()))
-    return {s: float(np.mean(v)) for s, v in out.items()}
+# The default score (``unknown_score="auto"``), measured on held-out classes of three data sets
+# (docs/benchmarks.md, "Unknown inputs"): with a feature-space comparison available, logits and
+# neighbours together; else the logit score alone.
+DEFAULT_WITH_KNN, DEFAULT_LOGITS = "energy+knn", "energy"
 
 
-def choose(measured: dict[str, float], candidates: tuple[str, ...], asked: str) -> tuple[str, str]:
-    """The score to use and why: the one asked for, else the candidate with the best
-    held-out-class AUROC, else energy (too few classes to measure)."""
-    if asked != "auto":
-        return asked, "asked for"
-    usable = {s: measured[s] for s in candidates if s in measured and np.isfinite(measured[s])}
-    if not usable:
-        return "energy", "too few classes to hold some out: energy, the logit score without a training-set comparison"
-    best = max(usable, key=lambda s: (usable[s], -SCORES.index(s)))
-    return best, "the best AUROC on held-out classes of the training data"
+def choose(asked: str, *, knn_available: bool, recipe: str = "") -> tuple[str, str]:
+    """The score to use and why: the one asked for (its logit part when it needs knn and the
+    model cannot have it), else the default for what the model allows."""
+    if asked == "auto":
+        if knn_available:
+            return DEFAULT_WITH_KNN, "the default: logits and nearest training features together"
+        return DEFAULT_LOGITS, (f"the default without nearest training features (the {recipe} model was trained on "
+                                "every row, so no held-out rows calibrate them)")
+    if "knn" in parts(asked) and not knn_available:
+        logit = next((p for p in parts(asked) if p != "knn"), DEFAULT_LOGITS)
+        log.info("unknown: %s needs held-out rows the kept model's features never trained on, and the %s model was "
+                 "trained on every row: %s instead", asked, recipe, logit)
+        return logit, f"{asked} asked for, but the {recipe} model has no held-out rows for knn"
+    return asked, "asked for"
