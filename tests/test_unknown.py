@@ -234,3 +234,18 @@ def test_text_models_score_unknown_texts_from_a_table_without_labels(tiny_bert, 
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", str(path), str(tmp_path / "data.csv"), "--unknown", str(tmp_path / "missing.csv")])
     assert exc.value.code != 0 and "does not exist" in capsys.readouterr().err
+
+
+def test_the_exported_graph_computes_the_combined_score(model, noise, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from headstart.export import export_model
+    from headstart.runtime import OnnxClassifier
+
+    assert "knn" in model.unknown_rule_.score  # the bank and the standardisation are constants of the graph
+    result = export_model(model.save(tmp_path / "m"), "onnx", tmp_path / "onnx", samples=8)
+    assert result.parity.unknown["passed"]
+    onnx = OnnxClassifier.load(result.path)
+    inputs = [str(p) for p in noise]
+    (_, ours), (_, theirs) = model.predict_scored(inputs), onnx.predict_scored(inputs)
+    np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-4)
+    assert onnx.predict(inputs) == model.predict(inputs)
