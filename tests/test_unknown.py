@@ -83,6 +83,8 @@ def test_a_combined_score_standardises_its_parts_on_the_held_out_rows():
     scores, mix = U.standardise(named, "energy+knn")
     assert mix.shape == (2, 2) and abs(scores.mean()) < 1e-9
     np.testing.assert_allclose(mix[:, 0], [named["energy"].mean(), named["knn"].mean()])
+    flat = {"energy": named["energy"], "knn": 0.3 + rng.normal(0, 1e-6, 200)}  # neighbours that barely vary
+    assert U.standardise(flat, "energy+knn")[1][1, 1] == U.SPREAD_FLOOR["knn"]  # not blown up into noise
     # the module computes the same sum from features and logits
     bank = torch.nn.functional.normalize(torch.randn(30, 8), dim=1)
     module = U.UnknownScore("energy+knn", 3, bank, mix=torch.as_tensor(mix))

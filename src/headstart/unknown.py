@@ -116,10 +116,17 @@ class UnknownScore(nn.Module):
             return total
 
 
+# The smallest spread a part is divided by: knn compares with fp16 training features, whose
+# cosine similarities are good to about 1e-3 (fp16's resolution near 1), so a smaller spread
+# is rounding noise; logit scores are fp32.
+SPREAD_FLOOR = {"knn": 1e-3, "msp": 1e-4, "energy": 1e-4}
+
+
 def standardise(named: dict[str, np.ndarray], kind: str) -> tuple[np.ndarray, np.ndarray]:
     """A combined kind's scores from its parts' scores on the same rows, and its ``mix``
-    (each part's mean and standard deviation there)."""
-    mix = np.asarray([[np.nanmean(named[p]), max(float(np.nanstd(named[p])), 1e-6)] for p in parts(kind)])
+    (each part's mean and standard deviation there, at least ``SPREAD_FLOOR``: a part that
+    barely varies on in-scope rows is not blown up into noise)."""
+    mix = np.asarray([[np.nanmean(named[p]), max(float(np.nanstd(named[p])), SPREAD_FLOOR[p])] for p in parts(kind)])
     return sum((named[p] - mix[i, 0]) / mix[i, 1] for i, p in enumerate(parts(kind))), mix
 
 
