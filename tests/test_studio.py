@@ -391,8 +391,10 @@ def test_train_queue_cancel_try_export_download(tmp_path, tiny_bert):
 
 
 def test_a_restart_during_training_cuts_the_run_and_resume_finishes_it(tmp_path):
-    slow = IMAGE_ARGS[:IMAGE_ARGS.index("--epochs")] + ["--recipe", "fine-tune", "--epochs", "60", "--patience", "0", "--head-epochs", "2",
-                                                          "--batch-size", "8", "--precision", "fp32", "--workers", "0", "--no-cache"]
+    # long enough that the cancel lands while epochs run, not after them (on an idle machine 60
+    # epochs of 16 tiny images could end first)
+    slow = IMAGE_ARGS[:IMAGE_ARGS.index("--epochs")] + ["--recipe", "fine-tune", "--epochs", "200", "--patience", "0", "--head-epochs", "2",
+                                                          "--batch-size", "4", "--precision", "fp32", "--workers", "0", "--no-cache"]
     app = create_studio_app(tmp_path / "work", train_command=[sys.executable, str(TINY_CLI)], train_args={"image": slow})
     with TestClient(app) as client:
         pid = create(client)
