@@ -25,8 +25,10 @@ CLASSES = ("red", "green", "blue", "yellow", "cyan")
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
-    conftest.COLORS.update({"yellow": (220, 220, 30), "cyan": (30, 220, 220)})
-    return make_folder(tmp_path_factory.mktemp("unknown") / "photos", per_class=10, classes=CLASSES)
+    with pytest.MonkeyPatch.context() as mp:  # two more colours, for these photos only
+        mp.setitem(conftest.COLORS, "yellow", (220, 220, 30))
+        mp.setitem(conftest.COLORS, "cyan", (30, 220, 220))
+        return make_folder(tmp_path_factory.mktemp("unknown") / "photos", per_class=10, classes=CLASSES)
 
 
 @pytest.fixture(scope="module")
