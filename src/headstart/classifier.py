@@ -95,14 +95,19 @@ class Classifier(LabelPredictions):
 
         rule = self.require_unknown_rule()
         fired_in, fired_out = rule.fired(in_scores), rule.fired(out_scores)
-        right = self.objective_.correct(probs, y)
         answered = int(fired_in.sum() + fired_out.sum())
         return {"score": rule.score, "threshold": rule.threshold, "rate": rule.rate,
                 "auroc": auroc(in_scores, out_scores), "recall": float(fired_out.mean()) if len(fired_out) else 0.0,
                 "precision": float(fired_out.sum() / answered) if answered else 0.0,
-                "in_scope_accuracy": float((right & ~fired_in).mean()) if len(right) else 0.0,
-                "in_scope_rejected": float(fired_in.mean()) if len(fired_in) else 0.0,
+                **self._in_scope_unknown(y, probs, fired_in),
                 "n_in_scope": int(len(fired_in)), "n_unknown": int(len(fired_out))}
+
+    def _in_scope_unknown(self, y: np.ndarray, probs: np.ndarray, fired: np.ndarray) -> dict[str, float]:
+        """In-scope rows under the unknown rule: the share answered unknown, and the accuracy
+        counting those as wrong."""
+        right = self.objective_.correct(probs, y)  # argmax: probabilities rank as logits
+        return {"in_scope_accuracy": float((right & ~fired).mean()) if len(right) else 0.0,
+                "in_scope_rejected": float(fired.mean()) if len(fired) else 0.0}
 
     def _record_fit(self, result, train_summary: dict, skipped: int, items: Sequence[str] | None = None) -> None:
         """Keep what the fit learned about itself: history, the validation protocol and what
@@ -144,7 +149,6 @@ class Classifier(LabelPredictions):
         """Wrap the decision rule in the unknown rule the fit calibrated, give the model its
         score, and add what it does on the reported in-scope rows to the validation metrics
         (an in-scope row answered unknown counts as wrong there)."""
-        self.val_unknown_scores_ = None
         if unknown is None:
             return
         from .unknown import attach, histograms
@@ -153,14 +157,10 @@ class Classifier(LabelPredictions):
         self.decision_ = Abstain(self.decision_, unknown["score"], unknown["threshold"], unknown["rate"], unknown["k"],
                                  tuple(unknown["bank"].shape) if unknown["bank"] is not None else ())
         scores = np.asarray(unknown["scores"], dtype=np.float64)
-        self.val_unknown_scores_ = scores
-        fired = self.decision_.fired(scores)
-        right = self.objective_.correct(self.val_probs_, self.val_labels_)  # argmax: probabilities rank as logits
         self.val_metrics_["unknown"] = {
             "score": unknown["score"], "why": unknown["why"], "threshold": unknown["threshold"], "rate": unknown["rate"],
             **({"k": unknown["k"], "bank_rows": int(unknown["bank"].shape[0])} if unknown["bank"] is not None else {}),
-            "in_scope_rejected": float(fired.mean()) if len(fired) else 0.0,
-            "in_scope_accuracy": float((right & ~fired).mean()) if len(fired) else 0.0,
+            **self._in_scope_unknown(self.val_labels_, self.val_probs_, self.decision_.fired(scores)),
             "histograms": histograms({"in-scope, held out": scores}),
             "protocol": "threshold and rates on the reported held-out in-scope rows",
         }

@@ -199,6 +199,18 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None, check: bool
     )
 
 
+
+def image_files(path: str | Path) -> list[Path]:
+    """Images named by ``path``: the paths of a CSV/TSV with a path column (read as the
+    training data is, its labels not needed here), else the image files of a file or of a
+    folder searched recursively."""
+    from .images import expand_inputs
+
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
+        return list(read_csv(path).paths)
+    return expand_inputs([path])
+
 def load_image(path: str | Path, draft: int | None = None) -> Image.Image:
     """Decode any common image into 8-bit RGB (see :mod:`headstart.images`)."""
     with Image.open(path) as im:

@@ -103,11 +103,12 @@ class _Probabilities(nn.Module):
         self.model, self.temperature, self.multi_label = model, float(temperature), bool(multi_label)
 
     def _outputs(self, x):
+        from .unknown import logits_and_score
+
         if getattr(self.model, "unknown", None) is None:
             return _activate(self.model(x), self.temperature, self.multi_label)
-        features = self.model.features(x)
-        logits = self.model.head(features)
-        return _activate(logits, self.temperature, self.multi_label), self.model.unknown(features.flatten(1), logits)
+        logits, score = logits_and_score(self.model, x)
+        return _activate(logits, self.temperature, self.multi_label), score
 
 
 class ImageProbabilities(_Probabilities):
@@ -361,23 +362,13 @@ def reference_probs(clf, inputs: list, temperature: float) -> tuple[list, np.nda
     return inputs, _activate(logits.double(), temperature, clf.objective_.multi_label).numpy(), scores
 
 
-def _image_files(val: Path) -> list[Path]:
-    """The images of ``--val``: a CSV/TSV of path,label read by the training data reader
-    (the table ``evaluate`` accepts), else image files or folders searched for images."""
-    if val.is_file() and val.suffix.lower() in (".csv", ".tsv"):
-        from .data import read_csv
-
-        return list(read_csv(val).paths)
-    from .images import expand_inputs
-
-    return expand_inputs([val])
-
-
 def sample_inputs(clf, val: str | Path | None, samples: int, scratch: Path, seed: int = 0) -> tuple[list, str]:
     """The parity inputs: up to ``samples`` from ``val``, else generated ones."""
     if val is not None:
         if clf.task == "image":
-            items = _spread(_image_files(Path(val)), samples)
+            from .data import image_files
+
+            items = _spread(image_files(Path(val)), samples)
         else:
             items = _spread(clf._read(val).texts, samples)
         if not items:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from .backbones import BackboneSpec, Preprocessing, create_backbone, resolve_spec
 from .classifier import Classifier
-from .data import ImageDataset, ImageSet, require_two_classes, scan_folder
+from .data import ImageDataset, ImageSet, image_files, require_two_classes, scan_folder
 from .images import expand_inputs
 from .errors import DataError, HeadstartError, ModelDirError
 from .objectives import announce_objective, check_separator
@@ -232,12 +232,7 @@ class ImageClassifier(Classifier):
         recursively, whatever their names) or a CSV with a path column; unreadable ones are
         left out."""
         self._check_fitted()
-        if isinstance(data, (str, Path)) and Path(data).suffix.lower() in (".csv", ".tsv") and Path(data).is_file():
-            from .data import read_csv
-
-            items = list(read_csv(Path(data)).paths)
-        else:
-            items = expand_inputs([data] if isinstance(data, (str, Path)) else list(data))
+        items = image_files(data) if isinstance(data, (str, Path)) else expand_inputs(list(data))
         if not items:
             raise DataError(f"{str(data)!r} holds no images to score")
         _, scores, _ = self.predict_scored_items(items)

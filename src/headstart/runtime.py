@@ -300,7 +300,8 @@ class OnnxClassifier(LabelPredictions):
             x = np.stack([preprocess_image(im, self.preprocessing) for im in images[start : start + self.batch_size]])
             out = self.session.run(self.outputs, {self.config["inputs"][0]: x})
             probs.append(out[0])
-            scores.append(out[1] if self.scored else np.zeros(len(x)))
+            if self.scored:
+                scores.append(out[1])
         return np.concatenate(probs).astype(np.float64), np.concatenate(scores).astype(np.float64) if self.scored else None
 
     def _run_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:

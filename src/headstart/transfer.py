@@ -205,7 +205,7 @@ class Transfer:
             return self.train_rows
         if not self.refit:
             return self.train_rows
-        return np.concatenate([self.train_rows, self.eval_rows]) if self.given_val else self.data_rows
+        return self.refit_rows()
 
     def _held_out_splits(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """(training rows, held-out rows) pairs a recipe is scored on: each fold under CV,
@@ -623,12 +623,12 @@ class Transfer:
         the reported in-scope rows, which the threshold is set on; None when the model never
         answers unknown (``unknown_rate`` 0, several labels per row, or a class named so).
 
-        The score is measured on held-out classes of the frozen features when they were
-        computed. ``knn`` is a candidate when the kept model's backbone is the frozen one
-        (every row is compared with the other rows' cached features) or was tuned by phase 2
-        and is the model that scored the held-out rows (no refit): it compares them with its
-        own training rows' features, which it keeps. A model refitted on every row has no
-        held-out rows its features were not trained on, so logit scores only."""
+        The score is :func:`headstart.unknown.choose`'s. ``knn`` is possible when the kept
+        model's backbone is the frozen one (every row is compared with the other rows' cached
+        features) or was tuned by phase 2 and is the model that scored the held-out rows (no
+        refit): it compares them with its own training rows' features, which it keeps. A
+        model refitted on every row has no held-out rows its features were not trained on,
+        so logit scores only."""
         from . import unknown as U
         from .objectives import UNKNOWN
 
@@ -761,7 +761,7 @@ class Transfer:
                     refitted = self.refit_phase2(phase2_recipe, pristine, tried) if self.refit else None
                     if refitted is None:  # the kept model scored the reported rows: knn can be calibrated on them
                         self.scoring = {"model": tried["model"], "train_rows": tried["train_rows"]}
-                    if refitted is not None:
+                    else:
                         final_model = refitted
                     self.refit_done = refitted is not None
         if self.tried and self.tried[0]["recipe"] == "linear-probe":  # the probe's entry comes first

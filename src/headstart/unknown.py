@@ -39,7 +39,7 @@ log = logging.getLogger("headstart")
 # neighbour should still be of its class)
 KNN_K = 10
 # training features kept for knn (a seeded draw beyond this): fp16, 384-d is 15 MB. A tuned
-# backbone computes them afresh (twice when the final model was refitted): fewer rows.
+# backbone computes them afresh with its own forward passes: fewer rows.
 KNN_MAX_BANK = 20000
 KNN_MAX_TUNED_BANK = 10000
 
@@ -49,21 +49,29 @@ def knn_k(counts: np.ndarray) -> int:
     return int(max(1, min(KNN_K, present.min() // 2 if len(present) else 1)))
 
 
+def similarities(features: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of each (flattened) feature row to each row of ``bank`` (unit rows), fp32."""
+    return nn.functional.normalize(features.float().flatten(1), dim=1) @ bank.float().T
+
+
+def kth_distance(sims: torch.Tensor, k: int) -> torch.Tensor:
+    """1 - the k-th largest similarity of each row: the knn score."""
+    return 1.0 - sims.topk(k, dim=1).values[:, -1]
+
+
 def knn_scores(features: torch.Tensor, bank: torch.Tensor, k: int, exclude: np.ndarray | None = None,
                chunk: int = 1024) -> torch.Tensor:
-    """1 - cosine similarity to the k-th nearest row of ``bank`` (unit rows), in fp32;
+    """The knn score of each row of ``features`` against ``bank`` (unit rows), in chunks;
     ``exclude[i]`` is a bank row query ``i`` must not be compared with (itself), -1 for none."""
-    bank = bank.float()
     k = min(k, bank.shape[0] - (1 if exclude is not None else 0))
     out = []
     for start in range(0, features.shape[0], chunk):
-        f = nn.functional.normalize(features[start:start + chunk].float(), dim=1)
-        sims = f @ bank.T
+        sims = similarities(features[start:start + chunk], bank)
         if exclude is not None:
             ex = torch.as_tensor(exclude[start:start + chunk], dtype=torch.long)
             hit = ex >= 0
             sims[torch.nonzero(hit).flatten(), ex[hit]] = -2.0
-        out.append(1.0 - sims.topk(max(k, 1), dim=1).values[:, -1])
+        out.append(kth_distance(sims, max(k, 1)))
     return torch.cat(out) if out else torch.empty(0)
 
 
@@ -99,10 +107,8 @@ class UnknownScore(nn.Module):
             self.register_buffer("mix", torch.zeros(len(parts(kind)), 2) if mix is None else torch.as_tensor(mix).float())
 
     def part(self, name: str, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        if name == "knn":
-            f = nn.functional.normalize(features.float().flatten(1), dim=1)
-            sims = f @ self.bank.float().T
-            return 1.0 - sims.topk(self.k, dim=1).values[:, -1]
+        if name == "knn":  # one matrix product for the whole batch: the exported graph has no loop
+            return kth_distance(similarities(features, self.bank), self.k)
         return logit_scores(name, logits)
 
     def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -150,10 +156,15 @@ class WithUnknown(nn.Module):
         self.model = model
 
     def forward(self, x) -> torch.Tensor:
-        features = self.model.features(x)
-        logits = self.model.head(features)
-        score = self.model.unknown(features.flatten(1), logits)
+        logits, score = logits_and_score(self.model, x)
         return torch.cat([logits.float(), score.float()[:, None]], dim=1)
+
+
+def logits_and_score(model: nn.Module, x) -> tuple[torch.Tensor, torch.Tensor]:
+    """A model's logits and unknown score from one pass through its backbone."""
+    features = model.features(x)
+    logits = model.head(features)
+    return logits, model.unknown(features.flatten(1), logits)
 
 
 def runner(model: nn.Module) -> nn.Module:
