@@ -186,7 +186,7 @@ def _solve(z: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, k: int, C: f
 def _log_loss(logits: np.ndarray, y: np.ndarray) -> float:
     """Mean cross-entropy per row; multi-label: mean binary cross-entropy per row and label."""
     if y.ndim == 2:
-        return float((np.maximum(logits, 0) + np.log1p(np.exp(-np.abs(logits))) - y * logits).mean())
+        return float(_label_log_loss(logits, y).mean())  # every label has every row: the mean of the labels' means
     z = logits - logits.max(1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(1, keepdims=True))
     return float(-logp[np.arange(len(y)), y].mean())
