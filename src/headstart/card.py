@@ -101,7 +101,8 @@ def _unknown_line(config: dict[str, Any], what: str, k: int) -> str:
     rule = config.get("decision") or {}
     if rule.get("kind") != "abstain":
         return (f"- It always answers with one of its {k} labels, even for {what} that belong to none of them: "
-                "it was trained without an unknown threshold (`--unknown-rate 0`). A low top score is the only hint.")
+                "it has no unknown threshold (trained with `--unknown-rate 0`, or one of its classes is named "
+                "'unknown'). A low top score is the only hint.")
     return (f"- It answers `unknown` for {what} whose {md(rule['score'])} score is over {rule['threshold']:.4g}, a threshold "
             f"{rule['rate']:.0%} of in-scope held-out {what} exceed, so about that share of in-scope {what} is answered "
             "unknown too; inputs outside its classes that resemble them can still get a class. Measure both on your own "
