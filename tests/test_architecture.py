@@ -25,6 +25,7 @@ LAYERS = {
     "training": ["training", "contrastive", "transfer", "tokens", "image_recipe", "wordvec"],
     "fronts": ["classifier", "image", "text"],
     "loading": ["loading"],
+    "runs": ["runs"],
     "deploy": ["runtime", "export", "report", "serve", "studio"],
     "cli": ["cli", "__main__"],
 }

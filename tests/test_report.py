@@ -150,7 +150,7 @@ def test_numbers_in_the_page_match_metrics_json(image_run):
     names = check_numbers(parse(image_run / "run" / "report.html"), metrics)
     assert {"accuracy", "macro_f1", "loss", "precision", "recall", "f1", "support", "temperature", "ece_before", "ece_after"} <= names
     # the validation predictions agree with the metrics
-    from headstart.report import read_predictions
+    from headstart.runs import read_predictions
 
     items, labels, probs = read_predictions(image_run / "run" / "val_predictions.csv", metrics["val"]["labels"])
     assert len(items) == metrics["val"]["n"] and all(Path(i).is_file() for i in items)
@@ -355,7 +355,7 @@ def test_text_report_shows_escaped_snippets_and_truncation(tiny_bert, tmp_path, 
     assert "<img src=x" not in html
     assert 'class="snippet"' in html or "No mistakes" in html
     assert "[truncated]" in html and "cut at the token limit of 32" in html
-    from headstart.report import read_predictions
+    from headstart.runs import read_predictions
 
     items, _, _ = read_predictions(run_dir / "val_predictions.csv", metrics["val"]["labels"])
     assert set(items) <= set(texts) and len(items) == metrics["val"]["n"]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import statistics
 import time
 import unicodedata
 import warnings
@@ -49,6 +48,7 @@ IMBALANCE_WARNING = 10.0  # largest / smallest class size from which imbalance i
 FULL_DECODE_BYTES = 8 << 20  # non-JPEG/PNG images under this size are decoded fully
 ITEM_CHARS = 200  # texts quoted in findings are cut to this many characters
 SHOWN_ITEMS = 5  # items printed per finding in the human summary (all are in --json)
+MAX_NOTE_ITEMS = 10  # duplicate pairs a training run keeps as examples (and a report lists)
 LOGGED_FILES = 50  # unreadable files named in the training log (all are in check.json)
 
 # Kinds that --strict refuses besides every error: files training would silently skip.
@@ -595,3 +595,102 @@ def check_path(
         return unusable(task, DataError(f"cannot read {exc.filename or data}: {exc.strerror or exc}"))
     return check_sets(task, full, val_set, val_split=val_split, seed=seed, full_decode=full_decode,
                       separator=label_sep if full.labels.ndim == 2 else None)
+
+
+# --------------------------------------------------------------------------- notes of a training run
+
+
+def _by_size(paths: Sequence) -> dict[int, list[Path]]:
+    """Files grouped by size (unreadable ones left out): only files of equal size can be
+    copies, so only those are hashed."""
+    by_size: dict[int, list[Path]] = {}
+    for p in paths:
+        try:
+            by_size.setdefault(os.path.getsize(p), []).append(Path(p))
+        except OSError:
+            continue
+    return by_size
+
+
+def _exact_image_duplicates(train: Sequence[Path], val: Sequence[Path]) -> list[tuple[str, str]]:
+    """Validation images whose bytes equal a training image. Only files of equal size are
+    hashed, so this costs a stat per file and little more."""
+    by_size = _by_size(train)
+    digests: dict[Path, str] = {}
+
+    def digest(p: Path) -> str | None:
+        if p not in digests:
+            try:
+                digests[p] = file_digest(p)
+            except OSError:
+                return None
+        return digests[p]
+
+    found = []
+    for v in val:
+        try:
+            candidates = by_size.get(os.path.getsize(v), [])
+        except OSError:
+            continue
+        dv = digest(Path(v)) if candidates else None
+        for t in candidates:
+            if dv is not None and digest(t) == dv:
+                found.append((str(v), str(t)))
+                break
+    return found
+
+
+def _exact_text_duplicates(train: Sequence[str], val: Sequence[str]) -> list[tuple[str, str]]:
+    """Validation texts equal to a training text after trimming and case folding."""
+    seen = {" ".join(t.split()).casefold(): t for t in train}
+    return [(v, seen[k]) for v in val if (k := " ".join(v.split()).casefold()) in seen]
+
+
+def training_notes(task: str, train_set, val_set=None, val_split: float | None = None, seed: int = 0,
+                   truncated: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What training knows about its data beyond the data summary: exact duplicates between
+    the rows that trained and the rows that validated, and the token limit texts were cut
+    at (``truncated``, a text model's count). Under cross-validation every row validates and
+    trains another fold's model, so any duplicate pair within the data is such a pair; with
+    a holdout split, the pairs across it."""
+    train_set, val_set = holdout_sets(train_set, val_set, val_split, seed)
+    if val_set is None:  # cross-validation: duplicates within the data
+        pairs = _within_duplicates(train_set.paths if task == "image" else train_set.texts, task)
+    elif task == "image":
+        pairs = _exact_image_duplicates(train_set.paths, val_set.paths)
+    else:
+        pairs = _exact_text_duplicates(train_set.texts, val_set.texts)
+    notes: dict[str, Any] = {"duplicates": {"count": len(pairs), "examples": [list(p) for p in pairs[:MAX_NOTE_ITEMS]]}}
+    if truncated:
+        notes["max_length"] = truncated.get("max_length")
+    return notes
+
+
+def _within_duplicates(items: Sequence, task: str) -> list[tuple[str, str]]:
+    """Pairs of items of one set that are exact copies (bytes for images, trimmed and
+    case-folded text), each later copy paired with the first."""
+    if task != "image":
+        seen: dict[str, str] = {}
+        pairs = []
+        for t in items:
+            key = " ".join(t.split()).casefold()
+            if key in seen:
+                pairs.append((t, seen[key]))
+            else:
+                seen[key] = t
+        return pairs
+    pairs = []
+    for group in _by_size(items).values():
+        if len(group) < 2:
+            continue
+        first: dict[str, Path] = {}
+        for p in group:
+            try:
+                d = file_digest(p)
+            except OSError:
+                continue
+            if d in first:
+                pairs.append((str(p), str(first[d])))
+            else:
+                first[d] = p
+    return pairs

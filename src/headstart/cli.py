@@ -6,19 +6,19 @@ exits 1 (2 for a malformed command line). ``--debug`` shows the traceback instea
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import shutil
 import signal
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
 
 from . import __version__
-from .config import AUGMENTS, OPTIMIZERS, POOLINGS, PRECISIONS, RECIPES, SCHEDULES
+from .config import TASKS
 from .errors import DataError, HeadstartError
 from .objectives import UNKNOWN
 
@@ -49,70 +49,6 @@ def _setup_logging(quiet: bool) -> None:
     root.addHandler(console)
 
 
-def _infer_task(data: Path, backbone: str | None) -> str:
-    from .encoders import is_encoder_name
-    from .textdata import looks_like_text_table
-
-    if data.is_dir():
-        return "image"
-    if backbone and is_encoder_name(backbone):
-        return "text"
-    if data.suffix.lower() in (".csv", ".tsv"):
-        import csv
-
-        with open(data, newline="", encoding="utf-8-sig", errors="replace") as f:
-            header = [h.strip().lower() for h in next(csv.reader(f, delimiter="\t" if data.suffix.lower() == ".tsv" else ","), [])]
-        return "image" if {"path", "file", "filename", "image"} & set(header) else "text"
-    if looks_like_text_table(data):
-        return "text"
-    raise DataError(
-        f"cannot tell the task of {str(data)!r}: pass a folder of class sub-folders (images), "
-        "a CSV / TSV / JSON Lines file, or --task"
-    )
-
-
-def _is_image_backbone(name: str) -> bool:
-    from .backbones import is_image_backbone
-
-    return is_image_backbone(name)
-
-
-def _new_run_dir(out: str | None, backbone: str) -> Path:
-    if out:
-        run = Path(out)
-        if run.exists() and (not run.is_dir() or any(run.iterdir())):
-            raise HeadstartError(
-                f"run directory {str(run)!r} already exists and is not empty; pass another --out "
-                "(nothing was overwritten)"
-            )
-        run.mkdir(parents=True, exist_ok=True)
-        return run
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"{backbone.replace('/', '_')}-{stamp}"
-    run, n = base, 1
-    while run.exists():
-        n += 1
-        run = base.with_name(f"{base.name}-{n}")
-    run.mkdir(parents=True)
-    return run
-
-
-def torch_backend() -> str:
-    import torch.distributed as dist
-
-    return dist.get_backend() if dist.is_initialized() else "single process"
-
-
-def signal_name(signum: int) -> str:
-    return signal.Signals(signum).name
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="headstart")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
@@ -132,308 +68,131 @@ def cli(debug: bool) -> None:
     """
 
 
+# The order options are listed in by `headstart train --help`; each is a field of RunOptions,
+# ModelOptions, TrainConfig or HeadConfig (headstart.config), which holds its help, choices
+# and defaults.
+TRAIN_OPTIONS = (
+    "val_data", "val_split", "folds", "refit", "time_budget", "unknown_rate", "unknown_score", "task", "backbone",
+    "weights", "recipe", "epochs", "head_epochs", "batch_size", "grad_accum", "lr", "backbone_lr", "unfreeze_blocks",
+    "layer_decay", "optimizer", "weight_decay", "label_smoothing", "schedule", "warmup_epochs", "patience", "augment",
+    "class_weight", "ema", "hidden", "dropout", "pooling", "cache_views", "cache_dir", "cache", "compile",
+    "text_column", "label_column", "multi_label", "label_sep", "max_length", "encoding", "word_vectors",
+    "sequence_encoder", "hidden_size", "precision", "device", "num_workers", "seed", "out", "quiet", "progress",
+    "strict", "log_to",
+)
+
+
+def _click_option(name: str):
+    """A click option made from a config field's type and metadata (headstart.config.option)."""
+    import typing
+
+    from .config import option_fields
+
+    owner, f = option_fields()[name]
+    meta = f.metadata
+    hint = typing.get_type_hints(owner)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    kind = args[0] if typing.get_origin(hint) is typing.Union or type(hint).__name__ == "UnionType" else hint
+    default = meta["cli_default"] if "cli_default" in meta else (
+        f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[misc]
+    flag = meta.get("flag") or "--" + name.replace("_", "-")
+    kw: dict[str, Any] = {"help": meta.get("help")}
+    if meta.get("show_default"):
+        kw["show_default"] = True
+    if kind is bool:
+        if meta.get("off"):
+            return click.option(f"{flag}/{meta['off']}", name, default=default, **kw)
+        if default is True:  # a flag that turns it off: --no-cache
+            return click.option(flag, name, is_flag=True, flag_value=False, default=True, **kw)
+        return click.option(flag, name, is_flag=True, **kw)
+    if meta.get("choices"):
+        kw["type"] = click.Choice(meta["choices"])
+    elif meta.get("file"):
+        kw["type"] = click.Path(path_type=Path)
+    elif typing.get_origin(kind) is tuple:
+        kw.update(type=typing.get_args(kind)[0], multiple=True)
+        default = None
+    elif kind in (int, float) and ("minimum" in meta or "maximum" in meta):
+        limits = dict(min=meta.get("minimum"), max=meta.get("maximum"))
+        kw["type"] = click.IntRange(**limits) if kind is int else click.FloatRange(**limits, max_open=meta.get("max_open", False))
+    elif kind in (int, float):
+        kw["type"] = kind
+    if default is not None:
+        kw["default"] = default
+    return click.option(flag, name, **kw)
+
+
+def _train_options(fn):
+    for name in reversed(TRAIN_OPTIONS):
+        fn = _click_option(name)(fn)
+    return fn
+
+
 @cli.command()
 @click.argument("data", type=click.Path(path_type=Path), required=False)
 @click.option("--resume", "resume_run", type=click.Path(path_type=Path),
               help="Continue the interrupted run in this run directory from its last checkpoint, with its settings.")
-@click.option("--val", "val_data", type=click.Path(path_type=Path), help="Separate validation data (folder, CSV, TSV, JSON Lines).")
-@click.option("--val-split", type=float, help="Hold out this stratified fraction for validation instead of cross-validating (when --val is not given).")
-@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
-              help="Without --val: stratified cross-validation folds that choose the head's regularisation and the recipe and score every row out-of-fold (fewer when a class is smaller).")
-@click.option("--refit/--no-refit", default=None,
-              help="Train the final model on every labelled row after validating [on without --val, off with it].")
-@click.option("--time-budget", type=click.FloatRange(min=0), help="Seconds for the whole fit: auto tries fine-tuning and refits only within it [600 on a CPU, no limit on a GPU; 0 = no limit].")
-@click.option("--unknown-rate", type=click.FloatRange(min=0, max=0.5, max_open=True), default=0.05, show_default=True,
-              help="One label per row: the share of in-scope inputs the model may answer 'unknown' (its threshold on the unknown score is set on held-out in-scope rows); 0 = always answer with a class.")
-@click.option("--unknown-score", type=click.Choice(["auto", "msp", "energy", "knn", "energy+knn", "msp+knn"]), default="auto", show_default=True,
-              help="How unlike the training data an input is: msp (1 - top probability), energy (-logsumexp of the logits), knn (distance to the 10th nearest training example's features), or a logit score and knn together. knn needs held-out rows the model's features never trained on: a frozen backbone, or fine-tuning without a refit on every row. auto: energy+knn where knn is possible, else energy.")
-@click.option("--task", type=click.Choice(["image", "text"]), help="Inferred from DATA when omitted: a folder (or a CSV with a path column) is image, a table of texts is text.")
-@click.option("--backbone", help="Image: efficientnet_lite0 (default) or any timm name. Text: minilm-l6 (default), mpnet-base (after `headstart fetch mpnet-base`), a local Hugging Face directory or a hub id. See `headstart backbones`.")
-@click.option("--weights", help="Image: local .pth/.safetensors state dict for the backbone, or 'none' for random init.")
-@click.option("--recipe", type=click.Choice(RECIPES), help="auto: the probe, then fine-tuning (or, with under 20 rows in a class, prototypes for images and contrastive for transformers) when data and time allow, kept by a sign test on the same held-out rows. linear-probe: frozen backbone, the head solved on cached features. prototype: frozen backbone, nearest class mean (what auto tries for images when a class has under 20). fine-tune: that head, then the top blocks. full: everything. contrastive (transformer text): the encoder tuned so same-label texts embed together, then the head solved; what auto tries when a class has under 20 rows. [auto; word vectors linear-probe]")
-@click.option("--epochs", type=int, help="Epochs of the phase that trains backbone weights [image: auto and fine-tune 4, full 8; text: 3; word vectors: 20]. A linear head is solved, so epochs do not apply to it; with --hidden they bound the head's training [30].")
-@click.option("--head-epochs", type=int, help="Epochs bound for a head with --hidden layers before fine-tuning [20]; a linear head is solved instead.")
-@click.option("--batch-size", type=int, default=32, show_default=True,
-              help="Examples per optimizer step; in a distributed run, the global batch shared by all processes.")
-@click.option("--grad-accum", type=int, default=1, show_default=True,
-              help="Accumulate gradients over this many batches per optimizer step (effective batch = batch size x N).")
-@click.option("--lr", type=float, help="Learning rate of the new head [1e-3].")
-@click.option("--backbone-lr", type=float, help="Learning rate of the unfrozen pretrained weights [image lr/10, text 2e-5].")
-@click.option("--unfreeze-blocks", type=int, default=2, show_default=True, help="fine-tune: how many top backbone blocks (text: layers) to unfreeze.")
-@click.option("--layer-decay", type=float, help="Multiply the backbone LR by this per block going down.")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", show_default=True)
-@click.option("--weight-decay", type=float, default=0.01, show_default=True)
-@click.option("--label-smoothing", type=float, help="[image 0.1, text 0]")
-@click.option("--schedule", type=click.Choice(SCHEDULES), help="Decay after warmup [image cosine, text linear].")
-@click.option("--warmup-epochs", type=float, help="Linear warmup length in epochs [image 1, text 0.3].")
-@click.option("--patience", type=int, help="Early-stopping patience in epochs, 0 = never stop early [image 5, text 2, word vectors 3].")
-@click.option("--augment", type=click.Choice(AUGMENTS), help="Image augmentation [light]. classic = the Keras list (rotation 40, shifts 0.2, shear 0.2, zoom 0.2, flip, nearest fill).")
-@click.option("--class-weight", type=click.Choice(["balanced"]), help="Weight the loss by inverse class frequency.")
-@click.option("--ema", type=float, help="Evaluate and keep an exponential moving average of the weights with this decay (e.g. 0.98).")
-@click.option("--hidden", type=int, multiple=True, help="Hidden dense layer width in the head (repeat for more).")
-@click.option("--dropout", type=float, help="Dropout in the head [image 0.2, text 0.1, word-vector CNN 0.5].")
-@click.option("--pooling", type=click.Choice(POOLINGS["image"] + POOLINGS["text"]), help="Image avg|flatten [avg]; text mean|cls [the encoder's own]; word vectors mean|max|mean+max [cnn: max].")
-@click.option("--cache-views", type=int, default=1, show_default=True, help="Image: feature-cache views per image for frozen phases (1 = eval view only).")
-@click.option("--cache-dir", help="Where frozen-backbone features (images, text embeddings) are cached, and where fetched backbones are looked for [$HEADSTART_CACHE_DIR, else ~/.cache/headstart].")
-@click.option("--no-cache", is_flag=True, help="Compute frozen-backbone features afresh and store nothing.")
-@click.option("--compile", "compile_", is_flag=True, help="Image: torch.compile the frozen feature extraction and the fine-tune/full training (minutes to start on a CPU; for long runs).")
-@click.option("--text-column", help="Text: the column holding the texts [auto: text, sentence, review, content].")
-@click.option("--label-column", help="Label column [auto: label, labels, category, sentiment, class].")
-@click.option("--multi-label/--single-label", "multi_label", default=None,
-              help="Several labels per row (a sigmoid per label, thresholds tuned on held-out rows) or one class per row [multi-label when a label cell holds the --label-sep].")
-@click.option("--label-sep", default=";", show_default=True, help="What joins several labels in one label cell.")
-@click.option("--max-length", type=int, help="Text: token limit; longer texts are truncated and counted [the encoder's: 256 for minilm-l6, 384 for mpnet-base].")
-@click.option("--encoding", help="Text: file encoding when not UTF-8 (e.g. latin-1).")
-@click.option("--word-vectors", type=click.Path(path_type=Path), help="Text: a word-vector file (GloVe, word2vec .txt/.bin, fastText .vec) as the backbone.")
-@click.option("--sequence-encoder", type=click.Choice(["none", "bilstm", "cnn"]),
-              help="Word vectors: a small encoder between the vectors and the pooling [cnn: filters 3, 4, 5 words wide, max pooling, dropout 0.5]; none = the pooled vectors, whose head is solved.")
-@click.option("--hidden-size", type=int, default=128, show_default=True, help="Word vectors: BiLSTM units per direction / CNN filters per width.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--workers", type=int, help="Image: DataLoader workers [a quarter of the cores, at least 1].")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", help="Run directory [runs/<backbone>-<time>].")
-@click.option("--quiet", is_flag=True, help="Only warnings and the final result.")
-@click.option("--progress/--no-progress", default=None, help="Progress bars [on when stderr is a terminal].")
-@click.option("--strict", is_flag=True, help="Refuse to train when the data check finds an error, an unreadable file or train/validation leakage (see `headstart check`).")
-@click.option("--log", "log_to", type=click.Choice(["tensorboard"]), help="Also log per-epoch scalars to TensorBoard (RUN_DIR/tensorboard; needs headstart[tensorboard]).")
-def train(data, val_data, val_split, folds, refit, time_budget, unknown_rate, unknown_score, task, backbone, weights, recipe, epochs, head_epochs, batch_size, grad_accum, lr,
-          backbone_lr, unfreeze_blocks, layer_decay, optimizer, weight_decay, label_smoothing, schedule,
-          warmup_epochs, patience, augment, class_weight, ema, hidden, dropout, pooling, cache_views, cache_dir, no_cache, compile_, text_column,
-          label_column, multi_label, label_sep, max_length, encoding, word_vectors, sequence_encoder, hidden_size, precision,
-          device, workers, seed, out, quiet, progress, log_to, strict, resume_run):
+@_train_options
+def train(data, resume_run, **options):
     """Train a classifier on DATA: a folder with one sub-folder per class (or a CSV of
     path,label) for images; a CSV, TSV or JSON Lines table of texts and labels for text.
 
     Every epoch ends with a checkpoint in RUN_DIR/checkpoints; Ctrl-C or SIGTERM stops
     cleanly, and `headstart train --resume RUN_DIR` continues with the same result."""
-    params = dict(locals())
+    from .runs import RunDir, TrainOptions
+
     if resume_run is not None:
-        run, params = _resumable_run(resume_run, params)
-        _train(run=run, resume=True, **params)
+        run = RunDir(resume_run)
+        run.require_resumable()
+        ctx = click.get_current_context()
+        flags = {p.name: "DATA" if p.name == "data" else p.opts[0] for p in ctx.command.params}
+        changed = sorted(flags[k] for k in ["data", *options]
+                         if not _resume_free(k) and ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT)
+        if changed:
+            raise click.UsageError(f"--resume continues with the run's own settings; drop {', '.join(changed)}")
+        saved = run.options()
+        saved.run = dataclasses.replace(saved.run, **{k: options[k] for k in ("quiet", "progress", "log_to")})
+        _train(saved, run)
     elif data is None:
         raise click.UsageError("missing argument DATA (or pass --resume RUN_DIR)")
     else:
-        _train(run=None, resume=False, **{k: v for k, v in params.items() if k != "resume_run"})
+        _train(TrainOptions.from_flat({"data": data, **options}), None)
 
 
-RUN_FILE = "run.json"
-# What may differ when a run is resumed: how it reports, not what it computes.
-_RESUME_FREE = {"quiet", "progress", "resume_run", "log_to"}
+def _resume_free(name: str) -> bool:
+    from .config import option_fields
+
+    return name in option_fields() and option_fields()[name][1].metadata.get("resume_free", False)
 
 
-def _resumable_args(args: dict) -> dict:
-    """The settings as run.json keeps them: paths absolute (a resume may start elsewhere),
-    and the number of decoding workers fixed (with workers, augmentation draws its own
-    random numbers: a resume on another machine must not change them)."""
-    from .data import default_num_workers
-
-    out = {}
-    for k, v in args.items():
-        if k in ("data", "val_data", "word_vectors", "cache_dir") and v is not None:
-            v = str(Path(v).absolute())
-        elif k in ("weights", "backbone") and v and Path(v).exists():
-            v = str(Path(v).absolute())
-        out[k] = str(v) if isinstance(v, Path) else v
-    if out.get("workers") is None:
-        out["workers"] = default_num_workers()
-    return out
-
-
-def _resumable_run(run: Path, params: dict) -> tuple[Path, dict]:
-    """The run directory and the settings it was started with."""
-    record = run / RUN_FILE
-    if not record.is_file():
-        raise HeadstartError(f"{str(run)!r} is not a headstart run directory (no {RUN_FILE}); pass the directory `train` printed")
-    if (run / "model" / "config.json").is_file() and not (run / "checkpoints").exists():
-        raise HeadstartError(f"the run in {str(run)!r} already finished; its model is {str(run / 'model')!r}")
-    ctx = click.get_current_context()
-    changed = sorted(
-        f"--{k.replace('_', '-')}" if k != "data" else "DATA" for k, v in params.items()
-        if k not in _RESUME_FREE and ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT
-    )
-    if changed:
-        raise click.UsageError(f"--resume continues with the run's own settings; drop {', '.join(changed)}")
-    saved = json.loads(record.read_text(encoding="utf-8"))["args"]
-    for k in ("data", "val_data", "word_vectors"):
-        saved[k] = Path(saved[k]) if saved.get(k) is not None else None
-    saved["hidden"] = tuple(saved.get("hidden") or ())
-    saved.setdefault("multi_label", None)  # runs started before these options existed
-    saved.setdefault("label_sep", ";")
-    saved.setdefault("unknown_rate", 0.05)
-    saved.setdefault("unknown_score", "auto")
-    saved.update({k: params[k] for k in ("quiet", "progress", "log_to")})
-    return run, saved
-
-
-def _train(data, val_data, val_split, folds, refit, time_budget, unknown_rate, unknown_score, task, backbone, weights, recipe, epochs, head_epochs, batch_size, grad_accum, lr,
-           backbone_lr, unfreeze_blocks, layer_decay, optimizer, weight_decay, label_smoothing, schedule,
-           warmup_epochs, patience, augment, class_weight, ema, hidden, dropout, pooling, cache_views, cache_dir, no_cache, compile_, text_column,
-           label_column, multi_label, label_sep, max_length, encoding, word_vectors, sequence_encoder, hidden_size,
-           precision, device, workers, seed, out, quiet, progress, log_to, strict, run: Path | None, resume: bool):
-    args = {k: v for k, v in locals().items() if k not in ("run", "resume")}  # kept in run.json for --resume
+def _train(options, resume) -> None:
     from . import distributed
-    from .checkpoint import TrainingInterrupted, checkpointing
-    from .encoders import is_encoder_name
-    from .splits import holdout_sets, require_two_classes
     from .evaluation import summary_line
-    from .report import PREDICTIONS_FILE, build_report, training_notes, write_predictions
+    from .report import build_report
+    from .runs import RunInterrupted, train_run
 
-    world = distributed.init(device)  # launched by torchrun / accelerate launch: one process of many
-    _setup_logging(quiet or not world.is_main)
-    if not data.exists():
-        raise DataError(f"data path {str(data)!r} does not exist")
-    task = task or ("text" if word_vectors else _infer_task(data, backbone))
-    if backbone and task == "text" and not is_encoder_name(backbone) and _is_image_backbone(backbone):
-        raise HeadstartError(f"{backbone!r} is an image backbone but {str(data)!r} is text; use --backbone minilm-l6, glove-6b-50d, or a Hugging Face model directory")
-    if backbone and task == "image" and is_encoder_name(backbone):
-        raise HeadstartError(f"{backbone!r} is a text backbone but {str(data)!r} holds images; use --backbone efficientnet_lite0 or a timm model name")
-    common = dict(
-        recipe=recipe, epochs=epochs, head_epochs=head_epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, backbone_lr=backbone_lr,
-        unfreeze_blocks=unfreeze_blocks, layer_decay=layer_decay, optimizer=optimizer, weight_decay=weight_decay,
-        label_smoothing=label_smoothing, schedule=schedule, warmup_epochs=warmup_epochs, patience=patience,
-        class_weight=class_weight, ema=ema, val_split=val_split, folds=folds, refit=refit, time_budget=time_budget,
-        unknown_rate=unknown_rate, unknown_score=unknown_score,
-        seed=seed, precision=precision, device=device,
-        hidden=hidden or (), progress=sys.stderr.isatty() if progress is None else progress,
-    )
-    if dropout is not None:
-        common["dropout"] = dropout
-    # Check the data and the backbone before a run directory is made for them.
-    if task == "image":
-        from .backbones import resolve_spec
-        from .image import ImageClassifier
-
-        backbone = backbone or "efficientnet_lite0"
-        clf = ImageClassifier(backbone, weights=weights, pooling=pooling or "avg", augment=augment,
-                              cache_views=cache_views, cache=not no_cache, cache_dir=cache_dir,
-                              compile=compile_, num_workers=workers, multi_label=multi_label, label_sep=label_sep, **common)
-        train_set = clf._scan(data)
-        val_set = clf._scan(val_data, classes=train_set.classes, multi_label=train_set.labels.ndim == 2) if val_data else None
-        resolve_spec(backbone)
-        fit = lambda: clf.fit(train_set, val_set)  # noqa: E731
-    else:
-        from .text import TextClassifier
-
-        if weights:
-            raise HeadstartError("--weights is for image backbones; for text pass a model directory as --backbone")
-        backbone = backbone or "minilm-l6"
-        clf = TextClassifier(backbone, pooling=pooling, max_length=max_length, text_column=text_column,
-                             label_column=label_column, encoding=encoding, word_vectors=word_vectors,
-                             sequence_encoder=sequence_encoder, hidden_size=hidden_size, multi_label=multi_label,
-                             label_sep=label_sep, cache=not no_cache, cache_dir=cache_dir, **common)
-        train_set = clf._read(data)
-        val_set = clf._read(val_data, classes=train_set.classes, multi_label=train_set.labels.ndim == 2) if val_data else None
-        fit = lambda: clf.fit(train_set, val=val_set)  # noqa: E731
-    require_two_classes(train_set.labels, train_set.classes)
-    holdout_sets(train_set, val_set, val_split, seed)  # a split that cannot be made fails before any directory is made
-    report = _check_before_training(task, data, train_set, val_set, val_split, seed, strict,
-                                    label_sep if train_set.labels.ndim == 2 else None)
-    if log_to == "tensorboard":
-        from .tblog import summary_writer_class
-
-        summary_writer_class()  # a missing package fails before any run directory is made
-    if run is None:  # made by rank 0 alone, its name shared with the other processes
-        made: Path | str = ""
-        if world.is_main:
-            try:
-                made = _new_run_dir(out, Path(word_vectors or backbone).stem if task == "text" else backbone)
-            except HeadstartError as exc:
-                made = str(exc)
-        made = distributed.broadcast(made)
-        if not isinstance(made, Path):
-            raise HeadstartError(made)
-        run = made
-        if world.is_main:
-            _write_json(run / RUN_FILE, {"args": _resumable_args(args)})
-    handler = logging.FileHandler(run / "train.log", encoding="utf-8") if world.is_main else logging.NullHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    log.addHandler(handler)
-    board = None
-    if log_to == "tensorboard" and world.is_main:
-        from .tblog import TensorBoardHandler
-
-        board = TensorBoardHandler(run / "tensorboard")
-        log.addHandler(board)
+    world = distributed.init(options.training["device"])  # launched by torchrun / accelerate launch: one process of many
+    _setup_logging(options.run.quiet or not world.is_main)
     try:
-        log.info("headstart %s: %s run directory %s", __version__, "resuming the" if resume else "new", run)
-        if world.enabled:
-            log.info("data parallel: %d processes (%s); batch %d split across them",
-                     world.size, torch_backend(), clf.config.batch_size)
+        trained = train_run(options, resume)
+    except RunInterrupted as exc:
+        saved = f"the checkpoint holds {exc.where}" if exc.where else "no epoch had finished, so it starts from the beginning"
         if world.is_main:
-            _write_json(run / "check.json", report.to_dict())
-        for line in report.brief():
-            log.info("%s", line)
-        if report.findings:
-            log.info("check: details in %s, or run `headstart check %s`", run / "check.json", data)
-        resolved = clf.config.resolved()
-        if world.is_main:
-            _write_json(run / "config.json", {
-                "task": task, "data": str(data), "val": str(val_data) if val_data else None, "backbone": backbone,
-                "weights": weights, "training": resolved.to_dict(), "processes": world.size,
-            })
-        store = None
-        try:
-            with checkpointing(run / "checkpoints", resume=resume, enabled=world.is_main) as store:
-                fit()
-        except TrainingInterrupted as exc:
-            where = store.last_epoch() if store else None
-            saved = f"the checkpoint holds {where}" if where else "no epoch had finished, so it starts from the beginning"
-            if world.is_main:
-                click.echo(f"\ninterrupted ({signal_name(exc.signum)}); {saved}.\nresume with: headstart train --resume {run}", err=True)
-            raise SystemExit(128 + exc.signum) from None
-        if world.is_main:
-            model_dir = clf.save(run / "model")
-            _write_json(run / "metrics.json", {
-                "recipe": clf.recipe_, "protocol": clf.protocol_, "tried": clf.tried_, "head": clf.head_info_,
-                "cv_path": clf.cv_path_,
-                "history": clf.history_, "val": clf.val_metrics_, "data": clf.data_summary_,
-                "precision": clf.precision_, "train_seconds": round(clf.train_seconds_, 2),
-                "skipped": [{"path": p, "reason": r} for p, r in clf.skipped_], "processes": world.size,
-                "temperature": clf.temperature_, "calibration": clf.calibration_,
-                "data_notes": training_notes(clf, train_set, val_set),
-            })
-            if clf.val_items_ is not None:
-                items = [str(Path(i).absolute()) for i in clf.val_items_] if task == "image" else clf.val_items_
-                write_predictions(run / PREDICTIONS_FILE, items, clf.val_labels_, clf.val_probs_, clf.classes_,
-                                  getattr(clf.decision_, "thresholds", None), clf.objective_.separator or ";")
-            shutil.rmtree(run / "checkpoints", ignore_errors=True)  # last: until here, --resume finishes the run
-        distributed.finish()
-    finally:
-        for h in (handler, board):
-            if h is not None:
-                log.removeHandler(h)
-                h.close()
-    if not world.is_main:
+            click.echo(f"\ninterrupted ({signal.Signals(exc.signum).name}); {saved}.\nresume with: headstart train --resume {exc.run}", err=True)
+        raise SystemExit(128 + exc.signum) from None
+    if trained is None:  # not the first process
         return
+    clf, run = trained.classifier, trained.run
     m = clf.val_metrics_
     click.echo(f"recipe: {clf.recipe_}")
     click.echo(f"validation {summary_line(m)}  (n={m['n']}; {clf.protocol_['description']})")
-    click.echo(f"model saved to {model_dir}")
+    click.echo(f"model saved to {trained.model_dir}")
     try:
-        click.echo(f"report: {build_report(run)}")
+        click.echo(f"report: {build_report(run.path)}")
     except Exception as exc:  # noqa: BLE001 - the model is saved; a report problem must not hide that
         if click.get_current_context().find_root().params.get("debug"):
             raise
         click.echo(f"warning: the report could not be built ({exc}); retry with `headstart report {run}`", err=True)
-
-
-def _check_before_training(task, data, train_set, val_set, val_split, seed, strict, separator=None):
-    """The data check on the sets training will use; with --strict, a blocking finding
-    stops the run before any directory is made. An empty class always does: training
-    would refuse it anyway."""
-    from .check import check_sets
-
-    report = check_sets(task, train_set, val_set, val_split=None if val_set is not None else val_split, seed=seed,
-                        separator=separator)
-    fatal = [f for f in report.findings if f.kind == "empty-class"]
-    blocking = fatal or (report.blocking() if strict else [])
-    if blocking:
-        first = blocking[0]
-        shown = f" ({', '.join(first.items[:3])}{', ...' if len(first.items) > 3 else ''})" if first.items else ""
-        prefix = "" if fatal else f"--strict: the data check found {len(blocking)} problem(s); "
-        raise DataError(f"{prefix}{first.message}{shown}; run `headstart check {data}` for details (nothing was trained)")
-    return report
 
 
 @cli.command()
@@ -442,7 +201,7 @@ def _check_before_training(task, data, train_set, val_set, val_split, seed, stri
 @click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Without --val: check the stratified split `train --val-split` would make (0 = check DATA as one set, as cross-validation uses it).")
 @click.option("--seed", type=int, default=0, show_default=True, help="The split's seed, as in `train`.")
-@click.option("--task", type=click.Choice(["image", "text"]), help="Inferred from DATA when omitted, as in `train`.")
+@click.option("--task", type=click.Choice(TASKS), help="Inferred from DATA when omitted, as in `train`.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: task, splits, findings (+ imbalance_ratio, lengths).")
 @click.option("--full", "full_decode", is_flag=True, help="Images: decode every image fully, as training does (slower).")
 @click.option("--text-column", help="Text: the column holding the texts [auto].")
@@ -464,12 +223,13 @@ def check(data, val_data, val_split, seed, task, as_json, full_decode, text_colu
     command line.
     """
     from .check import check_path
+    from .runs import infer_task
 
     if not data.exists():
         raise DataError(f"data path {str(data)!r} does not exist")
     if val_data is not None and not val_data.exists():
         raise DataError(f"validation path {str(val_data)!r} does not exist")
-    task = task or _infer_task(data, None)
+    task = task or infer_task(data, None)
     report = check_path(data, val_data, task=task, val_split=val_split, seed=seed, full_decode=full_decode,
                         text_column=text_column, label_column=label_column, encoding=encoding,
                         multi_label=multi_label, label_sep=label_sep)
@@ -496,7 +256,9 @@ def demo(ctx, data_dir, out, epochs, time_budget):
 
     root = write_digits(data_dir)
     click.echo(f"demo data: {root} (scikit-learn's 1,797 handwritten digits, 10 classes)", err=True)
-    out = out or str(_new_run_dir(None, "demo"))
+    from .runs import new_run_dir
+
+    out = out or str(new_run_dir(None, "demo"))
     ctx.invoke(train, data=root, out=out, epochs=epochs, time_budget=time_budget)  # click fills in train's other defaults
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from .errors import HeadstartError
 
@@ -19,6 +19,9 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear")
 POOLINGS = {"image": ("avg", "flatten"), "text": ("mean", "cls", "max", "mean+max")}
+UNKNOWN_SCORES = ("msp", "energy", "knn", "energy+knn", "msp+knn")  # see headstart.unknown
+SEQUENCE_ENCODERS = ("none", "bilstm", "cnn")
+LOGGERS = ("tensorboard",)
 
 # What a field left as None becomes, per task. Both start with the probe (a solved linear
 # head on the frozen backbone); ``auto`` then tries phase 2 as the classic recipes do it:
@@ -67,6 +70,36 @@ class _JsonMixin:
         return cls(**data)
 
 
+_SAME = object()
+
+
+def option(default: Any = None, help: str | None = None, *, factory: Any = None, flag: str | None = None,
+           off: str | None = None, choices: Sequence[str] | None = None, minimum: float | None = None,
+           maximum: float | None = None, max_open: bool = False, show_default: bool = False, cli_default: Any = _SAME,
+           resume_free: bool = False, file: bool = False, absolute: str | None = None, only: str | None = None) -> Any:
+    """A dataclass field with what the command line needs to offer it (``cli.train``'s
+    options are generated from these):
+
+    ``help``; ``flag`` when it is not ``--field-name`` (``--no-cache`` sets ``cache`` to
+    False); ``off``, the flag that sets a boolean to False (``--no-refit``); ``choices``;
+    ``minimum`` / ``maximum`` (``max_open``: the maximum excluded); ``show_default``;
+    ``cli_default`` when the command line's default differs (None: the task or the data
+    decide); ``resume_free``: may change when a run is resumed (how it reports, not what it
+    computes); ``file``: a path argument; ``absolute``: kept absolute in ``run.json``
+    (``"always"``, or ``"if-exists"`` for a name that may also be a local path); ``only``:
+    the one task that reads it (the other ignores it).
+    """
+    metadata = {k: v for k, v in dict(
+        help=help, flag=flag, off=off, choices=tuple(choices) if choices else None, minimum=minimum, maximum=maximum,
+        max_open=max_open, show_default=show_default, resume_free=resume_free, file=file, absolute=absolute, only=only,
+    ).items() if v is not None and v is not False}
+    if cli_default is not _SAME:
+        metadata["cli_default"] = cli_default
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class HeadConfig(_JsonMixin):
     """The new layers on top of the backbone: pool, [dense + ReLU + dropout]*, linear.
@@ -74,9 +107,10 @@ class HeadConfig(_JsonMixin):
     ``pooling``: images ``avg`` | ``flatten``; text ``mean`` (over tokens) | ``cls``.
     """
 
-    pooling: str = "avg"
-    hidden: tuple[int, ...] = ()
-    dropout: float = 0.2
+    pooling: str = option("avg", "Image avg|flatten [avg]; text mean|cls [the encoder's own]; word vectors mean|max|mean+max [cnn: max].",
+                          choices=POOLINGS["image"] + POOLINGS["text"], cli_default=None)
+    hidden: tuple[int, ...] = option(help="Hidden dense layer width in the head (repeat for more).", factory=tuple)
+    dropout: float = option(0.2, "Dropout in the head [image 0.2, text 0.1, word-vector CNN 0.5].", cli_default=None)
 
     def __post_init__(self) -> None:
         _choice("pooling", self.pooling, POOLINGS["image"] + POOLINGS["text"])
@@ -108,39 +142,48 @@ class TrainConfig(_JsonMixin):
     answer unknown).
     """
 
-    task: str = "image"
-    recipe: str | None = None
-    epochs: int | None = None
-    head_epochs: int | None = None
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float | None = None
-    backbone_lr: float | None = None
-    unfreeze_blocks: int = 2
-    layer_decay: float | None = None
-    optimizer: str = "adamw"
-    weight_decay: float = 0.01
-    label_smoothing: float | None = None
-    schedule: str | None = None
-    warmup_epochs: float | None = None
-    patience: int | None = None
-    augment: str | None = None
-    class_weight: str | None = None
-    ema: float | None = None
-    cache_views: int = 1
-    cache: bool = True
-    cache_dir: str | None = None
-    compile: bool = False
-    val_split: float | None = None
-    folds: int = 5
-    refit: bool | None = None
-    time_budget: float | None = None
-    unknown_rate: float = 0.05
-    unknown_score: str = "auto"
-    seed: int = 0
-    precision: str = "auto"
-    num_workers: int | None = None
-    device: str = "auto"
+    task: str = option("image", "Inferred from DATA when omitted: a folder (or a CSV with a path column) is image, a table of texts is text.",
+                       choices=TASKS, cli_default=None)
+    recipe: str | None = option(None, "auto: the probe, then fine-tuning (or, with under 20 rows in a class, prototypes for images and contrastive for transformers) when data and time allow, kept by a sign test on the same held-out rows. linear-probe: frozen backbone, the head solved on cached features. prototype: frozen backbone, nearest class mean (what auto tries for images when a class has under 20). fine-tune: that head, then the top blocks. full: everything. contrastive (transformer text): the encoder tuned so same-label texts embed together, then the head solved; what auto tries when a class has under 20 rows. [auto; word vectors linear-probe]",
+                                choices=RECIPES)
+    epochs: int | None = option(None, "Epochs of the phase that trains backbone weights [image: auto and fine-tune 4, full 8; text: 3; word vectors: 20]. A linear head is solved, so epochs do not apply to it; with --hidden they bound the head's training [30].")
+    head_epochs: int | None = option(None, "Epochs bound for a head with --hidden layers before fine-tuning [20]; a linear head is solved instead.")
+    batch_size: int = option(32, "Examples per optimizer step; in a distributed run, the global batch shared by all processes.", show_default=True)
+    grad_accum: int = option(1, "Accumulate gradients over this many batches per optimizer step (effective batch = batch size x N).", show_default=True)
+    lr: float | None = option(None, "Learning rate of the new head [1e-3].")
+    backbone_lr: float | None = option(None, "Learning rate of the unfrozen pretrained weights [image lr/10, text 2e-5].")
+    unfreeze_blocks: int = option(2, "fine-tune: how many top backbone blocks (text: layers) to unfreeze.", show_default=True)
+    layer_decay: float | None = option(None, "Multiply the backbone LR by this per block going down.")
+    optimizer: str = option("adamw", choices=OPTIMIZERS, show_default=True)
+    weight_decay: float = option(0.01, show_default=True)
+    label_smoothing: float | None = option(None, "[image 0.1, text 0]")
+    schedule: str | None = option(None, "Decay after warmup [image cosine, text linear].", choices=SCHEDULES)
+    warmup_epochs: float | None = option(None, "Linear warmup length in epochs [image 1, text 0.3].")
+    patience: int | None = option(None, "Early-stopping patience in epochs, 0 = never stop early [image 5, text 2, word vectors 3].")
+    augment: str | None = option(None, "Image augmentation [light]. classic = the Keras list (rotation 40, shifts 0.2, shear 0.2, zoom 0.2, flip, nearest fill).",
+                                 choices=AUGMENTS, only="image")
+    class_weight: str | None = option(None, "Weight the loss by inverse class frequency.", choices=("balanced",))
+    ema: float | None = option(None, "Evaluate and keep an exponential moving average of the weights with this decay (e.g. 0.98).")
+    cache_views: int = option(1, "Image: feature-cache views per image for frozen phases (1 = eval view only).", show_default=True, only="image")
+    cache: bool = option(True, "Compute frozen-backbone features afresh and store nothing.", flag="--no-cache")
+    cache_dir: str | None = option(None, "Where frozen-backbone features (images, text embeddings) are cached, and where fetched backbones are looked for [$HEADSTART_CACHE_DIR, else ~/.cache/headstart].",
+                                   absolute="always")
+    compile: bool = option(False, "Image: torch.compile the frozen feature extraction and the fine-tune/full training (minutes to start on a CPU; for long runs).",
+                           only="image")
+    val_split: float | None = option(None, "Hold out this stratified fraction for validation instead of cross-validating (when --val is not given).")
+    folds: int = option(5, "Without --val: stratified cross-validation folds that choose the head's regularisation and the recipe and score every row out-of-fold (fewer when a class is smaller).",
+                        minimum=2, show_default=True)
+    refit: bool | None = option(None, "Train the final model on every labelled row after validating [on without --val, off with it].", off="--no-refit")
+    time_budget: float | None = option(None, "Seconds for the whole fit: auto tries fine-tuning and refits only within it [600 on a CPU, no limit on a GPU; 0 = no limit].",
+                                       minimum=0)
+    unknown_rate: float = option(0.05, "One label per row: the share of in-scope inputs the model may answer 'unknown' (its threshold on the unknown score is set on held-out in-scope rows); 0 = always answer with a class.",
+                                 minimum=0, maximum=0.5, max_open=True, show_default=True)
+    unknown_score: str = option("auto", "How unlike the training data an input is: msp (1 - top probability), energy (-logsumexp of the logits), knn (distance to the 10th nearest training example's features), or a logit score and knn together. knn needs held-out rows the model's features never trained on: a frozen backbone, or fine-tuning without a refit on every row. auto: energy+knn where knn is possible, else energy.",
+                                choices=("auto",) + UNKNOWN_SCORES, show_default=True)
+    seed: int = option(0, show_default=True)
+    precision: str = option("auto", choices=PRECISIONS, show_default=True)
+    num_workers: int | None = option(None, "Image: DataLoader workers [a quarter of the cores, at least 1].", flag="--workers", only="image")
+    device: str = option("auto", show_default=True)
     head: HeadConfig = field(default_factory=HeadConfig)
 
     def __post_init__(self) -> None:
@@ -195,7 +238,7 @@ class TrainConfig(_JsonMixin):
         if not 0.0 <= self.unknown_rate < 0.5:
             raise HeadstartError(f"unknown_rate is the share of in-scope inputs answered 'unknown', in [0, 0.5) "
                                  f"(0 = never); got {self.unknown_rate}")
-        _choice("unknown_score", self.unknown_score, ("auto", "msp", "energy", "knn", "energy+knn", "msp+knn"))
+        _choice("unknown_score", self.unknown_score, ("auto",) + UNKNOWN_SCORES)
         if self.num_workers is not None:
             _positive("num_workers", self.num_workers, allow_zero=True)
 
@@ -216,3 +259,65 @@ class TrainConfig(_JsonMixin):
             if getattr(out, name) is None:
                 setattr(out, name, d[name])
         return out
+
+
+@dataclass
+class ModelOptions(_JsonMixin):
+    """What model a run builds, besides how it trains (:class:`TrainConfig`): the backbone,
+    and how a text table's columns and labels are read. ``None`` means the task's default."""
+
+    backbone: str | None = option(None, "Image: efficientnet_lite0 (default) or any timm name. Text: minilm-l6 (default), mpnet-base (after `headstart fetch mpnet-base`), a local Hugging Face directory or a hub id. See `headstart backbones`.",
+                                  absolute="if-exists")
+    weights: str | None = option(None, "Image: local .pth/.safetensors state dict for the backbone, or 'none' for random init.",
+                                 absolute="if-exists")
+    text_column: str | None = option(None, "Text: the column holding the texts [auto: text, sentence, review, content].")
+    label_column: str | None = option(None, "Label column [auto: label, labels, category, sentiment, class].")
+    multi_label: bool | None = option(None, "Several labels per row (a sigmoid per label, thresholds tuned on held-out rows) or one class per row [multi-label when a label cell holds the --label-sep].",
+                                      off="--single-label")
+    label_sep: str = option(";", "What joins several labels in one label cell.", show_default=True)
+    max_length: int | None = option(None, "Text: token limit; longer texts are truncated and counted [the encoder's: 256 for minilm-l6, 384 for mpnet-base].")
+    encoding: str | None = option(None, "Text: file encoding when not UTF-8 (e.g. latin-1).")
+    word_vectors: str | None = option(None, "Text: a word-vector file (GloVe, word2vec .txt/.bin, fastText .vec) as the backbone.",
+                                      file=True, absolute="always")
+    sequence_encoder: str | None = option(None, "Word vectors: a small encoder between the vectors and the pooling [cnn: filters 3, 4, 5 words wide, max pooling, dropout 0.5]; none = the pooled vectors, whose head is solved.",
+                                          choices=SEQUENCE_ENCODERS)
+    hidden_size: int = option(128, "Word vectors: BiLSTM units per direction / CNN filters per width.", show_default=True)
+
+    def __post_init__(self) -> None:
+        if self.sequence_encoder is not None:
+            _choice("sequence_encoder", self.sequence_encoder, SEQUENCE_ENCODERS)
+        _positive("hidden_size", self.hidden_size)
+        if self.max_length is not None and self.max_length < 2:
+            raise HeadstartError(f"max_length must be at least 2; got {self.max_length}")
+
+
+@dataclass
+class RunOptions(_JsonMixin):
+    """Where a run reads its data and writes its directory, and how it reports."""
+
+    data: str | None = option(None, file=True, absolute="always")
+    val_data: str | None = option(None, "Separate validation data (folder, CSV, TSV, JSON Lines).", flag="--val",
+                                  file=True, absolute="always")
+    out: str | None = option(None, "Run directory [runs/<backbone>-<time>].")
+    quiet: bool = option(False, "Only warnings and the final result.", resume_free=True)
+    progress: bool | None = option(None, "Progress bars [on when stderr is a terminal].", off="--no-progress", resume_free=True)
+    strict: bool = option(False, "Refuse to train when the data check finds an error, an unreadable file or train/validation leakage (see `headstart check`).")
+    log_to: str | None = option(None, "Also log per-epoch scalars to TensorBoard (RUN_DIR/tensorboard; needs headstart[tensorboard]).",
+                                flag="--log", choices=LOGGERS, resume_free=True)
+
+    def __post_init__(self) -> None:
+        if self.log_to is not None:
+            _choice("log", self.log_to, LOGGERS)
+
+
+def option_fields() -> dict[str, tuple[type, dataclasses.Field]]:
+    """Every field a training run is set by, by name (the names are unique across
+    :class:`RunOptions`, :class:`ModelOptions`, :class:`TrainConfig` and :class:`HeadConfig`),
+    with the dataclass it belongs to."""
+    out: dict[str, tuple[type, dataclasses.Field]] = {}
+    for cls in (RunOptions, ModelOptions, TrainConfig, HeadConfig):
+        for f in dataclasses.fields(cls):
+            if f.name != "head":
+                assert f.name not in out, f"option {f.name!r} is defined twice"
+                out[f.name] = (cls, f)
+    return out

@@ -76,6 +76,11 @@ def world() -> World:
     return _WORLD if _WORLD is not None else init()
 
 
+def backend_name() -> str:
+    """The process group's backend (gloo, nccl), or "single process"."""
+    return torch.distributed.get_backend() if torch.distributed.is_initialized() else "single process"
+
+
 def finish() -> None:
     """Wait for every process, then leave the process group."""
     global _WORLD

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .calibration import sigmoid
+from .config import UNKNOWN_SCORES
 from .errors import HeadstartError, ModelDirError
 
 DEFAULT_SEPARATOR = ";"
@@ -68,7 +69,6 @@ class Thresholds:
 
 
 UNKNOWN = "unknown"
-UNKNOWN_SCORES = ("msp", "energy", "knn", "energy+knn", "msp+knn")  # see headstart.unknown
 
 
 @dataclass

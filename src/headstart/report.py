@@ -15,11 +15,9 @@ Every label, text, path and message is HTML-escaped: the page shows them, never 
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import json
 import logging
-import os
 import struct
 import time
 from pathlib import Path
@@ -30,185 +28,22 @@ import numpy as np
 from . import __version__
 from .calibration import apply_temperature, log_probs, reliability
 from .errors import DataError, HeadstartError
-from .labels import label_names
+from .check import MAX_NOTE_ITEMS
+from .runs import CHECK_FILE, METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE, RunDir, write_json, write_predictions
 
 log = logging.getLogger("headstart")
 
-REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
-PREDICTIONS_FILE = "val_predictions.csv"
 EVAL_PREDICTIONS_FILE = "predictions.csv"
-CHECK_FILE = "check.json"
 MAX_MISTAKES = {"image": 24, "text": 20}
-MAX_NOTE_ITEMS = 10
 SNIPPET = 300
 THUMB = 128
-FIXED_COLUMNS = ["item", "label", "predicted", "confidence"]
 FIGURES = {"learning_curves", "confusion_matrix", "per_class", "class_distribution", "calibration", "cooccurrence", "pr_curves"}
 
 
 def e(value: Any) -> str:
     """HTML-escape anything shown on the page (text and attribute values)."""
     return html.escape(str(value), quote=True)
-
-
-# --------------------------------------------------------------------------- predictions file
-
-
-def write_predictions(path: Path, items: Sequence[str], labels: np.ndarray, probs: np.ndarray, classes: Sequence[str],
-                      thresholds: np.ndarray | None = None, separator: str = ";") -> None:
-    """One row per item: the item (image path or text), its label, the predicted label, the
-    confidence, then the probability of each class in ``classes`` order (the saved model's
-    probabilities, temperature applied). With several labels per row (``thresholds``): the
-    true and the predicted labels joined by ``separator``, and the highest probability."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(FIXED_COLUMNS + [f"p:{c}" for c in classes])
-        if thresholds is not None:
-            true = label_names(labels, classes, separator)
-            pred = label_names((probs >= thresholds).astype(np.int64), classes, separator)
-            for item, t, p, row in zip(items, true, pred, probs):
-                w.writerow([item, t, p, f"{row.max():.10g}"] + [f"{v:.10g}" for v in row])
-        else:
-            pred = probs.argmax(axis=1) if len(probs) else np.empty(0, dtype=np.int64)
-            for item, y, p, row in zip(items, labels, pred, probs):
-                w.writerow([item, classes[int(y)], classes[int(p)], f"{row[p]:.10g}"] + [f"{v:.10g}" for v in row])
-    tmp.replace(path)
-
-
-def read_predictions(path: Path, classes: Sequence[str], separator: str | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Items, labels and probabilities back from :func:`write_predictions` (``separator``:
-    several labels per row, read back as an ``(n, K)`` 0/1 array)."""
-    index = {c: i for i, c in enumerate(classes)}
-    items, labels, rows = [], [], []
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None or header[:4] != FIXED_COLUMNS or len(header) != 4 + len(classes):
-                raise DataError(f"{str(path)!r} does not hold predictions for the {len(classes)} classes of this run")
-            for n, row in enumerate(reader, start=2):
-                names = [x for x in row[1].split(separator) if x] if separator and len(row) > 1 else [row[1] if len(row) > 1 else None]
-                if len(row) != len(header) or any(x not in index for x in names):
-                    raise DataError(f"{str(path)!r} line {n} is malformed; rerun training to rewrite it")
-                items.append(row[0])
-                if separator:
-                    hot = np.zeros(len(classes), dtype=np.int64)
-                    hot[[index[x] for x in names]] = 1
-                    labels.append(hot)
-                else:
-                    labels.append(index[row[1]])
-                rows.append([float(v) for v in row[4:]])
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"cannot read {str(path)!r} ({exc})") from None
-    probs = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(classes))
-    y = np.asarray(labels, dtype=np.int64).reshape((len(rows), len(classes)) if separator else (len(rows),))
-    return items, y, probs
-
-
-# --------------------------------------------------------------------------- data notes
-
-
-def _by_size(paths: Sequence) -> dict[int, list[Path]]:
-    """Files grouped by size (unreadable ones left out): only files of equal size can be
-    copies, so only those are hashed."""
-    by_size: dict[int, list[Path]] = {}
-    for p in paths:
-        try:
-            by_size.setdefault(os.path.getsize(p), []).append(Path(p))
-        except OSError:
-            continue
-    return by_size
-
-
-def _exact_image_duplicates(train: Sequence[Path], val: Sequence[Path]) -> list[tuple[str, str]]:
-    """Validation images whose bytes equal a training image. Only files of equal size are
-    hashed, so this costs a stat per file and little more."""
-    from .cache import file_digest
-
-    by_size = _by_size(train)
-    digests: dict[Path, str] = {}
-
-    def digest(p: Path) -> str | None:
-        if p not in digests:
-            try:
-                digests[p] = file_digest(p)
-            except OSError:
-                return None
-        return digests[p]
-
-    found = []
-    for v in val:
-        try:
-            candidates = by_size.get(os.path.getsize(v), [])
-        except OSError:
-            continue
-        dv = digest(Path(v)) if candidates else None
-        for t in candidates:
-            if dv is not None and digest(t) == dv:
-                found.append((str(v), str(t)))
-                break
-    return found
-
-
-def _exact_text_duplicates(train: Sequence[str], val: Sequence[str]) -> list[tuple[str, str]]:
-    """Validation texts equal to a training text after trimming and case folding."""
-    seen = {" ".join(t.split()).casefold(): t for t in train}
-    return [(v, seen[k]) for v in val if (k := " ".join(v.split()).casefold()) in seen]
-
-
-def training_notes(clf, train_set, val_set=None) -> dict[str, Any]:
-    """What training knows about its data beyond the data summary: exact duplicates between
-    the rows that trained and the rows that validated, and the token limit texts were cut
-    at. Under cross-validation every row validates and trains another fold's model, so any
-    duplicate pair within the data is such a pair; with a holdout split, the pairs across it."""
-    from .splits import holdout_sets
-
-    train_set, val_set = holdout_sets(train_set, val_set, getattr(clf.config, "val_split", None), clf.config.seed)
-    if val_set is None:  # cross-validation: duplicates within the data
-        pairs = _within_duplicates(train_set.paths if clf.task == "image" else train_set.texts, clf.task)
-    elif clf.task == "image":
-        pairs = _exact_image_duplicates(train_set.paths, val_set.paths)
-    else:
-        pairs = _exact_text_duplicates(train_set.texts, val_set.texts)
-    notes: dict[str, Any] = {"duplicates": {"count": len(pairs), "examples": [list(p) for p in pairs[:MAX_NOTE_ITEMS]]}}
-    truncated = getattr(clf, "truncated_", None)
-    if truncated:
-        notes["max_length"] = truncated.get("max_length")
-    return notes
-
-
-def _within_duplicates(items: Sequence, task: str) -> list[tuple[str, str]]:
-    """Pairs of items of one set that are exact copies (bytes for images, trimmed and
-    case-folded text), each later copy paired with the first."""
-    if task != "image":
-        seen: dict[str, str] = {}
-        pairs = []
-        for t in items:
-            key = " ".join(t.split()).casefold()
-            if key in seen:
-                pairs.append((t, seen[key]))
-            else:
-                seen[key] = t
-        return pairs
-    from .cache import file_digest
-
-    pairs = []
-    for group in _by_size(items).values():
-        if len(group) < 2:
-            continue
-        first: dict[str, Path] = {}
-        for p in group:
-            try:
-                d = file_digest(p)
-            except OSError:
-                continue
-            if d in first:
-                pairs.append((str(p), str(first[d])))
-            else:
-                first[d] = p
-    return pairs
 
 
 def _finding(severity: str, kind: str, message: str, items: Sequence[str] = ()) -> dict[str, Any]:
@@ -689,16 +524,6 @@ def _calibration_panels(probs_after: np.ndarray, labels: np.ndarray, temperature
     ]
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read {what} {str(path)!r} ({exc})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{what} {str(path)!r} is not a JSON object")
-    return data
-
-
 def write_model_card(model_dir: Path, val_metrics: dict[str, Any] | None = None) -> Path | None:
     """(Re)write ``MODEL_DIR/README.md`` from its config; None when it is no model directory."""
     from .artifact import read_config
@@ -718,17 +543,13 @@ def write_model_card(model_dir: Path, val_metrics: dict[str, Any] | None = None)
 def build_report(run_dir: str | Path) -> Path:
     """(Re)build ``RUN_DIR/report.html``, ``RUN_DIR/plots/`` and ``RUN_DIR/model/README.md``
     from what a training run left in ``run_dir``; no training, no model weights needed."""
-    run = Path(run_dir)
-    if not (run / "metrics.json").is_file():
-        hint = " (that is a model directory; pass the run directory above it)" if (run / "config.json").is_file() and (run / "model.safetensors").is_file() else ""
-        raise HeadstartError(f"{str(run)!r} is not a headstart run directory: it has no metrics.json{hint}")
-    metrics = _read_json(run / "metrics.json", "metrics file")
+    directory = RunDir(run_dir)
+    run = directory.path
+    metrics = directory.metrics()
     if "val" not in metrics or "per_class" not in (metrics.get("val") or {}):
-        raise DataError(f"{str(run / 'metrics.json')!r} has no validation metrics; was this run finished?")
-    run_config = _read_json(run / "config.json", "run config") if (run / "config.json").is_file() else {}
-    model_config = {}
-    if (run / "model" / "config.json").is_file():
-        model_config = _read_json(run / "model" / "config.json", "model config")
+        raise DataError(f"{str(run / METRICS_FILE)!r} has no validation metrics; was this run finished?")
+    run_config = directory.config()
+    model_config = directory.model_config()
     val = metrics["val"]
     classes = val["labels"]
     task = run_config.get("task") or model_config.get("task") or "image"
@@ -737,21 +558,18 @@ def build_report(run_dir: str | Path) -> Path:
     splits = {("training" if n == "train" else "validation"): c for n, c in splits.items() if c}
     if not splits:
         splits = {"validation": {c: val["per_class"][c]["support"] for c in classes}}
-    predictions = None
     separator = (model_config.get("objective") or {}).get("separator", ";") if val.get("objective") == "multi-label" else None
-    if (run / PREDICTIONS_FILE).is_file():
-        predictions = read_predictions(run / PREDICTIONS_FILE, classes, separator)
+    predictions = directory.predictions(classes, separator)
     calibration = metrics.get("calibration")
     panels = None
     if predictions is not None and calibration:
         panels = _calibration_panels(predictions[2], predictions[1], float(calibration["temperature"]),
                                      "after temperature scaling" if calibration.get("fitted") else "no temperature fitted")
-    check = None
-    if (run / CHECK_FILE).is_file():
-        try:
-            check = _read_json(run / CHECK_FILE, "check file")
-        except DataError as exc:
-            log.warning("%s", exc)
+    try:
+        check = directory.check()
+    except DataError as exc:
+        check = None
+        log.warning("%s", exc)
     findings = data_findings(metrics, check)
     if check is None and (run / CHECK_FILE).exists():
         findings.insert(0, _finding("warning", "check", f"{CHECK_FILE} exists but could not be read"))
@@ -781,7 +599,7 @@ def build_report(run_dir: str | Path) -> Path:
     )
     path = _write_outputs(run, page, figures)
     if (run / "model").is_dir():
-        write_model_card(run / "model", val)
+        write_model_card(directory.model, val)
     return path
 
 
@@ -794,7 +612,7 @@ def evaluation_report(clf, model_dir: str | Path, data: Any, out_dir: str | Path
     if out.exists() and not out.is_dir():
         raise HeadstartError(f"report directory {str(out)!r} is a file; pass a directory path")
     if out.is_dir() and any(out.iterdir()):
-        previous = out / "metrics.json"
+        previous = out / METRICS_FILE
         ours = False
         if previous.is_file():
             try:
@@ -846,7 +664,5 @@ def evaluation_report(clf, model_dir: str | Path, data: Any, out_dir: str | Path
     )
     record = {"report": "evaluation", "model": str(model_dir), "data": str(data), "metrics": metrics,
               "calibration": calibration, "headstart_version": __version__}
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out / "metrics.json")
+    write_json(out / METRICS_FILE, record)
     return _write_outputs(out, page, figures), metrics

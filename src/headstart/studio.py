@@ -46,6 +46,7 @@ from typing import Any, Callable, Sequence
 
 from . import __version__
 from .errors import DataError, HeadstartError
+from .runs import REPORT_FILE, RunDir
 
 log = logging.getLogger("headstart.studio")
 
@@ -550,7 +551,7 @@ class _Adopted:
 
     def poll(self):
         if self.returncode is None and not _process_alive(self.pid, self.run_dir):
-            self.returncode = 0 if (self.run_dir / "model" / "config.json").is_file() else 1
+            self.returncode = 0 if RunDir(self.run_dir).has_model() else 1
         return self.returncode
 
     def wait(self, timeout: float | None = None):
@@ -640,7 +641,7 @@ class Trainer:
                 if run["state"] == "running":
                     if run.get("pid") and _process_alive(run["pid"], run_dir) and self.current is None:
                         self.current = (pid, run["id"], _Adopted(run["pid"], run_dir))
-                    elif (run_dir / "model" / "config.json").is_file():
+                    elif RunDir(run_dir).has_model():
                         self._finish(pid, run["id"], 0)
                     else:
                         self.projects.update_run(pid, run["id"], state="cut", ended=_now(), pid=None,
@@ -673,9 +674,9 @@ class Trainer:
     def resume(self, pid: str, rid: str) -> dict[str, Any]:
         run = self.projects.run(pid, rid)
         run_dir = self.projects.run_dir(pid, rid)
-        if run["state"] not in ("cut", "cancelled", "failed") or not (run_dir / "run.json").is_file():
+        if run["state"] not in ("cut", "cancelled", "failed") or not RunDir(run_dir).started():
             raise Refused(409, f"run {rid} cannot be resumed (it is {run['state']}; only a cut, cancelled or failed run that started training can be)")
-        if (run_dir / "model" / "config.json").is_file() and not (run_dir / "checkpoints").exists():
+        if RunDir(run_dir).finished():
             raise Refused(409, f"run {rid} already finished")
         with self.cond:
             run = self.projects.update_run(pid, rid, state="queued", kind="resume", message="", ended=None)
@@ -788,18 +789,17 @@ class Trainer:
         return proc
 
     def _finish(self, pid: str, rid: str, returncode: int | None, cancelled: bool = False) -> None:
-        run_dir = self.projects.run_dir(pid, rid)
-        done = (run_dir / "model" / "config.json").is_file() and not (run_dir / "checkpoints").exists()
-        if done and returncode == 0:
+        run_dir = RunDir(self.projects.run_dir(pid, rid))
+        if run_dir.finished() and returncode == 0:
             metrics = None
             try:
-                val = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["val"]
+                val = run_dir.metrics()["val"]
                 metrics = {k: val.get(k) for k in ("accuracy", "macro_f1", "n")}
-            except (OSError, ValueError, KeyError, TypeError):
+            except (HeadstartError, AttributeError):
                 pass
             self.projects.update_run(pid, rid, state="finished", ended=_now(), pid=None, metrics=metrics, message="")
         elif cancelled:
-            kept = (run_dir / "checkpoints").exists()
+            kept = run_dir.checkpoints.exists()
             self.projects.update_run(pid, rid, state="cancelled", ended=_now(), pid=None,
                                      message="cancelled" + ("; the checkpoint is kept and Resume continues it" if kept else ""))
         else:
@@ -963,11 +963,10 @@ def create_studio_app(
                        for c, items in classes.items()]
         for run in meta["runs"]:
             run["position"] = trainer.position(pid, run["id"])
-            run_dir = projects.run_dir(pid, run["id"])
-            run["has_report"] = (run_dir / "report.html").is_file()
-            run["has_model"] = (run_dir / "model" / "config.json").is_file()
-            run["resumable"] = run["state"] in ("cut", "cancelled", "failed") and (run_dir / "run.json").is_file() \
-                and not (run["has_model"] and not (run_dir / "checkpoints").exists())
+            run_dir = RunDir(projects.run_dir(pid, run["id"]))
+            run["has_report"] = (run_dir.path / REPORT_FILE).is_file()
+            run["has_model"] = run_dir.has_model()
+            run["resumable"] = run["state"] in ("cut", "cancelled", "failed") and run_dir.resumable()
             run.pop("pid", None)
         return {**{k: meta[k] for k in ("id", "name", "modality", "created")}, "classes": cls_out,
                 "runs": meta["runs"][::-1]}
@@ -1197,10 +1196,10 @@ def create_studio_app(
     def finished_model(pid: str, rid: str) -> Path:
         if projects.run(pid, rid)["state"] != "finished":
             raise Refused(409, f"run {rid} has no finished model")
-        model_dir = projects.run_dir(pid, rid) / "model"
-        if not (model_dir / "config.json").is_file():
+        run_dir = RunDir(projects.run_dir(pid, rid))
+        if not run_dir.has_model():
             raise Refused(409, f"run {rid} has no finished model")
-        return model_dir
+        return run_dir.model
 
     def get_model(pid: str, rid: str):
         from .loading import load

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .classifier import Classifier
-from .config import TrainConfig
+from .config import SEQUENCE_ENCODERS, TrainConfig
 from .encoders import EncoderSpec, encoder_block_groups, load_encoder, quiet_transformers, resolve_encoder
 from .errors import DataError, HeadstartError, ModelDirError
 from .model import Head
@@ -127,7 +127,7 @@ class TextClassifier(Classifier):
         **train: Any,
     ):
         from .vectors import is_word_vectors
-        from .wordvec import SEQUENCE_ENCODERS, WORD_DEFAULTS
+        from .wordvec import WORD_DEFAULTS
 
         self.backbone = str(word_vectors) if word_vectors else backbone
         self.word_vectors = word_vectors

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .objectives import UNKNOWN_SCORES as SCORES  # noqa: F401 - the names, here with the scores
+from .config import UNKNOWN_SCORES as SCORES  # noqa: F401 - the names, here with the scores
 
 log = logging.getLogger("headstart")
 

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .config import TrainConfig
+from .config import SEQUENCE_ENCODERS, TrainConfig
 from .errors import HeadstartError
 from .model import Head, set_trainable
 from .textdata import TextSet
@@ -31,7 +31,6 @@ from .words import PAD, UNK, TOKEN, word_ids  # 0 is padding, 1 an unknown word
 
 log = logging.getLogger("headstart")
 
-SEQUENCE_ENCODERS = ("none", "bilstm", "cnn")
 # What word vectors get when nothing is asked: the convolutional sentence classifier of Kim
 # (2014) on frozen vectors (filters 3, 4 and 5 words wide, max over time, dropout 0.5), which
 # reads word order and short phrases ("how many", "not good") that pooled vectors lose.
