@@ -48,7 +48,7 @@ EXTRA = [f"{name}-{k}" for name in ("sst2", "emotions", "clothing") for k in (5,
 
 def _emotions():
     """GoEmotions' single-label rows: the training rows, and 1,200 dev rows as the test set."""
-    from headstart.textdata import TextSet
+    from headstart.data.textdata import TextSet
 
     def read(path):
         texts, labels = [], []
@@ -73,7 +73,7 @@ def _setfit(train_texts, train_labels, test_texts, test_labels, seed: int, cap: 
         from setfit.sampler import ContrastiveDataset
     except ImportError:
         return {"skipped": "setfit is not installed (pip install -e '.[bench]')"}
-    from headstart.encoders import _minilm_path
+    from headstart.backbones.encoders import _minilm_path
 
     import tempfile
 

@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
 sys.path.insert(0, str(ROOT / "src"))
 
-from headstart.data import ImageSet, scan_folder  # noqa: E402
-from headstart.splits import stratified_split  # noqa: E402
-from headstart.textdata import TextSet, read_table  # noqa: E402
+from headstart.data.imagesets import ImageSet, scan_folder  # noqa: E402
+from headstart.data.splits import stratified_split  # noqa: E402
+from headstart.data.textdata import TextSet, read_table  # noqa: E402
 
 
 def _images(name: str):
@@ -67,11 +67,11 @@ def _features(clf, data, kind: str) -> np.ndarray:
     import torch
 
     from headstart.config import TrainConfig
-    from headstart.training import recipe_setup
+    from headstart.training.loop import recipe_setup
 
     cfg = TrainConfig(task="image" if kind == "image" else "text", head=clf.head_config, seed=0).resolved()
     if kind == "image":
-        from headstart.image_recipe import ImageBackend
+        from headstart.training.image_recipe import ImageBackend
 
         model = clf._build(clf.spec_, len(clf.classes_), pretrained=True)
         device, precision, loss_fn = recipe_setup(model, data.labels, len(data.classes), cfg)
@@ -79,9 +79,9 @@ def _features(clf, data, kind: str) -> np.ndarray:
                                loss_fn=loss_fn, progress=False, cache_parts=clf._cache_parts(clf.spec_))
         feats, rows = backend.features(model)
     else:
-        from headstart.encoders import load_encoder
-        from headstart.text import TextModel
-        from headstart.tokens import TokenBackend, token_items
+        from headstart.backbones.encoders import load_encoder
+        from headstart.classifiers.text import TextModel
+        from headstart.training.tokens import TokenBackend, token_items
 
         encoder, tokenizer = load_encoder(clf._source, clf.backbone)
         model = TextModel(encoder, len(clf.classes_), clf.head_config)

@@ -30,11 +30,11 @@ import torch
 from torch import nn
 
 from headstart import ImageClassifier
-from headstart.backbones import create_backbone, resolve_spec
-from headstart.data import ImageDataset, make_loader, scan_folder, stratified_split
-from headstart.evaluation import classification_metrics
-from headstart.training import autocast, resolve_device, resolve_precision, seed_everything
-from headstart.transforms import train_transform
+from headstart.backbones.image import create_backbone, resolve_spec
+from headstart.data.imagesets import ImageDataset, make_loader, scan_folder, stratified_split
+from headstart.evaluation.metrics import classification_metrics
+from headstart.training.loop import autocast, resolve_device, resolve_precision, seed_everything
+from headstart.backbones.transforms import train_transform
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "datasets" / "flowers5"

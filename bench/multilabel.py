@@ -79,7 +79,7 @@ def main() -> None:
     from head_vs_logreg import _features
 
     from headstart import TextClassifier
-    from headstart.textdata import read_table
+    from headstart.data.textdata import read_table
 
     train = read_table(DATA / "train.csv")
     test = read_table(DATA / "dev.csv", classes=train.classes, multi_label=True)

@@ -30,11 +30,12 @@ import numpy as np
 import torch
 
 from headstart import ImageClassifier
-from headstart.backbones import create_backbone, resolve_spec
-from headstart.data import ImageDataset, load_image, scan_folder, stratified_split
-from headstart.model import set_trainable
-from headstart.training import autocast, extract_features, resolve_precision
-from headstart.transforms import eval_transform, train_transform
+from headstart.backbones.image import create_backbone, resolve_spec
+from headstart.data.imagesets import ImageDataset, load_image, scan_folder, stratified_split
+from headstart.models.networks import set_trainable
+from headstart.training.image_recipe import extract_features
+from headstart.training.loop import autocast, resolve_precision
+from headstart.backbones.transforms import eval_transform, train_transform
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "datasets" / "flowers5"

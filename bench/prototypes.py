@@ -4,7 +4,7 @@ head, on the same frozen features, side by side in one run.
 For flowers5 (stratified 80/20 split, seed 0) and clothing-small (train -> test), the
 embedded default backbone's features of every photo are computed once (headstart's feature
 cache), then for K = 1, 5, 10 photos per class and 5 draws each: the prototype head
-(headstart.transfer.prototype_head), the solved head (C chosen by cross-validation; with one
+(headstart.training.transfer.prototype_head), the solved head (C chosen by cross-validation; with one
 photo per class there is nothing to cross-validate, so C = 0.01, 0.1 and 1 are shown
 instead), scored on the test photos. Prints medians over the draws.
 
@@ -42,9 +42,9 @@ def main() -> None:
     import torch
 
     from headstart import ImageClassifier
-    from headstart.solver import fit_logistic, select_and_fit
-    from headstart.splits import fold_count
-    from headstart.transfer import prototype_head
+    from headstart.training.solver import fit_logistic, select_and_fit
+    from headstart.data.splits import fold_count
+    from headstart.training.transfer import prototype_head
 
     results = defaultdict(list)
     for name in args.data:

@@ -46,12 +46,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from headstart import ImageClassifier, TextClassifier  # noqa: E402
-from headstart.backbones import create_backbone, resolve_spec  # noqa: E402
-from headstart.data import ImageDataset, default_num_workers, load_image, make_loader, scan_folder, stratified_split  # noqa: E402
-from headstart.model import freeze_batchnorm, set_trainable  # noqa: E402
-from headstart.textdata import read_table  # noqa: E402
-from headstart.training import autocast, extract_features, resolve_precision  # noqa: E402
-from headstart.transforms import eval_resize, eval_transform, train_transform  # noqa: E402
+from headstart.backbones.image import create_backbone, resolve_spec  # noqa: E402
+from headstart.data.imagesets import ImageDataset, default_num_workers, load_image, make_loader, scan_folder, stratified_split  # noqa: E402
+from headstart.models.networks import freeze_batchnorm, set_trainable  # noqa: E402
+from headstart.data.textdata import read_table  # noqa: E402
+from headstart.training.image_recipe import extract_features  # noqa: E402
+from headstart.training.loop import autocast, resolve_precision  # noqa: E402
+from headstart.backbones.transforms import eval_resize, eval_transform, train_transform  # noqa: E402
 
 SHARED = HERE.parent.parent / "shared" / "datasets"
 CPU = torch.device("cpu")
@@ -286,7 +287,7 @@ def row3(train, val, steps: int, reps: int, accuracy_epochs: int, explore: bool,
 
 def row4(data: Path, classic_steps: int, limit: int | None) -> dict:
     from text_recipes import MeanPoolClassifier
-    from headstart.encoders import load_encoder, resolve_encoder
+    from headstart.backbones.encoders import load_encoder, resolve_encoder
 
     train = read_table(data / "train.tsv")
     dev = read_table(data / "dev.tsv", classes=train.classes)

@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 
 from headstart import TextClassifier
-from headstart.encoders import load_encoder, resolve_encoder
-from headstart.evaluation import classification_metrics
-from headstart.tokens import pad
-from headstart.textdata import read_table
-from headstart.training import autocast, resolve_device, resolve_precision, seed_everything
+from headstart.backbones.encoders import load_encoder, resolve_encoder
+from headstart.evaluation.metrics import classification_metrics
+from headstart.training.tokens import pad
+from headstart.data.textdata import read_table
+from headstart.training.loop import autocast, resolve_device, resolve_precision, seed_everything
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "datasets" / "sst2"

@@ -50,7 +50,7 @@ def _logit_scores(logits: np.ndarray) -> dict[str, np.ndarray]:
 
 def _measure(clf, y_in: np.ndarray, logits_in: np.ndarray, s_in: np.ndarray, logits_out: np.ndarray,
              s_out: np.ndarray, seconds: float) -> dict:
-    from headstart.unknown import auroc
+    from headstart.models.unknown import auroc
 
     rule = clf.unknown_rule_
     base_in, base_out = _logit_scores(logits_in), _logit_scores(logits_out)
@@ -73,7 +73,7 @@ def _measure(clf, y_in: np.ndarray, logits_in: np.ndarray, s_in: np.ndarray, log
 
 def clothing(budget):
     from headstart import ImageClassifier
-    from headstart.data import ImageSet, scan_folder
+    from headstart.data.imagesets import ImageSet, scan_folder
 
     root = DATA / "clothing-small"
     classes = sorted(os.listdir(root / "train"))
@@ -93,7 +93,7 @@ def clothing(budget):
 
 def flowers(budget):
     from headstart import ImageClassifier
-    from headstart.data import ImageSet, scan_folder
+    from headstart.data.imagesets import ImageSet, scan_folder
 
     full = scan_folder(DATA / "flowers5")
     held = ["tulip"]
@@ -115,7 +115,7 @@ def flowers(budget):
 
 def goemotions(budget):
     from headstart import TextClassifier
-    from headstart.textdata import TextSet
+    from headstart.data.textdata import TextSet
 
     root = DATA / "goemotions"
     kept, held = ["anger", "joy", "neutral", "sadness", "surprise"], ["disgust", "fear"]

@@ -39,7 +39,7 @@ SCORES = ["msp", "energy", "knn", "energy+knn", "msp+knn"]
 
 def _image_clf(classes):
     from headstart import ImageClassifier
-    from headstart.backbones import resolve_spec
+    from headstart.backbones.image import resolve_spec
 
     clf = ImageClassifier()
     spec = resolve_spec(clf.backbone)
@@ -52,7 +52,7 @@ def features(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
     many classes a draw holds out."""
     from head_vs_logreg import _features
 
-    from headstart.data import scan_folder
+    from headstart.data.imagesets import scan_folder
 
     if name == "flowers":
         full = scan_folder(DATA / "flowers5")
@@ -70,8 +70,8 @@ def features(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
         return (_features(clf, train, "image"), train.labels, _features(clf, test, "image"), test.labels,
                 list(train.classes), 2)
     from headstart import TextClassifier
-    from headstart.encoders import load_encoder, resolve_encoder
-    from headstart.textdata import TextSet
+    from headstart.backbones.encoders import load_encoder, resolve_encoder
+    from headstart.data.textdata import TextSet
 
     def rows(file):
         with open(DATA / "goemotions" / file, newline="", encoding="utf-8") as fh:
@@ -91,9 +91,9 @@ def features(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
 def draw(xtr, ytr, xte, yte, held) -> dict:
     import torch
 
-    from headstart import unknown as U
-    from headstart.solver import select_and_fit
-    from headstart.splits import fold_count
+    from headstart.models import unknown as U
+    from headstart.training.solver import select_and_fit
+    from headstart.data.splits import fold_count
 
     k = int(ytr.max()) + 1
     kept = [c for c in range(k) if c not in held]

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from headstart import TextClassifier
-from headstart.textdata import read_table
+from headstart.data.textdata import read_table
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "datasets" / "sst2"

@@ -14,46 +14,67 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "headstart"
 
 # Lower layers never import higher ones (imports inside functions count too). A new module
-# gets a layer here, so where it belongs is a decision, not an accident.
+# gets a layer here, so where it belongs is a decision, not an accident. Modules are named
+# from the package root, e.g. data.splits for src/headstart/data/splits.py.
 LAYERS = {
-    "foundation": ["errors", "config", "words", "images", "labels", "splits", "registry", "distributed", "cache",
-                   "checkpoint", "artifact", "evaluation", "calibration", "objectives", "losses", "card", "plots", "tblog",
-                   "solver"],
-    "data": ["data", "textdata", "check", "demo"],
-    "backbones": ["backbones", "encoders", "vectors", "transforms", "fetch"],
-    "model": ["model", "unknown"],
-    "training": ["training", "contrastive", "transfer", "tokens", "image_recipe", "wordvec"],
-    "fronts": ["classifier", "image", "text"],
-    "loading": ["loading"],
+    "foundation": ["errors", "config", "data.words", "data.images", "data.labels", "data.splits", "backbones.registry",
+                   "training.distributed", "training.cache", "training.checkpoint", "classifiers.artifact",
+                   "evaluation.metrics", "evaluation.calibration", "objectives", "training.losses", "reports.card",
+                   "reports.plots", "reports.tblog", "training.solver"],
+    "data": ["data.imagesets", "data.textdata", "data.check", "data.demo"],
+    "backbones": ["backbones.image", "backbones.encoders", "backbones.vectors", "backbones.transforms", "backbones.fetch"],
+    "model": ["models.networks", "models.unknown"],
+    "training": ["training.loop", "training.contrastive", "training.transfer", "training.tokens",
+                 "training.image_recipe", "training.wordvec"],
+    "fronts": ["classifiers.base", "classifiers.image", "classifiers.text"],
+    "loading": ["classifiers.loading"],
     "runs": ["runs"],
-    "deploy": ["runtime", "export", "report", "serve", "studio"],
+    "deploy": ["deploy.runtime", "deploy.export", "reports.report", "deploy.serve", "deploy.studio"],
     "cli": ["cli", "__main__"],
 }
 RANK = {m: i for i, (_, mods) in enumerate(LAYERS.items()) for m in mods}
+PACKAGES = {p.parent.relative_to(SRC).as_posix().replace("/", ".") for p in SRC.rglob("__init__.py")} - {"."}
+
+
+def _name(path: Path) -> str:
+    """A module's name from the package root: data/splits.py -> data.splits."""
+    return ".".join(path.relative_to(SRC).with_suffix("").parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_name(p): p for p in SRC.rglob("*.py") if p.name != "__init__.py" and "__pycache__" not in p.parts}
 
 
 def _imports(path: Path) -> set[str]:
     """headstart modules imported by one file, at module level or inside functions."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = _name(path).split(".")[:-1]
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module:
-                found.add(node.module.split(".")[0])
-            elif node.level == 1:  # from . import x
-                found.update(a.name for a in node.names)
-            elif node.module and node.module.startswith("headstart."):
-                found.add(node.module.split(".")[1])
-            elif node.module == "headstart":
-                found.update(a.name for a in node.names)
+            if node.level:  # relative: from the file's package, one level up per extra dot
+                base = package[: len(package) - (node.level - 1)]
+                module = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            elif node.module and (node.module == "headstart" or node.module.startswith("headstart.")):
+                module = node.module.partition(".")[2]
+            else:
+                continue
+            found.add(module)
+            found.update(f"{module}.{a.name}".strip(".") for a in node.names)  # from pkg import module
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("headstart."))
-    modules = {p.stem for p in SRC.glob("*.py")}
-    return {m for m in found if m in modules} - {path.stem}
+            found.update(a.name.partition(".")[2] for a in node.names if a.name.startswith("headstart."))
+    return {m for m in found if m in _modules()} - {_name(path)}
 
 
 def _graph() -> dict[str, set[str]]:
-    return {p.stem: _imports(p) for p in SRC.glob("*.py") if p.stem != "__init__"}
+    return {name: _imports(path) for name, path in _modules().items()}
+
+
+def test_packages_hold_no_code():
+    """A package's __init__ is its docstring: importing one module of it loads no other."""
+    for package in PACKAGES:
+        tree = ast.parse((SRC / package.replace(".", "/") / "__init__.py").read_text(encoding="utf-8"))
+        assert all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in tree.body), package
 
 
 def test_every_module_has_a_layer():
@@ -107,8 +128,8 @@ def _modules_after(code: str) -> set[str]:
 
 def test_reading_a_text_table_does_not_import_torch(tmp_path):
     (tmp_path / "t.csv").write_text("text,label\ngood,p\nbad,n\n")
-    loaded = _modules_after(f"from headstart.textdata import read_table; read_table({str(tmp_path / 't.csv')!r})")
-    assert "torch" not in loaded and "headstart.textdata" in loaded
+    loaded = _modules_after(f"from headstart.data.textdata import read_table; read_table({str(tmp_path / 't.csv')!r})")
+    assert "torch" not in loaded and "headstart.data.textdata" in loaded
 
 
 @pytest.mark.parametrize("kind", ["transformer", "word-vectors"])
@@ -131,6 +152,19 @@ def test_a_text_run_does_not_import_the_image_side(tiny_bert, tmp_path, kind):
     )
     loaded = _modules_after(code)
     # (transformers itself may import torchvision when it is installed; headstart's image side must not load)
-    image_side = {"headstart.image", "headstart.image_recipe", "headstart.data", "headstart.transforms",
-                  "headstart.backbones", "timm"}
+    image_side = {"headstart.classifiers.image", "headstart.training.image_recipe", "headstart.data.imagesets", "headstart.backbones.transforms",
+                  "headstart.backbones.image", "timm"}
     assert not loaded & image_side, sorted(loaded & image_side)
+
+
+def test_old_module_names_import_the_moved_modules():
+    code = ("import headstart.runtime as old, headstart.deploy.runtime as new\n"
+            "from headstart.textdata import read_table\n"
+            "import headstart.data.textdata as t\n"
+            "print(old is new, read_table is t.read_table)")
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=SRC.parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "True"]
+    assert "headstart.runtime moved to headstart.deploy.runtime" in out.stderr
+    assert "headstart.textdata moved to headstart.data.textdata" in out.stderr

@@ -45,7 +45,7 @@ def test_resave_replaces_atomically_and_failure_keeps_previous(trained, tmp_path
     out = trained.save(tmp_path / "model")
     before = (out / "model.safetensors").read_bytes()
     trained.save(out)  # overwrite works
-    import headstart.artifact as artifact
+    import headstart.classifiers.artifact as artifact
 
     def boom(*a, **k):
         raise OSError(28, "No space left on device")

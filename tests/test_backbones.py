@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from headstart.backbones import create_backbone, list_backbones, read_state_dict, resolve_spec
+from headstart.backbones.image import create_backbone, list_backbones, read_state_dict, resolve_spec
 from headstart.errors import BackboneError
 
 

@@ -70,8 +70,8 @@ def browser_page():
 def onnx_image(tmp_path_factory):
     _chromium()
     from headstart import ImageClassifier
-    from headstart.export import export_model
-    from headstart.runtime import OnnxClassifier
+    from headstart.deploy.export import export_model
+    from headstart.deploy.runtime import OnnxClassifier
 
     from conftest import TINY, make_folder
 
@@ -83,7 +83,7 @@ def onnx_image(tmp_path_factory):
 
 
 def test_upload_an_image_and_see_the_label(onnx_image, tmp_path):
-    from headstart.serve import create_app
+    from headstart.deploy.serve import create_app
 
     from conftest import COLORS, make_image
 
@@ -122,7 +122,7 @@ class MarkupLabels:
 
 
 def test_text_page_shows_labels_as_text(tmp_path):
-    from headstart.serve import create_app
+    from headstart.deploy.serve import create_app
 
     shots = Path(os.environ.get("HEADSTART_SCREENSHOTS", tmp_path))
     with running(create_app(MarkupLabels())) as url, browser_page() as page:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from headstart import ImageClassifier
-from headstart.backbones import create_backbone, resolve_spec
+from headstart.backbones.image import create_backbone, resolve_spec
 
 from conftest import COLORS, make_image
 
@@ -27,7 +27,7 @@ def weights_file(tmp_path):
 @pytest.fixture
 def counted(monkeypatch):
     """Counts real feature extractions (cache misses)."""
-    import headstart.image_recipe as training
+    import headstart.training.image_recipe as training
 
     calls = []
     real = training.extract_features
@@ -90,7 +90,7 @@ def test_damaged_entry_is_recomputed(folder, tiny_kwargs, weights_file, counted)
 
 
 def test_text_embeddings_are_cached(text_kwargs, monkeypatch):
-    import headstart.tokens as text_mod
+    import headstart.training.tokens as text_mod
     from headstart import TextClassifier
 
     from conftest import make_texts

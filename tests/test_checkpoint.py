@@ -15,14 +15,14 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from headstart import checkpoint
-from headstart.losses import CrossEntropy
-from headstart.artifact import read_config, read_weights, save_model_dir
-from headstart.checkpoint import Checkpoints, NonFiniteLoss, TrainingInterrupted, checkpointing
+from headstart.training import checkpoint
+from headstart.training.losses import CrossEntropy
+from headstart.classifiers.artifact import read_config, read_weights, save_model_dir
+from headstart.training.checkpoint import Checkpoints, NonFiniteLoss, TrainingInterrupted, checkpointing
 from headstart.cli import main
 from headstart.config import TrainConfig
 from headstart.errors import HeadstartError
-from headstart.training import train_loop
+from headstart.training.loop import train_loop
 
 ARGS = ["--backbone", "tiny-cnn", "--weights", "none", "--recipe", "fine-tune", "--epochs", "3", "--head-epochs", "3",
         "--batch-size", "8", "--precision", "fp32", "--workers", "0", "--quiet", "--no-cache"]
@@ -202,7 +202,7 @@ def test_a_real_signal_stops_cleanly_and_resume_equals_uninterrupted(signum, fol
 SAVER = textwrap.dedent(
     """
     import sys, torch
-    from headstart.artifact import save_model_dir
+    from headstart.classifiers.artifact import save_model_dir
     path = sys.argv[1]
     i = 0
     print("ready", flush=True)
@@ -279,7 +279,7 @@ def test_a_full_disk_during_a_checkpoint_is_a_clear_error(tmp_path, monkeypatch)
 
 
 def test_a_save_that_died_between_two_renames_is_put_back(tmp_path, monkeypatch):
-    from headstart import artifact
+    from headstart.classifiers import artifact
 
     model = tmp_path / "model"
     save_model_dir(model, {"i": 1}, {"w": torch.ones(2)})

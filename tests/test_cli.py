@@ -125,8 +125,8 @@ def test_train_from_csv_of_paths(folder, tmp_path, capsys):
 
 
 def test_demo_data_is_a_real_class_folder(tmp_path):
-    from headstart.data import scan_folder
-    from headstart.demo import write_digits
+    from headstart.data.imagesets import scan_folder
+    from headstart.data.demo import write_digits
 
     s = scan_folder(write_digits(tmp_path / "digits"))
     assert s.classes == [str(d) for d in range(10)] and len(s) == 1797 and not s.skipped
@@ -178,10 +178,10 @@ def test_text_bad_inputs_give_one_line_errors(tiny_bert, tmp_path, capsys):
 
 def test_demo_command_trains_with_the_defaults(tmp_path, capsys, monkeypatch):
     """The demo path (the README's first command) on a tiny folder instead of the digits."""
-    import headstart.demo
+    import headstart.data.demo
     from conftest import make_folder
 
-    monkeypatch.setattr(headstart.demo, "write_digits", lambda root: make_folder(tmp_path / "digits", per_class=6))
+    monkeypatch.setattr(headstart.data.demo, "write_digits", lambda root: make_folder(tmp_path / "digits", per_class=6))
     code, out, err = run(capsys, "demo", "--epochs", "1", "--out", tmp_path / "run")
     assert code == 0, err
     assert "validation accuracy:" in out

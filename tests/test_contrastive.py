@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from conftest import make_texts
-from headstart import TextClassifier, contrastive, load
+from headstart import TextClassifier, load
+from headstart.training import contrastive
 from headstart.config import TrainConfig
-from headstart.contrastive import balanced_batches, step_budget, supcon_loss
+from headstart.training.contrastive import balanced_batches, step_budget, supcon_loss
 from headstart.errors import HeadstartError
 
 
@@ -81,7 +82,7 @@ def test_with_a_validation_set_the_recipe_is_scored_on_it(tiny_bert, few_steps):
 
 @pytest.mark.parametrize("helps", [True, False])
 def test_auto_drops_contrastive_when_the_probe_is_clearly_better(tiny_bert, monkeypatch, few_steps, helps):
-    from headstart import transfer
+    from headstart.training import transfer
 
     real = transfer.Transfer.contrastive
 
@@ -100,7 +101,7 @@ def test_auto_drops_contrastive_when_the_probe_is_clearly_better(tiny_bert, monk
 
 
 def test_auto_does_not_try_contrastive_with_enough_rows_per_class(tiny_bert, monkeypatch):
-    from headstart import transfer
+    from headstart.training import transfer
 
     monkeypatch.setattr(transfer, "AUTO_MIN_PER_CLASS", 4)
     called = []
@@ -119,7 +120,7 @@ def test_the_recipe_is_for_transformer_text_only(tiny_bert):
 
 
 def test_when_the_budget_cannot_hold_the_refit_the_first_folds_encoder_is_kept(tiny_bert, monkeypatch, few_steps):
-    from headstart import transfer
+    from headstart.training import transfer
 
     real = transfer.Transfer.contrastive
     seen = {}

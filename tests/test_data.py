@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
-from headstart.data import ImageDataset, collate, load_image, read_csv, scan_folder, stratified_split
+from headstart.data.imagesets import ImageDataset, collate, load_image, read_csv, scan_folder, stratified_split
 from headstart.errors import DataError
 
 from conftest import COLORS, make_folder, make_image
@@ -187,8 +187,8 @@ def _photo(path: Path, size=(1024, 768)) -> Path:
 
 
 def test_draft_decoding_keeps_the_short_side_and_the_tensor_close(tmp_path):
-    from headstart.backbones import Preprocessing
-    from headstart.transforms import eval_resize, eval_transform
+    from headstart.backbones.image import Preprocessing
+    from headstart.backbones.transforms import eval_resize, eval_transform
 
     pre = Preprocessing(input_size=224, crop_pct=0.875, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic")
     path = _photo(tmp_path / "big.jpg")

@@ -14,13 +14,14 @@ import torch
 from torch import nn
 
 from conftest import make_folder, make_texts
-from headstart import distributed, load
-from headstart.checkpoint import Checkpoints
+from headstart import load
+from headstart.training import distributed
+from headstart.training.checkpoint import Checkpoints
 from headstart.config import TrainConfig
-from headstart.distributed import World
+from headstart.training.distributed import World
 from headstart.errors import HeadstartError
-from headstart.training import train_loop
-from headstart.losses import CrossEntropy
+from headstart.training.loop import train_loop
+from headstart.training.losses import CrossEntropy
 
 TINY_CLI = str(Path(__file__).parent / "tiny_cli.py")
 

@@ -17,8 +17,8 @@ from PIL import Image
 from headstart import ImageClassifier, TextClassifier
 from headstart.cli import main
 from headstart.errors import HeadstartError, ModelDirError
-from headstart.export import export_model
-from headstart.runtime import EXPORT_CONFIG, OnnxClassifier, decode_image, preprocess_image, to_rgb
+from headstart.deploy.export import export_model
+from headstart.deploy.runtime import EXPORT_CONFIG, OnnxClassifier, decode_image, preprocess_image, to_rgb
 
 from conftest import TINY, make_folder, make_image, make_texts
 
@@ -168,7 +168,7 @@ def test_temperature_is_baked_into_the_export(image_model, tmp_path):
 
 
 def test_a_drifting_export_is_refused_and_kept_aside(image_model, image_onnx, tmp_path, monkeypatch):
-    import headstart.export as export
+    import headstart.deploy.export as export
 
     good = shutil.copytree(image_onnx, tmp_path / "good")
     before = (good / "model.onnx").read_bytes()
@@ -216,9 +216,9 @@ def test_export_refuses_to_overwrite_other_things(image_model, tmp_path):
     dict(input_size=48, crop_pct=1.15, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="nearest"),
 ])
 def test_numpy_preprocessing_equals_torchvision(pre, tmp_path):
-    from headstart.backbones import Preprocessing
-    from headstart.data import load_image
-    from headstart.transforms import eval_transform
+    from headstart.backbones.image import Preprocessing
+    from headstart.data.imagesets import load_image
+    from headstart.backbones.transforms import eval_transform
 
     transform = eval_transform(Preprocessing(**pre))
     for path in photos(tmp_path):
@@ -229,7 +229,7 @@ def test_numpy_preprocessing_equals_torchvision(pre, tmp_path):
 
 
 def test_decoding_equals_load_image(tmp_path):
-    from headstart.data import load_image
+    from headstart.data.imagesets import load_image
 
     base = np.random.default_rng(0).integers(0, 255, (30, 50, 3), dtype=np.uint8)
     cases = {
@@ -265,9 +265,9 @@ def test_decoding_equals_load_image(tmp_path):
 def test_model_input_image_gives_the_same_input_from_less(pre):
     """What a server keeps of an image gives the very same model input as the whole image,
     through the ONNX preprocessing and through torchvision's."""
-    from headstart.backbones import Preprocessing
-    from headstart.runtime import model_input_image
-    from headstart.transforms import eval_transform
+    from headstart.backbones.image import Preprocessing
+    from headstart.deploy.runtime import model_input_image
+    from headstart.backbones.transforms import eval_transform
 
     pre = {**pre, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
     transform = eval_transform(Preprocessing(**pre))
@@ -288,7 +288,7 @@ def test_pixel_limit_is_checked_from_the_header_without_touching_warning_filters
     from concurrent.futures import ThreadPoolExecutor
 
     from headstart.errors import DataError
-    from headstart.runtime import ImageTooLarge, model_input_image
+    from headstart.deploy.runtime import ImageTooLarge, model_input_image
 
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "big.png")
     Image.new("RGB", (20, 20), (10, 200, 10)).save(tmp_path / "small.png")
@@ -412,7 +412,7 @@ def test_runtime_and_cli_predict_run_without_torch(image_onnx, text_onnx, tmp_pa
     images = photos(tmp_path)
     script = BLOCK_TORCH + textwrap.dedent(f"""
         import json, sys
-        from headstart.runtime import OnnxClassifier
+        from headstart.deploy.runtime import OnnxClassifier
         img = OnnxClassifier.load({str(image_onnx)!r})
         txt = OnnxClassifier.load({str(text_onnx)!r})
         out = {{"image": img.predict_proba({[str(p) for p in images]!r}).tolist(),
@@ -444,7 +444,7 @@ def test_large_jpegs_and_pil_images_predict_the_same_on_every_path(image_model, 
     runtime and the server alike; a PIL image (RGBA here) is converted by the same rules."""
     from io import BytesIO
 
-    from headstart.serve import prepare_image
+    from headstart.deploy.serve import prepare_image
 
     rng = np.random.default_rng(0)
     big = tmp_path / "big.jpg"

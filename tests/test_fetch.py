@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-import headstart.fetch as fetch_mod
-from headstart.cache import cache_root
+import headstart.backbones.fetch as fetch_mod
+from headstart.training.cache import cache_root
 from headstart.cli import main
-from headstart.encoders import EncoderSpec, encoder_block_groups, register_encoder, resolve_encoder
+from headstart.backbones.encoders import EncoderSpec, encoder_block_groups, register_encoder, resolve_encoder
 from headstart.errors import BackboneError
-from headstart.fetch import FetchError, FetchSpec, JoinedFiles, Part, fetch, fetched_dir, staging_dir, target_dir
+from headstart.backbones.fetch import FetchError, FetchSpec, JoinedFiles, Part, fetch, fetched_dir, staging_dir, target_dir
 
 from conftest import FILLER, NEGATIVE, POSITIVE, make_texts
 
@@ -326,7 +326,7 @@ def test_mpnet_block_groups_keep_the_shared_position_bias_with_the_embeddings():
 
 def test_a_fetched_encoder_trains_saves_and_loads(fake, index, tmp_path):
     from headstart import TextClassifier, load
-    from headstart.card import model_card
+    from headstart.reports.card import model_card
 
     fetch(NAME, fake[0])
     texts, labels = make_texts(40)
@@ -340,7 +340,7 @@ def test_a_fetched_encoder_trains_saves_and_loads(fake, index, tmp_path):
     assert config["encoder"]["licence"] == "Apache-2.0" and config["encoder"]["model_config"]["model_type"] == "mpnet"
     assert "Apache-2.0" in model_card(config)
     if importlib.util.find_spec("onnxruntime") is not None:
-        from headstart.export import export_model
+        from headstart.deploy.export import export_model
 
         assert export_model(out, "onnx", tmp_path / "onnx", samples=8).parity.passed  # MPNet's graph exports
 
@@ -348,7 +348,7 @@ def test_a_fetched_encoder_trains_saves_and_loads(fake, index, tmp_path):
 @pytest.mark.slow
 def test_the_real_mpnet_base_when_fetched(monkeypatch):
     from headstart import TextClassifier
-    from headstart.encoders import MPNET_FETCH
+    from headstart.backbones.encoders import MPNET_FETCH
 
     path = fetched_dir("mpnet-base", MPNET_FETCH, USER_CACHE)
     if path is None:

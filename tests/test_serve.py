@@ -20,9 +20,9 @@ pytest.importorskip("onnxruntime")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from headstart import ImageClassifier, TextClassifier  # noqa: E402
-from headstart.export import export_model  # noqa: E402
-from headstart.runtime import OnnxClassifier  # noqa: E402
-from headstart.serve import create_app, load_model  # noqa: E402
+from headstart.deploy.export import export_model  # noqa: E402
+from headstart.deploy.runtime import OnnxClassifier  # noqa: E402
+from headstart.deploy.serve import create_app, load_model  # noqa: E402
 
 from conftest import COLORS, TINY, make_folder, make_texts  # noqa: E402
 
@@ -203,7 +203,7 @@ def test_a_failing_model_call_answers_500_and_spares_the_rest(caplog):
             )
             return bad, good, app.state.batcher
 
-    with caplog.at_level(logging.ERROR, logger="headstart.serve"):
+    with caplog.at_level(logging.ERROR, logger="headstart.deploy.serve"):
         bad, good, _ = asyncio.run(scenario())
     assert bad.status_code == 500 and good.status_code == 200
     assert good.json()["results"][0]["predictions"][0]["label"] == "b"
@@ -291,7 +291,7 @@ def test_huge_pixel_images_are_refused_from_their_header(onnx_image, monkeypatch
 
 def test_served_images_are_cut_down_to_what_the_model_needs(image_dirs, onnx_image):
     from headstart import load
-    from headstart.serve import model_preprocessing, prepare_image
+    from headstart.deploy.serve import model_preprocessing, prepare_image
 
     wide = png(size=(900, 40), seed=3)
     tall = png(size=(35, 700), seed=4)

@@ -16,9 +16,9 @@ def test_embedded_lite0_recognises_imagenet_daisies():
     'daisy' in ImageNet-1k."""
     import timm
 
-    from headstart.backbones import resolve_spec, read_state_dict
-    from headstart.data import load_image, scan_folder
-    from headstart.transforms import eval_transform
+    from headstart.backbones.image import resolve_spec, read_state_dict
+    from headstart.data.imagesets import load_image, scan_folder
+    from headstart.backbones.transforms import eval_transform
 
     root = requires_shared("flowers5")
     spec = resolve_spec("efficientnet_lite0")
@@ -35,7 +35,7 @@ def test_embedded_lite0_recognises_imagenet_daisies():
 
 def test_linear_probe_on_real_flowers(tmp_path):
     from headstart import ImageClassifier
-    from headstart.data import scan_folder, stratified_split
+    from headstart.data.imagesets import scan_folder, stratified_split
 
     root = requires_shared("flowers5")
     full = scan_folder(root)
@@ -55,8 +55,8 @@ def test_embedded_minilm_sentence_similarity_and_probe(tmp_path):
     """The embedded encoder loads offline and gives meaningful mean-pooled embeddings; a
     linear probe on 400 SST-2 sentences beats chance clearly."""
     from headstart import TextClassifier
-    from headstart.encoders import load_encoder, resolve_encoder
-    from headstart.textdata import read_table
+    from headstart.backbones.encoders import load_encoder, resolve_encoder
+    from headstart.data.textdata import read_table
 
     spec, path = resolve_encoder("minilm-l6")
     model, tok = load_encoder(path, "minilm-l6")
@@ -79,8 +79,8 @@ def test_embedded_minilm_sentence_similarity_and_probe(tmp_path):
 
 def test_embedded_glove_on_sst2(tmp_path):
     from headstart import TextClassifier
-    from headstart.textdata import read_table
-    from headstart.wordvec import load_word_vectors
+    from headstart.data.textdata import read_table
+    from headstart.training.wordvec import load_word_vectors
 
     wv = load_word_vectors("glove-6b-50d", None)
     assert len(wv.words) == 400_000 and wv.dim == 50 and wv.words[:3] == ["the", ",", "."]
@@ -130,8 +130,8 @@ def test_goemotions_is_seven_labels_not_their_combinations(tmp_path):
     spell), and a probe on 800 comments, thresholds tuned out-of-fold, scores 400 dev
     comments it never saw well above a label-frequency guess."""
     from headstart import TextClassifier
-    from headstart.check import check_path
-    from headstart.textdata import read_table
+    from headstart.data.check import check_path
+    from headstart.data.textdata import read_table
 
     root = requires_shared("goemotions")
     report = check_path(root / "train.csv", task="text")

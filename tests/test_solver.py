@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from headstart.config import TrainConfig
-from headstart.losses import CrossEntropy
-from headstart.solver import fit_logistic, select_and_fit
-from headstart.splits import fold_count, kfold
-from headstart import transfer
-from headstart.transfer import Transfer
+from headstart.training.losses import CrossEntropy
+from headstart.training.solver import fit_logistic, select_and_fit
+from headstart.data.splits import fold_count, kfold
+from headstart.training import transfer
+from headstart.training.transfer import Transfer
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -122,7 +122,7 @@ class FakeBackend:
         return None
 
     def train(self, model, train_rows, eval_rows, *, epochs, phase, head_trained, deadline):
-        from headstart.training import EpochRecord
+        from headstart.training.loop import EpochRecord
 
         self.trained.append((np.asarray(train_rows), None if eval_rows is None else np.asarray(eval_rows)))
         model.quality = self.quality
@@ -215,7 +215,7 @@ def test_the_probe_head_is_the_solution_on_every_row():
 
 
 def test_auto_keeps_the_probe_when_phase_two_does_not_fit_the_time_budget(monkeypatch):
-    from headstart.training import OverBudget
+    from headstart.training.loop import OverBudget
 
     def too_slow(self, model, train_rows, eval_rows, *, epochs, phase, head_trained, deadline):
         assert deadline is not None  # auto passes its budget down; a named recipe trains to its end
@@ -273,7 +273,7 @@ def test_one_label_splits_are_still_scikit_learns():
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
     from headstart.errors import DataError
-    from headstart.splits import is_multilabel, require_two_classes, stratified_split
+    from headstart.data.splits import is_multilabel, require_two_classes, stratified_split
 
     y = np.repeat([0, 1, 2], [9, 5, 30])
     assert not is_multilabel(y)
@@ -292,7 +292,7 @@ def test_auto_trains_phase_two_on_the_part_of_an_epoch_the_budget_holds(monkeypa
     """One epoch would overrun auto's time budget: one epoch over a seeded random part of the
     training rows that fits is trained instead, held out and judged as usual; too small a part
     and phase 2 is not tried."""
-    from headstart.training import OverBudget
+    from headstart.training.loop import OverBudget
 
     calls = []
     original = FakeBackend.train
@@ -325,7 +325,7 @@ def test_one_plan_for_every_protocol_and_the_sets_a_fit_makes():
     from types import SimpleNamespace
 
     from headstart.errors import DataError
-    from headstart.splits import holdout_sets, plan_validation
+    from headstart.data.splits import holdout_sets, plan_validation
 
     y = np.repeat(np.arange(3), 10)
     classes = ["a", "b", "c"]

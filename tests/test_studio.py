@@ -20,7 +20,7 @@ pytest.importorskip("fastapi")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from headstart.studio import Limits, Projects, Trainer, check_binding, create_studio_app  # noqa: E402
+from headstart.deploy.studio import Limits, Projects, Trainer, check_binding, create_studio_app  # noqa: E402
 
 from conftest import COLORS, TINY, make_texts  # noqa: E402
 
@@ -253,7 +253,7 @@ def test_the_check_reports_findings_with_links_to_the_items(tmp_path):
 
 
 def test_names_from_users_are_made_safe_or_refused():
-    from headstart.studio import Refused, image_file_name, safe_name
+    from headstart.deploy.studio import Refused, image_file_name, safe_name
 
     assert safe_name("  tabby cat ", "class name") == "tabby cat"
     assert safe_name("a/b\\c:d*e?f", "class name") == "a_b_c_d_e_f"
@@ -454,7 +454,7 @@ def test_a_run_left_running_by_a_crashed_studio_is_found_cut_or_finished(tmp_pat
 def test_a_training_still_running_after_a_crash_is_watched_again(tmp_path):
     import subprocess
 
-    from headstart.studio import _Adopted
+    from headstart.deploy.studio import _Adopted
 
     projects = Projects(tmp_path / "work")
     pid = projects.create("Fruit", "image")["id"]

@@ -28,7 +28,7 @@ LINEAR_ARGS = ["--backbone", TINY, "--weights", "none", "--recipe", "linear-prob
 
 def test_make_try_and_export_an_image_and_a_text_classifier_in_the_browser(tmp_path, tiny_bert):
     _chromium()
-    from headstart.studio import create_studio_app
+    from headstart.deploy.studio import create_studio_app
 
     shots = Path(os.environ.get("HEADSTART_SCREENSHOTS", tmp_path))
     images = {cls: [make_image(tmp_path / "photos" / cls / f"{cls} {i}.png", COLORS[cls], size=(48, 40), seed=ci * 50 + i)
@@ -128,7 +128,7 @@ def test_a_run_cut_by_a_restart_is_shown_with_resume_behind_a_token(tmp_path):
     """A studio that stopped during a training: the project opens, the run says it was cut
     and offers Resume. The page works with a token (from its address, then its cookie)."""
     _chromium()
-    from headstart.studio import Projects, create_studio_app
+    from headstart.deploy.studio import Projects, create_studio_app
 
     projects = Projects(tmp_path / "work")
     pid = projects.create("Colours", "image")["id"]

@@ -8,8 +8,8 @@ import torch
 
 from headstart import TextClassifier
 from headstart.errors import DataError, HeadstartError, ModelDirError
-from headstart.tokens import by_length, length_grouped, pad, tokenize
-from headstart.textdata import read_table
+from headstart.training.tokens import by_length, length_grouped, pad, tokenize
+from headstart.data.textdata import read_table
 
 from conftest import make_texts
 
@@ -58,7 +58,7 @@ def test_pooling_mean_is_saved(texts, text_kwargs, tmp_path):
 
 def _fit_and_diff(clf, texts, monkeypatch) -> set[str]:
     """Fit, returning the encoder tensors that changed during training."""
-    import headstart.text as text_mod
+    import headstart.classifiers.text as text_mod
 
     real, captured = text_mod.run_text_recipe, {}
 

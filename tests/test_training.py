@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from headstart import ImageClassifier, TrainConfig
-from headstart.backbones import block_groups
+from headstart.backbones.image import block_groups
 from headstart.errors import HeadstartError
 
 
@@ -19,7 +19,7 @@ def _changed(before, after) -> set[str]:
 
 def _fit_and_diff(folder, tiny_kwargs, monkeypatch, **overrides):
     """Train, capturing the backbone weights right after they are built."""
-    import headstart.image as image_mod
+    import headstart.classifiers.image as image_mod
 
     captured = {}
     real = image_mod.run_image_recipe
@@ -148,7 +148,7 @@ def test_config_round_trips_json():
 
 
 def test_weight_average_swaps_in_and_out():
-    from headstart.training import WeightAverage
+    from headstart.training.loop import WeightAverage
 
     layer = torch.nn.Linear(2, 1)
     with torch.no_grad():

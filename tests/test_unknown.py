@@ -18,7 +18,7 @@ from headstart import ImageClassifier, load
 from headstart.cli import main
 from headstart.errors import HeadstartError, ModelDirError
 from headstart.objectives import Abstain, Argmax, decision_from_config
-from headstart import unknown as U
+from headstart.models import unknown as U
 
 CLASSES = ("red", "green", "blue", "yellow", "cyan")
 
@@ -182,7 +182,7 @@ def test_the_server_answers_unknown_with_its_score(model, noise, tmp_path):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from headstart.serve import create_app
+    from headstart.deploy.serve import create_app
 
     with TestClient(create_app(load(model.save(tmp_path / "m")))) as client:
         files = [("files", (p.name, p.read_bytes(), "image/png")) for p in noise[:3]]
@@ -242,8 +242,8 @@ def test_text_models_score_unknown_texts_from_a_table_without_labels(tiny_bert, 
 
 def test_the_exported_graph_computes_the_combined_score(model, noise, tmp_path):
     pytest.importorskip("onnxruntime")
-    from headstart.export import export_model
-    from headstart.runtime import OnnxClassifier
+    from headstart.deploy.export import export_model
+    from headstart.deploy.runtime import OnnxClassifier
 
     assert "knn" in model.unknown_rule_.score  # the bank and the standardisation are constants of the graph
     result = export_model(model.save(tmp_path / "m"), "onnx", tmp_path / "onnx", samples=8)

@@ -8,7 +8,7 @@ import torch
 
 from headstart import TextClassifier
 from headstart.errors import DataError, HeadstartError
-from headstart.wordvec import WORD_DEFAULTS, WordTokenizer, read_vector_file
+from headstart.training.wordvec import WORD_DEFAULTS, WordTokenizer, read_vector_file
 
 from conftest import FILLER, NEGATIVE, POSITIVE, make_texts
 

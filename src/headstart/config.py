@@ -19,7 +19,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear")
 POOLINGS = {"image": ("avg", "flatten"), "text": ("mean", "cls", "max", "mean+max")}
-UNKNOWN_SCORES = ("msp", "energy", "knn", "energy+knn", "msp+knn")  # see headstart.unknown
+UNKNOWN_SCORES = ("msp", "energy", "knn", "energy+knn", "msp+knn")  # see headstart.models.unknown
 SEQUENCE_ENCODERS = ("none", "bilstm", "cnn")
 LOGGERS = ("tensorboard",)
 
@@ -137,7 +137,7 @@ class TrainConfig(_JsonMixin):
 
     Unknown inputs: a model with one label per row answers ``unknown`` for an input whose
     unknown score (``unknown_score``: msp, energy, knn, energy+knn, msp+knn, or auto:
-    energy+knn where knn is possible, else energy; :mod:`headstart.unknown`) is over a
+    energy+knn where knn is possible, else energy; :mod:`headstart.models.unknown`) is over a
     threshold that a share ``unknown_rate`` of in-scope held-out rows exceeds (0 = never
     answer unknown).
     """

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .calibration import sigmoid
+from .evaluation.calibration import sigmoid
 from .config import UNKNOWN_SCORES
 from .errors import HeadstartError, ModelDirError
 
@@ -74,7 +74,7 @@ UNKNOWN = "unknown"
 @dataclass
 class Abstain:
     """The inner rule's answer, or none (``unknown``) for an input whose unknown score
-    (:mod:`headstart.unknown`: higher is less like the training data) is over ``threshold``,
+    (:mod:`headstart.models.unknown`: higher is less like the training data) is over ``threshold``,
     set so that a share ``rate`` of in-scope held-out inputs is over it."""
 
     inner: Any
@@ -183,7 +183,7 @@ class SingleLabel:
         return np.bincount(np.asarray(y, dtype=np.int64), minlength=k)
 
     def probabilities(self, logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-        from .calibration import apply_temperature
+        from .evaluation.calibration import apply_temperature
 
         return apply_temperature(logits, temperature)
 
@@ -204,19 +204,19 @@ class SingleLabel:
         """The training loss (summed over rows: the loop divides by their total weight)."""
         import torch
 
-        from .losses import CrossEntropy
+        from .training.losses import CrossEntropy
 
         weight = torch.tensor(self.class_weights(train_labels, k), dtype=torch.float32) if balanced else None
         return CrossEntropy(weight=weight, label_smoothing=label_smoothing)
 
     def calibrate(self, logits: np.ndarray, y: np.ndarray) -> tuple[float, dict]:
-        from .calibration import calibrate
+        from .evaluation.calibration import calibrate
 
         return calibrate(logits, y)
 
     def summarise(self, logits: np.ndarray, y: np.ndarray, temperature: float) -> dict:
         """Calibration of ``logits`` without and with a given temperature (no fitting)."""
-        from .calibration import summarise
+        from .evaluation.calibration import summarise
 
         return summarise(logits, y, temperature)
 
@@ -224,7 +224,7 @@ class SingleLabel:
         return Argmax()
 
     def metrics(self, y: np.ndarray, probs: np.ndarray, classes: Sequence[str], decision=None) -> dict[str, Any]:
-        from .evaluation import classification_metrics
+        from .evaluation.metrics import classification_metrics
 
         return classification_metrics(y, probs, classes)
 
@@ -265,7 +265,7 @@ class MultiLabel:
     def loss(self, train_labels: np.ndarray, k: int, *, balanced: bool, label_smoothing: float = 0.0):
         """Binary cross-entropy summed over labels and rows; ``balanced`` weighs each
         label's positives by its negatives-to-positives ratio (rare labels count more)."""
-        from .losses import BinaryCrossEntropy
+        from .training.losses import BinaryCrossEntropy
 
         pos_weight = self.pos_weight(train_labels) if balanced else None
         return BinaryCrossEntropy(pos_weight=pos_weight, label_smoothing=label_smoothing)
@@ -276,12 +276,12 @@ class MultiLabel:
         return np.where(pos > 0, (len(y) - pos) / np.maximum(pos, 1), 1.0)
 
     def calibrate(self, logits: np.ndarray, y: np.ndarray) -> tuple[float, dict]:
-        from .calibration import calibrate_sigmoid
+        from .evaluation.calibration import calibrate_sigmoid
 
         return calibrate_sigmoid(logits, y)
 
     def summarise(self, logits: np.ndarray, y: np.ndarray, temperature: float) -> dict:
-        from .calibration import summarise_sigmoid
+        from .evaluation.calibration import summarise_sigmoid
 
         return summarise_sigmoid(logits, y, temperature)
 
@@ -290,7 +290,7 @@ class MultiLabel:
         return Thresholds(best_thresholds(probs, y))
 
     def metrics(self, y: np.ndarray, probs: np.ndarray, classes: Sequence[str], decision=None) -> dict[str, Any]:
-        from .evaluation import multilabel_metrics
+        from .evaluation.metrics import multilabel_metrics
 
         decision = decision or Thresholds(np.full(len(classes), 0.5))
         return multilabel_metrics(y, probs, classes, decision.thresholds)
@@ -301,7 +301,7 @@ class MultiLabel:
         made honest by cross-fitting: the rows are dealt into ``folds`` parts and each part
         is decided by thresholds tuned on the other parts only. The thresholds reported (and
         saved) are the ones tuned on every row."""
-        from .evaluation import multilabel_metrics
+        from .evaluation.metrics import multilabel_metrics
 
         y = np.asarray(y)
         decision = decision or self.fit_decision(probs, y)

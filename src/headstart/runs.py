@@ -32,7 +32,7 @@ import numpy as np
 from . import __version__
 from .config import HeadConfig, ModelOptions, RunOptions, TrainConfig, option_fields
 from .errors import DataError, HeadstartError
-from .labels import label_names
+from .data.labels import label_names
 
 log = logging.getLogger("headstart")
 
@@ -121,7 +121,7 @@ def _record(options: TrainOptions, config: TrainConfig) -> dict[str, Any]:
     """run.json: the options, with the classifier's TrainConfig (its task and pooling
     decided) and the number of decoding workers fixed (with workers, augmentation draws its
     own random numbers: a resume on another machine must not change them)."""
-    from .data import default_num_workers
+    from .data.imagesets import default_num_workers
 
     training = config.to_dict()
     head = training.pop("head")
@@ -309,8 +309,8 @@ def read_predictions(path: Path, classes: Sequence[str], separator: str | None =
 
 def infer_task(data: Path, backbone: str | None) -> str:
     """image or text, from the data (and a text backbone's name)."""
-    from .encoders import is_encoder_name
-    from .textdata import looks_like_text_table
+    from .backbones.encoders import is_encoder_name
+    from .data.textdata import looks_like_text_table
 
     if data.is_dir():
         return "image"
@@ -333,7 +333,7 @@ def check_before_training(task: str, data: Path, train_set, val_set, val_split: 
     """The data check on the sets training will use; with ``strict``, a blocking finding
     stops the run before any directory is made. An empty class always does: training
     would refuse it anyway."""
-    from .check import check_sets
+    from .data.check import check_sets
 
     report = check_sets(task, train_set, val_set, val_split=None if val_set is not None else val_split, seed=seed,
                         separator=separator)
@@ -373,11 +373,11 @@ def _classifier(task: str, model: ModelOptions, training: dict[str, Any], progre
               if k != "task" and fields[k][1].metadata.get("only", task) == task
               and not (k in ("pooling", "dropout") and v is None)}
     if task == "image":
-        from .image import ImageClassifier
+        from .classifiers.image import ImageClassifier
 
         return ImageClassifier(model.backbone or "efficientnet_lite0", weights=model.weights, multi_label=model.multi_label,
                                label_sep=model.label_sep, progress=progress, **kwargs)
-    from .text import TextClassifier
+    from .classifiers.text import TextClassifier
 
     if model.weights:
         raise HeadstartError("--weights is for image backbones; for text pass a model directory as --backbone")
@@ -388,8 +388,8 @@ def _classifier(task: str, model: ModelOptions, training: dict[str, Any], progre
 
 
 def _check_backbone_task(task: str, backbone: str | None, data: Path) -> None:
-    from .backbones import is_image_backbone
-    from .encoders import is_encoder_name
+    from .backbones.image import is_image_backbone
+    from .backbones.encoders import is_encoder_name
 
     if backbone and task == "text" and not is_encoder_name(backbone) and is_image_backbone(backbone):
         raise HeadstartError(f"{backbone!r} is an image backbone but {str(data)!r} is text; use --backbone minilm-l6, glove-6b-50d, or a Hugging Face model directory")
@@ -402,9 +402,9 @@ def train_run(options: TrainOptions, resume: RunDir | None = None) -> Trained | 
     checkpoint, with its own options), train, and write the model, metrics.json and
     val_predictions.csv. Under torchrun every process calls this; only the first writes, and
     the others get None. Raises :class:`RunInterrupted` on SIGINT / SIGTERM."""
-    from . import distributed
-    from .checkpoint import TrainingInterrupted, checkpointing
-    from .splits import holdout_sets, require_two_classes
+    from .training import distributed
+    from .training.checkpoint import TrainingInterrupted, checkpointing
+    from .data.splits import holdout_sets, require_two_classes
 
     run_opts, model, training = options.run, options.model, dict(options.training)
     world = distributed.init(training["device"])  # launched by torchrun / accelerate launch: one process of many
@@ -420,7 +420,7 @@ def train_run(options: TrainOptions, resume: RunDir | None = None) -> Trained | 
     # Check the data and the backbone before a run directory is made for them.
     clf = _classifier(task, model, training, progress)
     if task == "image":
-        from .backbones import resolve_spec
+        from .backbones.image import resolve_spec
 
         train_set = clf._scan(data)
         val_set = clf._scan(val_data, classes=train_set.classes, multi_label=train_set.labels.ndim == 2) if val_data else None
@@ -436,7 +436,7 @@ def train_run(options: TrainOptions, resume: RunDir | None = None) -> Trained | 
     check = check_before_training(task, data, train_set, val_set, cfg.val_split, cfg.seed, run_opts.strict,
                                   model.label_sep if train_set.labels.ndim == 2 else None)
     if run_opts.log_to == "tensorboard":
-        from .tblog import summary_writer_class
+        from .reports.tblog import summary_writer_class
 
         summary_writer_class()  # a missing package fails before any run directory is made
     run = resume
@@ -458,7 +458,7 @@ def train_run(options: TrainOptions, resume: RunDir | None = None) -> Trained | 
     log.addHandler(handler)
     board = None
     if run_opts.log_to == "tensorboard" and world.is_main:
-        from .tblog import TensorBoardHandler
+        from .reports.tblog import TensorBoardHandler
 
         board = TensorBoardHandler(run.path / "tensorboard")
         log.addHandler(board)
@@ -500,7 +500,7 @@ def train_run(options: TrainOptions, resume: RunDir | None = None) -> Trained | 
 
 def _write_results(run: RunDir, clf, task: str, train_set, val_set, processes: int) -> None:
     """metrics.json and val_predictions.csv of a fitted classifier."""
-    from .check import training_notes
+    from .data.check import training_notes
 
     run.write(METRICS_FILE, {
         "recipe": clf.recipe_, "protocol": clf.protocol_, "tried": clf.tried_, "head": clf.head_info_,

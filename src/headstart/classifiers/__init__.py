@@ -1,0 +1,1 @@
+"""The scikit-learn style fronts (ImageClassifier, TextClassifier), saving and loading model directories."""

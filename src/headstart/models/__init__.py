@@ -1,0 +1,1 @@
+"""The networks headstart trains and the unknown score they carry."""

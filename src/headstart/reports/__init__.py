@@ -1,0 +1,1 @@
+"""The HTML report, its figures, the model card, TensorBoard logging."""

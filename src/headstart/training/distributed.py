@@ -1,0 +1,184 @@
+"""Data-parallel training on torch.distributed, as launched by ``torchrun`` or ``accelerate launch``.
+
+A launcher starts one process per GPU (or several on CPUs) and sets ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`world` joins the process group
+(NCCL on GPUs, gloo on CPUs). Without a launcher everything here is a no-op, so the library
+and the single-process CLI run the same code.
+
+The rules, kept in the few places that touch data:
+
+- ``--batch-size`` is the global batch: each global batch (the same on every rank, drawn from
+  the run's seed) is dealt out ``batch[rank::world_size]``. The loss of each rank is scaled
+  by its share of the global batch, so the averaged gradient is the single-process one and
+  each example is trained on once per epoch. A last batch smaller than the world joins the
+  one before it, so no rank is ever idle in a step.
+- Frozen-backbone features and validation outputs are computed in shards ``rank::world``
+  and gathered in index order: every example once, none padded or dropped.
+- Rank 0 alone writes files (model directory, metrics, logs, checkpoints, cache entries).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence, TypeVar
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+_WORLD: World | None = None
+
+
+def init(device: str = "auto") -> World:
+    """Join the launched job's process group (NCCL for GPU runs, gloo with ``device='cpu'``
+    or without GPUs); a single process just gets ``World()``."""
+    global _WORLD
+    if _WORLD is not None:
+        return _WORLD
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        _WORLD = World()
+        return _WORLD
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and not device.startswith("cpu")
+        if use_cuda:
+            torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    _WORLD = World(dist.get_rank(), dist.get_world_size(), local_rank)
+    return _WORLD
+
+
+def world() -> World:
+    """This process's place in the launched job."""
+    return _WORLD if _WORLD is not None else init()
+
+
+def backend_name() -> str:
+    """The process group's backend (gloo, nccl), or "single process"."""
+    return torch.distributed.get_backend() if torch.distributed.is_initialized() else "single process"
+
+
+def finish() -> None:
+    """Wait for every process, then leave the process group."""
+    global _WORLD
+    if _WORLD is not None and _WORLD.enabled and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+        _WORLD = None
+
+
+def device_for(name: str) -> str:
+    """``auto`` on a GPU job means this process's GPU."""
+    w = world()
+    if w.enabled and name == "auto" and torch.cuda.is_available() and torch.distributed.get_backend() == "nccl":
+        return f"cuda:{w.local_rank % torch.cuda.device_count()}"
+    return name
+
+
+# ----------------------------------------------------------------------------- collectives
+
+
+def barrier() -> None:
+    if world().enabled:
+        torch.distributed.barrier()
+
+
+def broadcast(obj: T) -> T:
+    """Rank 0's ``obj`` on every rank."""
+    if not world().enabled:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_gather(obj: Any) -> list[Any]:
+    if not world().enabled:
+        return [obj]
+    out: list[Any] = [None] * world().size
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def all_sum(values: Sequence[float], device: torch.device) -> list[float]:
+    """Element-wise sums over the ranks (float64)."""
+    if not world().enabled:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def sync_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm statistics) everywhere, so every rank evaluates the
+    model that rank 0 saves."""
+    if world().enabled:
+        for b in module.buffers():
+            torch.distributed.broadcast(b.data, src=0)
+
+
+# ----------------------------------------------------------------------------- sharding
+
+
+def shard(n: int) -> range:
+    """The item indices of this rank: ``rank, rank + world, ...``."""
+    w = world()
+    return range(w.rank, n, w.size)
+
+
+def even_batches(batches: Iterable[np.ndarray]) -> list[np.ndarray]:
+    """Global batches with at least two examples for each process: a smaller one joins the
+    batch before it (every process has work in every step, and BatchNorm in training mode
+    never sees a batch of one)."""
+    size = world().size
+    out: list[np.ndarray] = []
+    for b in batches:
+        b = np.asarray(b)
+        if len(b) < 2 * size and out:
+            out[-1] = np.concatenate([out[-1], b])
+        else:
+            out.append(b)
+    if out and len(out[-1]) < 2 * size:
+        raise DataError(f"{sum(map(len, out))} examples are too few to train on with {size} process(es): at least {2 * size} are needed")
+    return out
+
+
+def local_part(batch: np.ndarray) -> np.ndarray:
+    w = world()
+    return batch[w.rank :: w.size] if w.enabled else batch
+
+
+def gather_rows(rows: torch.Tensor, indices: np.ndarray, failed: list) -> tuple[torch.Tensor, np.ndarray, list]:
+    """Rows computed for a shard of the items, from every rank, in item order."""
+    if not world().enabled:
+        return rows, indices, failed
+    parts = all_gather((rows.cpu(), np.asarray(indices), list(failed)))
+    parts = [p for p in parts if len(p[1])] or parts[:1]
+    rows = torch.cat([p[0] for p in parts])
+    indices = np.concatenate([p[1] for p in parts])
+    order = np.argsort(indices, kind="stable")
+    failed = sorted(f for p in parts for f in p[2])
+    return rows[torch.as_tensor(order)], indices[order], failed

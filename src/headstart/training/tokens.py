@@ -1,0 +1,252 @@
+"""Token ids and batches for every text model (transformers and word vectors): tokenising
+with truncation counts, dynamic padding, length-grouped batches, inference in length order,
+training on token batches, and :class:`TokenBackend`, what :mod:`headstart.training.transfer` needs of
+a text model."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import distributed
+from .cache import cached_features
+from ..config import TrainConfig
+from ..models.networks import set_trainable
+from ..data.textdata import TextSet
+from .loop import EpochRecord, autocast, train_loop, unfreeze
+
+log = logging.getLogger("headstart")
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_length: int, chunk: int = 4096) -> tuple[list[np.ndarray], int]:
+    """Token ids (with special tokens, truncated to ``max_length``), one int32 array per
+    text, and how many texts were truncated. Only texts that reach the limit are tokenised a
+    second time, to tell.
+
+    Tokenised ``chunk`` texts at a time and kept as compact arrays: the tokenizer's Python
+    lists (ids, attention masks, token types: about 1 KB per short text) never exist for the
+    whole data set at once, so 100,000 rows hold about 20 MB of ids, not about 300 MB."""
+    ids: list[np.ndarray] = []
+    truncated = 0
+    for start in range(0, len(texts), chunk):
+        part = list(texts[start : start + chunk])
+        seqs = tokenizer(part, truncation=True, max_length=max_length)["input_ids"]
+        ids += [np.asarray(seq, dtype=np.int32) for seq in seqs]
+        at_limit = [i for i, seq in enumerate(seqs) if len(seq) >= max_length]
+        if at_limit:
+            full = tokenizer([part[i] for i in at_limit], truncation=False)["input_ids"]
+            truncated += sum(len(seq) > max_length for seq in full)
+    return ids, truncated
+
+
+def pad(seqs: Sequence[Sequence[int] | np.ndarray], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad to the longest sequence of this batch, not to a fixed length."""
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        input_ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def length_grouped(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group: int = 50) -> list[np.ndarray]:
+    """Random batches of similar length: shuffle, sort within windows of ``group`` batches,
+    cut, shuffle the batches. Little padding, still random."""
+    order = rng.permutation(len(lengths))
+    window = batch_size * group
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = order[start : start + window]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def by_length(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Deterministic batches of similar length, for inference."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.inference_mode()
+def run_batches(fn, ids: Sequence[np.ndarray], pad_id: int, batch_size: int, device, precision, progress=False, desc="") -> torch.Tensor:
+    """``fn(batch)`` over all sequences in length order; rows back in input order (fp32)."""
+    mine = np.asarray(distributed.shard(len(ids)))  # all of them in a single process
+    lengths = np.array([len(ids[i]) for i in mine])
+    rows, done = [], []
+    for index in tqdm(by_length(lengths, batch_size), desc=desc, leave=False, disable=not progress):
+        index = mine[index]
+        batch = {k: v.to(device) for k, v in pad([ids[i] for i in index], pad_id).items()}
+        with autocast(device, precision):
+            rows.append(fn(batch).float().cpu())
+        done.append(index)
+    if distributed.world().enabled:
+        local = torch.cat(rows) if rows else torch.empty(0, 0)
+        out, _, _ = distributed.gather_rows(local, np.concatenate(done) if done else np.empty(0, dtype=np.int64), [])
+        return out
+    out = torch.empty((len(ids), rows[0].shape[1]), dtype=torch.float32)
+    out[torch.as_tensor(np.concatenate(done))] = torch.cat(rows)
+    return out
+
+
+def train_on_tokens(
+    model: nn.Module, groups: list[dict], train_ids: Sequence[np.ndarray], y_train: torch.Tensor,
+    val_ids: Sequence[np.ndarray] | None, y_val: torch.Tensor | None, pad_id: int, *, cfg: TrainConfig, device, precision: str,
+    loss_fn: nn.Module, eval_batch: int, progress: bool = False, epochs: int | None = None, phase: str | None = None,
+    deadline: float | None = None,
+) -> list[EpochRecord]:
+    """``train_loop`` over length-grouped, dynamically padded token batches, validated on
+    ``val_ids`` each epoch (None: no validation, the last epoch kept)."""
+    lengths = np.array([len(s) for s in train_ids])
+    steps = len(distributed.even_batches(length_grouped(lengths, cfg.batch_size, np.random.default_rng([cfg.seed, 1]))))
+
+    def batches(epoch: int) -> Iterator[tuple[dict, torch.Tensor]]:
+        rng = np.random.default_rng([cfg.seed, epoch])
+        for index in distributed.even_batches(length_grouped(lengths, cfg.batch_size, rng)):
+            index = distributed.local_part(index)
+            yield pad([train_ids[i] for i in index], pad_id), y_train[torch.as_tensor(index)]
+
+    evaluate = None
+    if val_ids is not None:
+        def evaluate() -> tuple[float, float]:
+            model.eval()
+            return loss_fn.evaluate(run_batches(model, val_ids, pad_id, eval_batch, device, precision), y_val)
+
+    return train_loop(
+        model, groups, batches, steps, evaluate, cfg=cfg, epochs=epochs or cfg.epochs, phase=phase or cfg.recipe,
+        device=device, precision=precision, loss_fn=loss_fn, progress=progress, deadline=deadline,
+    )
+
+
+class TokenBackend:
+    """The items (training texts, then validation texts) of one transformer or word-vector
+    fit, as token ids; the frozen encoder's embeddings come from the disk cache when this
+    exact computation was done before."""
+
+    can_contrast = True  # a transformer encoder tunes with the contrastive recipe
+
+    def __init__(self, model: nn.Module, ids: list[np.ndarray], texts: list[str], labels: np.ndarray, cfg: TrainConfig, *,
+                 pad_id: int, device, precision: str, loss_fn: nn.Module, progress: bool, cache_parts: dict | None,
+                 max_length: int, eval_batch: int, phase2_recipe: str, val_source: str = ""):
+        self.ids, self.texts, self.labels, self.cfg = ids, texts, labels, cfg
+        self.pad_id, self.device, self.precision, self.loss_fn = pad_id, device, precision, loss_fn
+        self.progress, self.cache_parts, self.max_length = progress, cache_parts, max_length
+        self.eval_batch, self.phase2_recipe, self.val_source = eval_batch, phase2_recipe, val_source
+        self.y = torch.as_tensor(labels)
+
+    def failed(self) -> list[tuple[str, str]]:
+        return []
+
+    def features(self, model: nn.Module) -> tuple[torch.Tensor, np.ndarray]:
+        set_trainable(model, 0)
+
+        def compute():
+            out, rows = self.embed(model, np.arange(len(self.ids)), progress=self.progress, desc="embeddings")
+            return out, rows, []
+
+        cfg = self.cfg
+        parts = ({**self.cache_parts, "max_length": self.max_length, "precision": self.precision, "device": self.device.type}
+                 if self.cache_parts and cfg.cache else None)
+        feats, rows, _ = cached_features(parts, cfg.cache_dir, compute, texts=self.texts)
+        return feats, rows
+
+    def augmented(self, model: nn.Module, rows: np.ndarray):
+        return None
+
+    def groups(self, model: nn.Module, head_trained: bool, recipe: str) -> list[dict]:
+        return unfreeze(model, self.cfg, head_trained=head_trained, recipe=recipe)
+
+    def train(self, model: nn.Module, train_rows: np.ndarray, eval_rows: np.ndarray | None, *, epochs: int, phase: str,
+              head_trained: bool, deadline: float | None):
+        model.to(self.device)
+        groups = self.groups(model, head_trained, phase.split()[0])
+        try:
+            return train_on_tokens(
+                model, groups, [self.ids[i] for i in train_rows], self.y[torch.as_tensor(train_rows)],
+                [self.ids[i] for i in eval_rows] if eval_rows is not None else None,
+                self.y[torch.as_tensor(eval_rows)] if eval_rows is not None else None, self.pad_id,
+                cfg=self.cfg, device=self.device, precision=self.precision, loss_fn=self.loss_fn, eval_batch=self.eval_batch,
+                progress=self.progress, epochs=epochs, phase=phase, deadline=deadline,
+            )
+        finally:
+            set_trainable(model, None)
+
+    def embed(self, model: nn.Module, rows: np.ndarray, progress: bool = False, desc: str = "") -> tuple[torch.Tensor, np.ndarray]:
+        """Embeddings of ``rows`` by the model's (possibly tuned) encoder, never cached."""
+        model.to(self.device).eval()
+
+        def embed(batch):
+            return model.embed(batch["input_ids"], batch["attention_mask"])
+
+        ids = [self.ids[i] for i in rows]
+        return run_batches(embed, ids, self.pad_id, self.eval_batch, self.device, self.precision, progress, desc), np.asarray(rows)
+
+    def contrast(self, model: nn.Module, rows: np.ndarray, steps: int, *, checkpoints: set[int], on_checkpoint,
+                 deadline: float | None) -> list[float]:
+        """Contrastive steps on the encoder over class-balanced batches of ``rows`` (AdamW at
+        ``backbone_lr``, linear warmup over the first 10%, then linear decay to 0);
+        ``on_checkpoint(step)`` after each step in ``checkpoints``. Stops at ``deadline``
+        (after a checkpoint). Returns the seconds each step took."""
+        import time
+
+        from .contrastive import balanced_batches, supcon_loss
+        from .loop import param_groups
+
+        cfg = self.cfg
+        model.to(self.device)
+        set_trainable(model, None)
+        for p in model.head.parameters():
+            p.requires_grad_(False)
+        optimizer = torch.optim.AdamW(param_groups(model.backbone.named_parameters(), cfg.backbone_lr, cfg.weight_decay))
+        warmup = max(1, steps // 10)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
+        batches = balanced_batches(self.labels[rows], cfg.batch_size, steps, np.random.default_rng([cfg.seed, 17]))
+        seconds = []
+        try:
+            for step, index in enumerate(tqdm(batches, desc="contrastive", leave=False, disable=not self.progress), 1):
+                start = time.perf_counter()
+                model.train()
+                batch = {k: v.to(self.device) for k, v in pad([self.ids[rows[i]] for i in index], self.pad_id).items()}
+                with autocast(self.device, self.precision):
+                    z = model.embed(batch["input_ids"], batch["attention_mask"])
+                loss = supcon_loss(z, torch.as_tensor(self.labels[rows[index]], device=self.device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.backbone.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
+                seconds.append(time.perf_counter() - start)
+                if step in checkpoints:
+                    on_checkpoint(step)
+                    if deadline is not None and time.perf_counter() > deadline:
+                        break
+        finally:
+            set_trainable(model, None)
+            model.eval()
+        return seconds
+
+    def logits(self, model: nn.Module, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        model.to(self.device).eval()
+        out = run_batches(model, [self.ids[i] for i in rows], self.pad_id, self.eval_batch, self.device, self.precision)
+        return out.numpy(), np.asarray(rows)
+
+
+def token_items(tokenizer, data: TextSet, val: TextSet | None, max_length: int) -> tuple[list, list[str], np.ndarray, dict]:
+    """Token ids, texts and labels of the data then the validation set, and how many of each
+    were cut at ``max_length``."""
+    ids, cut = tokenize(tokenizer, data.texts, max_length)
+    texts, labels = list(data.texts), data.labels
+    val_cut = 0
+    if val is not None:
+        val_ids, val_cut = tokenize(tokenizer, val.texts, max_length)
+        ids, texts, labels = ids + val_ids, texts + list(val.texts), np.concatenate([data.labels, val.labels])
+    if cut or val_cut:
+        log.info("truncated to %d tokens: %d training and %d validation texts", max_length, cut, val_cut)
+    return ids, texts, labels, {"train": cut, "val": val_cut, "max_length": max_length}
