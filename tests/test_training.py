@@ -6,7 +6,7 @@ import torch
 
 from headstart import ImageClassifier, TrainConfig
 from headstart.backbones.image import block_groups
-from headstart.errors import HeadstartError
+from headstart.errors import DataError, HeadstartError
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -201,3 +201,20 @@ def test_one_photo_per_class_needs_a_validation_set_and_then_trains(tmp_path, ti
     clf = ImageClassifier(**tiny_kwargs).fit(one, val=val)  # C cannot be cross-validated: a fixed one
     assert clf.protocol_["kind"] == "given" and clf.val_metrics_["n"] == 6
     assert clf.recipe_ in ("prototype", "linear-probe")
+
+
+def test_evaluation_keeps_what_it_measured_and_refuses_unreadable_data(trained, folder, tmp_path):
+    from conftest import COLORS, make_image
+
+    ev = trained.evaluation(folder)
+    assert ev.metrics == trained.evaluate(folder)
+    assert len(ev.items) == len(ev.labels) == len(ev.probs) == ev.metrics["n"]
+    assert np.allclose(ev.probs, trained._probabilities(ev.logits)) and ev.unknown_scores is None
+    broken = tmp_path / "broken"
+    for name in trained.classes_:
+        (broken / name).mkdir(parents=True)
+        make_image(broken / name / "a.png", COLORS[name], seed=1)
+        data = (broken / name / "a.png").read_bytes()
+        (broken / name / "a.png").write_bytes(data[: len(data) // 3])  # a true header, the pixels cut off
+    with pytest.raises(DataError, match="nothing to evaluate"):
+        trained.evaluate(broken)

@@ -16,11 +16,26 @@ from .artifact import read_config, save_model_dir
 from ..evaluation.calibration import check_temperature
 from ..config import HeadConfig, TrainConfig
 from ..data.labels import LabelPredictions
-from ..errors import HeadstartError, ModelDirError
+from ..errors import DataError, HeadstartError, ModelDirError
 from ..evaluation.metrics import summary_line
 from ..objectives import SINGLE_LABEL, Abstain, decision_from_config, objective_from_config
 
 log = logging.getLogger("headstart")
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """A model on labelled data (:meth:`Classifier.evaluation`): the items that could be
+    read, their labels, the logits (before the temperature), the probabilities, the unknown
+    scores of the items and of the unknown inputs (None without them), and the metrics."""
+
+    items: list[str]
+    labels: np.ndarray
+    logits: np.ndarray
+    probs: np.ndarray
+    scores: np.ndarray | None
+    unknown_scores: np.ndarray | None
+    metrics: dict[str, Any]
 
 
 class Classifier(LabelPredictions):
@@ -69,15 +84,24 @@ class Classifier(LabelPredictions):
         DataFrame, or texts + ``labels``). With ``unknown`` (inputs of none of the classes),
         also ``"unknown"``: how well the model tells them from the labelled data
         (:meth:`unknown_metrics`)."""
+        return self.evaluation(data, labels, unknown=unknown).metrics
+
+    def evaluation(self, data: Any, labels: Sequence[Any] | None = None, *, unknown: Any = None) -> "Evaluation":
+        """What :meth:`evaluate` measures, with what it measured it on: the items, labels,
+        logits, probabilities and unknown scores (for reports)."""
         if unknown is not None:
             self.require_unknown_rule()
-        _, y, logits, scores, skipped = self.labelled_outputs(data, labels, with_unknown=True)
+        items, y, logits, scores, skipped = self.labelled_outputs(data, labels, with_unknown=True)
+        if len(y) == 0:
+            raise DataError(f"no example of {str(data)!r} could be read; nothing to evaluate")
         probs = self._probabilities(logits)
         metrics = self.metrics(y, probs)
         metrics["skipped"] = skipped
+        out_scores = None
         if unknown is not None:
-            metrics["unknown"] = self.unknown_metrics(y, probs, scores, self.unknown_inputs_scores(unknown))
-        return metrics
+            out_scores = self.unknown_inputs_scores(unknown)
+            metrics["unknown"] = self.unknown_metrics(y, probs, scores, out_scores)
+        return Evaluation(list(items), y, logits, probs, scores, out_scores, metrics)
 
     def require_unknown_rule(self):
         if self.unknown_rule_ is None:

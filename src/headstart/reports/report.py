@@ -624,20 +624,13 @@ def evaluation_report(clf, model_dir: str | Path, data: Any, out_dir: str | Path
                 f"report directory {str(out)!r} is not empty and holds no earlier evaluation report; pass another "
                 "--report directory (nothing was overwritten)"
             )
-    if unknown is not None:
-        clf.require_unknown_rule()
-    items, labels, logits, scores, skipped = clf.labelled_outputs(data, with_unknown=True)
-    if len(labels) == 0:
-        raise DataError(f"no example of {str(data)!r} could be read; nothing to report")
-    probs = clf._probabilities(logits)
-    metrics = clf.metrics(labels, probs)
-    metrics["skipped"] = skipped
+    ev = clf.evaluation(data, unknown=unknown)
+    items, labels, logits, probs, metrics = ev.items, ev.labels, ev.logits, ev.probs, ev.metrics
+    skipped = metrics["skipped"]
     if unknown is not None:
         from ..models.unknown import histograms
 
-        out_scores = clf.unknown_inputs_scores(unknown)
-        metrics["unknown"] = clf.unknown_metrics(labels, probs, scores, out_scores)
-        metrics["unknown"]["histograms"] = histograms({"in-scope": scores, "unknown": out_scores})
+        metrics["unknown"]["histograms"] = histograms({"in-scope": ev.scores, "unknown": ev.unknown_scores})
     multi = clf.objective_.multi_label
     calibration = clf.objective_.summarise(logits, labels, clf.temperature_)
     out.mkdir(parents=True, exist_ok=True)
