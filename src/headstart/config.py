@@ -31,12 +31,12 @@ LOGGERS = ("tensorboard",)
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "image": {
         "recipe": "auto", "lr": 1e-3, "schedule": "cosine", "warmup_epochs": 1.0,
-        "label_smoothing": 0.1, "augment": "light", "patience": 5,
+        "label_smoothing": 0.1, "augment": "light", "patience": 5, "dropout": 0.2,
         "epochs": {"auto": 4, "linear-probe": 30, "fine-tune": 4, "full": 8, "contrastive": 1, "prototype": 1},
     },
     "text": {
         "recipe": "auto", "lr": 1e-3, "backbone_lr": 2e-5, "schedule": "linear", "warmup_epochs": 0.3,
-        "label_smoothing": 0.0, "augment": "none", "patience": 2,
+        "label_smoothing": 0.0, "augment": "none", "patience": 2, "dropout": 0.1,
         "epochs": {"auto": 3, "linear-probe": 30, "fine-tune": 3, "full": 3, "contrastive": 1, "prototype": 1},
     },
 }
@@ -110,7 +110,7 @@ class HeadConfig(_JsonMixin):
     pooling: str = option("avg", "Image avg|flatten [avg]; text mean|cls [the encoder's own]; word vectors mean|max|mean+max [cnn: max].",
                           choices=POOLINGS["image"] + POOLINGS["text"], cli_default=None)
     hidden: tuple[int, ...] = option(help="Hidden dense layer width in the head (repeat for more).", factory=tuple)
-    dropout: float = option(0.2, "Dropout in the head [image 0.2, text 0.1, word-vector CNN 0.5].", cli_default=None)
+    dropout: float = option(TASK_DEFAULTS["image"]["dropout"], "Dropout in the head [image 0.2, text 0.1, word-vector CNN 0.5].", cli_default=None)
 
     def __post_init__(self) -> None:
         _choice("pooling", self.pooling, POOLINGS["image"] + POOLINGS["text"])

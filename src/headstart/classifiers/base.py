@@ -14,7 +14,7 @@ import numpy as np
 from .. import __version__
 from .artifact import read_config, save_model_dir
 from ..evaluation.calibration import check_temperature
-from ..config import HeadConfig, TrainConfig
+from ..config import TASK_DEFAULTS, HeadConfig, TrainConfig
 from ..data.labels import LabelPredictions
 from ..errors import DataError, HeadstartError, ModelDirError
 from ..evaluation.metrics import summary_line
@@ -53,7 +53,9 @@ class Classifier(LabelPredictions):
     # what the outputs mean (:mod:`headstart.objectives`): set by ``fit`` from the data, or loaded
     objective_ = SINGLE_LABEL
 
-    def __init__(self, *, hidden: Sequence[int] = (), dropout: float = 0.2, pooling: str, progress: bool = False, **train: Any):
+    def __init__(self, *, hidden: Sequence[int] = (), dropout: float | None = None, pooling: str, progress: bool = False,
+                 **train: Any):
+        dropout = TASK_DEFAULTS[self.task]["dropout"] if dropout is None else dropout
         self.head_config = HeadConfig(pooling=pooling, hidden=tuple(hidden), dropout=dropout)
         self.config = TrainConfig(task=self.task, head=self.head_config, **train)
         self.progress = progress

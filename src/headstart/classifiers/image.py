@@ -50,7 +50,7 @@ class ImageClassifier(Classifier):
         *,
         weights: str | None = None,
         hidden: Sequence[int] = (),
-        dropout: float = 0.2,
+        dropout: float | None = None,
         pooling: str = "avg",
         multi_label: bool | None = None,
         label_sep: str = ";",

@@ -140,7 +140,6 @@ class TextClassifier(Classifier):
             if dropout is None:
                 dropout = WORD_DEFAULTS["dropout"][sequence_encoder]
         sequence_encoder = sequence_encoder or "none"
-        dropout = 0.1 if dropout is None else dropout
         if sequence_encoder not in SEQUENCE_ENCODERS:
             raise HeadstartError(f"sequence_encoder must be one of {', '.join(SEQUENCE_ENCODERS)}; got {sequence_encoder!r}")
         if sequence_encoder != "none" and self.kind != "word-vectors":
