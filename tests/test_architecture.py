@@ -161,10 +161,10 @@ def test_old_module_names_import_the_moved_modules():
     code = ("import headstart.runtime as old, headstart.deploy.runtime as new\n"
             "from headstart.textdata import read_table\n"
             "import headstart.data.textdata as t\n"
-            "print(old is new, read_table is t.read_table)")
+            "print(old is new, read_table is t.read_table, new.__spec__.name, t.__spec__.parent)")
     out = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, timeout=300,
                          cwd=SRC.parents[1])
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["True", "True"]
+    assert out.stdout.split() == ["True", "True", "headstart.deploy.runtime", "headstart.data"]  # their own specs
     assert "headstart.runtime moved to headstart.deploy.runtime" in out.stderr
     assert "headstart.textdata moved to headstart.data.textdata" in out.stderr

@@ -113,3 +113,27 @@ def test_run_directory_states(tmp_path):
     with pytest.raises(DataError, match="not a JSON object"):
         run.metrics()
     assert run.check() is None and run.predictions(["a", "b"]) is None
+
+
+def test_train_run_from_python_writes_a_whole_run(folder, tmp_path):
+    """The library call behind `headstart train`: no command line, no logging set up by it."""
+    import logging
+
+    from conftest import TINY
+    from headstart.runs import train_run
+
+    logger = logging.getLogger("headstart")
+    before = logger.level
+    options = TrainOptions.from_flat({
+        "data": folder, "out": tmp_path / "run", "backbone": TINY, "weights": "none", "recipe": "fine-tune",
+        "epochs": 1, "batch_size": 8, "precision": "fp32", "num_workers": 0, "time_budget": 0, "progress": False,
+    })
+    trained = train_run(options)
+    run = trained.run
+    assert run.finished() and trained.model_dir == run.model
+    assert trained.classifier.predict(sorted(folder.rglob("*.png"))[0]) in trained.classifier.classes_
+    log_text = (run.path / "train.log").read_text()
+    assert "fine-tune epoch 1/1" in log_text and "new run directory" in log_text  # every epoch, at INFO
+    assert logger.level == before  # the caller's logging is left as it was
+    assert run.metrics()["recipe"] == "fine-tune" and run.options().training["epochs"] == 1
+    assert run.predictions(trained.classifier.classes_) is not None

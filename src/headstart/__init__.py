@@ -49,20 +49,22 @@ def __dir__() -> list[str]:
 
 
 # Modules that moved into folders: the old names still import (with a DeprecationWarning), as
-# the same module objects, so code written against them keeps working.
+# the same module objects, so code written against them keeps working. (headstart.data,
+# .backbones, .training and .evaluation are folders now: their old contents are in
+# data.imagesets, backbones.image, training.loop and evaluation.metrics.)
 MOVED = {
-    "labels": "data.labels", "splits": "data.splits", "images": "data.images", "data": "data.imagesets",
+    "labels": "data.labels", "splits": "data.splits", "images": "data.images",
     "textdata": "data.textdata", "words": "data.words", "check": "data.check", "demo": "data.demo",
-    "registry": "backbones.registry", "backbones": "backbones.image", "encoders": "backbones.encoders",
+    "registry": "backbones.registry", "encoders": "backbones.encoders",
     "vectors": "backbones.vectors", "transforms": "backbones.transforms", "fetch": "backbones.fetch",
     "model": "models.networks", "unknown": "models.unknown",
-    "training": "training.loop", "transfer": "training.transfer", "solver": "training.solver",
+    "transfer": "training.transfer", "solver": "training.solver",
     "losses": "training.losses", "contrastive": "training.contrastive", "tokens": "training.tokens",
     "image_recipe": "training.image_recipe", "wordvec": "training.wordvec", "checkpoint": "training.checkpoint",
     "distributed": "training.distributed", "cache": "training.cache",
     "classifier": "classifiers.base", "image": "classifiers.image", "text": "classifiers.text",
     "loading": "classifiers.loading", "artifact": "classifiers.artifact",
-    "evaluation": "evaluation.metrics", "calibration": "evaluation.calibration",
+    "calibration": "evaluation.calibration",
     "report": "reports.report", "plots": "reports.plots", "card": "reports.card", "tblog": "reports.tblog",
     "export": "deploy.export", "runtime": "deploy.runtime", "serve": "deploy.serve", "studio": "deploy.studio",
 }
@@ -78,17 +80,17 @@ class _MovedModules:
         import warnings
 
         prefix, _, old = fullname.partition(".")
-        # headstart.data, .backbones, .training and .evaluation are folders now: their own
-        # names find the folder; only the module names that no longer exist are redirected
-        if prefix != __name__ or old not in MOVED or old in ("data", "backbones", "training", "evaluation"):
+        if prefix != __name__ or old not in MOVED:
             return None
         new = f"{__name__}.{MOVED[old]}"
         warnings.warn(f"{fullname} moved to {new}; import that", DeprecationWarning, stacklevel=2)
         module = importlib.import_module(new)
+        own_spec = module.__spec__
 
         class Loader:
             create_module = staticmethod(lambda spec: module)
-            exec_module = staticmethod(lambda m: None)
+            # the import system sets __spec__ on the module it loads: give the module its own back
+            exec_module = staticmethod(lambda m: setattr(m, "__spec__", own_spec))
 
         return importlib.util.spec_from_loader(fullname, Loader())
 

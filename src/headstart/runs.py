@@ -3,7 +3,8 @@ the run itself (what ``headstart train`` does; the report and the studio read ru
 
 A run directory holds::
 
-    run.json            the options it was started with (RunOptions, ModelOptions, TrainConfig)
+    run.json            the options it was started with (RunOptions, ModelOptions, and the
+                        TrainConfig as the classifier resolved it), for --resume
     check.json          the data check of the sets it trained and validated on
     config.json         task, data, backbone and the resolved TrainConfig
     train.log           the log
@@ -12,6 +13,7 @@ A run directory holds::
     metrics.json        recipe, protocol, history, validation metrics, calibration, data notes
     val_predictions.csv one row per validation item: label, prediction, probabilities
     report.html, plots/ written by the report from the files above
+    tensorboard/        with --log tensorboard
 """
 
 from __future__ import annotations
@@ -456,6 +458,9 @@ def train_run(options: TrainOptions, resume: RunDir | None = None) -> Trained | 
     handler = logging.FileHandler(run.path / LOG_FILE, encoding="utf-8") if world.is_main else logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(handler)
+    level = log.level
+    if log.getEffectiveLevel() > logging.INFO:  # called from Python: train.log still gets every epoch
+        log.setLevel(logging.INFO)
     board = None
     if run_opts.log_to == "tensorboard" and world.is_main:
         from .reports.tblog import TensorBoardHandler
@@ -491,6 +496,7 @@ def train_run(options: TrainOptions, resume: RunDir | None = None) -> Trained | 
             shutil.rmtree(run.checkpoints, ignore_errors=True)  # last: until here, --resume finishes the run
         distributed.finish()
     finally:
+        log.setLevel(level)
         for h in (handler, board):
             if h is not None:
                 log.removeHandler(h)

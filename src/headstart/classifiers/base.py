@@ -95,7 +95,8 @@ class Classifier(LabelPredictions):
             self.require_unknown_rule()
         items, y, logits, scores, skipped = self.labelled_outputs(data, labels, with_unknown=True)
         if len(y) == 0:
-            raise DataError(f"no example of {str(data)!r} could be read; nothing to evaluate")
+            what = repr(str(data)) if isinstance(data, (str, Path)) else f"the given {type(data).__name__}"
+            raise DataError(f"no example of {what} could be read; nothing to evaluate")
         probs = self._probabilities(logits)
         metrics = self.metrics(y, probs)
         metrics["skipped"] = skipped

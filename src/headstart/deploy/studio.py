@@ -793,9 +793,9 @@ class Trainer:
         if run_dir.finished() and returncode == 0:
             metrics = None
             try:
-                val = run_dir.metrics()["val"]
+                val = run_dir.metrics().get("val") or {}
                 metrics = {k: val.get(k) for k in ("accuracy", "macro_f1", "n")}
-            except (HeadstartError, AttributeError):
+            except (HeadstartError, AttributeError, TypeError):
                 pass
             self.projects.update_run(pid, rid, state="finished", ended=_now(), pid=None, metrics=metrics, message="")
         elif cancelled:
