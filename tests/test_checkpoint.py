@@ -87,6 +87,8 @@ def test_resume_errors(reference, folder, tmp_path, capsys):
     assert code == 2 and "drop --lr" in err
     code, _, err = run(capsys, "train", "--resume", reference, "--workers", "1")  # would change augmentation
     assert code == 2 and "drop --workers" in err
+    code, _, err = run(capsys, "train", "--resume", reference, "--no-refit")
+    assert code == 2 and "drop --refit/--no-refit" in err
     saved = json.loads((reference / "run.json").read_text())
     assert Path(saved["run"]["data"]).is_absolute() and saved["training"]["num_workers"] == 0
     code, _, err = run(capsys, "train")

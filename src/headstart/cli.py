@@ -145,7 +145,7 @@ def train(data, resume_run, **options):
         run = RunDir(resume_run)
         run.require_resumable()
         ctx = click.get_current_context()
-        flags = {p.name: "DATA" if p.name == "data" else p.opts[0] for p in ctx.command.params}
+        flags = {p.name: "DATA" if p.name == "data" else "/".join(p.opts + p.secondary_opts) for p in ctx.command.params}
         changed = sorted(flags[k] for k in ["data", *options]
                          if not _resume_free(k) and ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT)
         if changed:
