@@ -7,6 +7,7 @@ exits 1 (2 for a malformed command line). ``--debug`` shows the traceback instea
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import signal
@@ -82,19 +83,25 @@ TRAIN_OPTIONS = (
 )
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    import typing
+
+    return typing.get_type_hints(cls)
+
+
 def _click_option(name: str):
     """A click option made from a config field's type and metadata (headstart.config.option)."""
     import typing
 
-    from .config import option_fields
+    from .config import command_line_default, option_fields
 
     owner, f = option_fields()[name]
     meta = f.metadata
-    hint = typing.get_type_hints(owner)[name]
+    hint = _type_hints(owner)[name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     kind = args[0] if typing.get_origin(hint) is typing.Union or type(hint).__name__ == "UnionType" else hint
-    default = meta["cli_default"] if "cli_default" in meta else (
-        f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[misc]
+    default = command_line_default(f)
     flag = meta.get("flag") or "--" + name.replace("_", "-")
     kw: dict[str, Any] = {"help": meta.get("help")}
     if meta.get("show_default"):
@@ -162,7 +169,8 @@ def train(data, resume_run, **options):
 def _resume_free(name: str) -> bool:
     from .config import option_fields
 
-    return name in option_fields() and option_fields()[name][1].metadata.get("resume_free", False)
+    field = option_fields().get(name)
+    return field is not None and field[1].metadata.get("resume_free", False)
 
 
 def _train(options, resume) -> None:

@@ -7,8 +7,10 @@ given, with a message naming the field, not deep inside training.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from types import MappingProxyType
+from typing import Any, Mapping, Sequence
 
 from .errors import HeadstartError
 
@@ -310,14 +312,23 @@ class RunOptions(_JsonMixin):
             _choice("log", self.log_to, LOGGERS)
 
 
-def option_fields() -> dict[str, tuple[type, dataclasses.Field]]:
+@functools.cache
+def option_fields() -> Mapping[str, tuple[type, dataclasses.Field]]:
     """Every field a training run is set by, by name (the names are unique across
     :class:`RunOptions`, :class:`ModelOptions`, :class:`TrainConfig` and :class:`HeadConfig`),
-    with the dataclass it belongs to."""
+    with the dataclass it belongs to. Built once; read-only."""
     out: dict[str, tuple[type, dataclasses.Field]] = {}
     for cls in (RunOptions, ModelOptions, TrainConfig, HeadConfig):
         for f in dataclasses.fields(cls):
             if f.name != "head":
                 assert f.name not in out, f"option {f.name!r} is defined twice"
                 out[f.name] = (cls, f)
-    return out
+    return MappingProxyType(out)
+
+
+def command_line_default(f: dataclasses.Field) -> Any:
+    """What a field is when the command line does not set it: its ``cli_default`` where the
+    task or the data decide, else the dataclass default."""
+    if "cli_default" in f.metadata:
+        return f.metadata["cli_default"]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]

@@ -19,7 +19,6 @@ A run directory holds::
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import logging
 import shutil
@@ -32,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import __version__
-from .config import HeadConfig, ModelOptions, RunOptions, TrainConfig, option_fields
+from .config import HeadConfig, ModelOptions, RunOptions, TrainConfig, command_line_default, option_fields
 from .errors import DataError, HeadstartError
 from .data.labels import label_names
 
@@ -91,14 +90,7 @@ class TrainOptions:
             raise HeadstartError(f"unknown training option(s): {', '.join(unknown)}")
         parts: dict[type, dict[str, Any]] = {RunOptions: {}, ModelOptions: {}, TrainConfig: {}}
         for name, (owner, f) in fields.items():
-            if name in values:
-                value = values[name]
-            elif "cli_default" in f.metadata:
-                value = f.metadata["cli_default"]
-            elif f.default is not dataclasses.MISSING:
-                value = f.default
-            else:
-                value = f.default_factory()  # type: ignore[misc]
+            value = values[name] if name in values else command_line_default(f)
             parts[TrainConfig if owner is HeadConfig else owner][name] = str(value) if isinstance(value, Path) else value
         training = parts[TrainConfig]
         training["hidden"] = tuple(training.get("hidden") or ())
