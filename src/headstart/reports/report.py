@@ -29,7 +29,7 @@ from .. import __version__
 from ..evaluation.calibration import apply_temperature, log_probs, reliability
 from ..errors import DataError, HeadstartError
 from ..data.check import MAX_NOTE_ITEMS
-from ..runs import CHECK_FILE, METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE, RunDir, write_json, write_predictions
+from ..runs import CHECK_FILE, METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE, RunDir, read_json, write_json, write_predictions
 
 log = logging.getLogger("headstart")
 
@@ -616,8 +616,8 @@ def evaluation_report(clf, model_dir: str | Path, data: Any, out_dir: str | Path
         ours = False
         if previous.is_file():
             try:
-                ours = json.loads(previous.read_text(encoding="utf-8")).get("report") == "evaluation"
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                ours = read_json(previous, "metrics file").get("report") == "evaluation"
+            except DataError:
                 ours = False
         if not ours:
             raise HeadstartError(
