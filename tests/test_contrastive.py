@@ -11,7 +11,7 @@ from conftest import make_texts
 from headstart import TextClassifier, load
 from headstart.training import contrastive
 from headstart.config import TrainConfig
-from headstart.training.contrastive import balanced_batches, step_budget, supcon_loss
+from headstart.training.contrastive import balanced_batches, pair_cosine_loss, step_budget
 from headstart.errors import HeadstartError
 
 
@@ -33,16 +33,22 @@ def test_the_step_budget_grows_with_rows_not_their_square():
     assert 9 <= large / small <= 11
 
 
-def test_the_loss_rewards_classes_that_cluster_and_ignores_rows_without_positives():
+def test_the_loss_rewards_classes_that_cluster_and_weighs_both_kinds_of_pair_equally():
     y = torch.tensor([0, 0, 1, 1])
     apart = torch.tensor([[1.0, 0.0], [1.0, 0.05], [0.0, 1.0], [0.05, 1.0]])
     mixed = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.05], [0.05, 1.0]])
-    assert supcon_loss(apart, y) < supcon_loss(mixed, y)
-    # a row alone in its class has no positive: it adds nothing, and a batch of those is 0
-    assert supcon_loss(torch.randn(3, 4), torch.tensor([0, 1, 2])).item() == 0.0
-    z = torch.randn(6, 4, requires_grad=True)
-    supcon_loss(z, torch.tensor([0, 0, 1, 1, 2, 3])).backward()
-    assert torch.isfinite(z.grad).all()
+    assert pair_cosine_loss(apart, y) < 0.01 < 0.5 < pair_cosine_loss(mixed, y)
+    # by hand: 3 rows of 2 classes, one positive pair (cos 0.6) and two negatives (cos 0, 0.8)
+    z = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    expected = 0.5 * (1 - 0.6) ** 2 + 0.5 * (0.0 ** 2 + 0.8 ** 2) / 2
+    assert pair_cosine_loss(z, torch.tensor([0, 0, 1])).item() == pytest.approx(expected, abs=1e-6)
+    # the norm does not matter, a row is never paired with itself, and all-negative batches
+    # are pushed apart only
+    assert pair_cosine_loss(3 * z, torch.tensor([0, 0, 1])).item() == pytest.approx(expected, abs=1e-6)
+    assert pair_cosine_loss(torch.eye(3), torch.tensor([0, 1, 2])).item() == 0.0
+    g = torch.randn(6, 4, requires_grad=True)
+    pair_cosine_loss(g, torch.tensor([0, 0, 1, 1, 2, 3])).backward()
+    assert torch.isfinite(g.grad).all()
 
 
 @pytest.fixture
@@ -70,6 +76,34 @@ def test_the_recipe_runs_end_to_end_and_round_trips(tiny_bert, tmp_path, few_ste
     again = load(tmp_path / "m")
     vt, _ = make_texts(10, seed=4)
     np.testing.assert_allclose(again.predict_proba(vt), clf.predict_proba(vt), atol=1e-5)
+
+
+def test_under_five_fold_cv_the_encoder_is_tuned_on_three_folds_and_the_probe_judged_on_the_same(tiny_bert, few_steps,
+                                                                                                   monkeypatch):
+    from headstart.training import transfer
+
+    seen = {}
+    real = transfer.Transfer._against_probe
+
+    def spy(self, logits, rows, probe):
+        seen["probe_rows"], seen["rows"] = np.sort(probe["rows"]), np.sort(rows)
+        return real(self, logits, rows, probe)
+
+    monkeypatch.setattr(transfer.Transfer, "_against_probe", spy)
+    texts, labels = make_texts(30)
+    clf = TextClassifier(backbone=str(tiny_bert), recipe="contrastive", batch_size=8, backbone_lr=3e-3,
+                         precision="fp32").fit(texts, labels)
+    entry = [t for t in clf.tried_ if t["recipe"] == "contrastive"][0]
+    assert entry["folds"] == entry["of_folds"] == transfer.CONTRASTIVE_FOLDS == 3
+    # the planned steps, the curve recorded at the checkpoints
+    assert entry["steps"] == entry["steps_planned"] == max(int(k) for k in entry["curve"])
+    assert len(entry["curve"]) == 4
+    # every row scored once out-of-fold, the probe on the same rows, and the protocol says 3 folds
+    assert clf.protocol_["kind"] == "cross-validation" and clf.protocol_["folds"] == 3 and clf.protocol_["n"] == 30
+    assert len(clf.protocol_["fold_accuracy"]) == 3
+    np.testing.assert_array_equal(seen["rows"], np.arange(30))
+    np.testing.assert_array_equal(seen["probe_rows"], np.arange(30))
+    assert "3-fold" in clf.protocol_["description"]
 
 
 def test_with_a_validation_set_the_recipe_is_scored_on_it(tiny_bert, few_steps):

@@ -195,7 +195,7 @@ class TokenBackend:
         (after a checkpoint). Returns the seconds each step took."""
         import time
 
-        from .contrastive import balanced_batches, supcon_loss
+        from .contrastive import balanced_batches, pair_cosine_loss
         from .loop import param_groups
 
         cfg = self.cfg
@@ -216,7 +216,7 @@ class TokenBackend:
                 batch = {k: v.to(self.device) for k, v in pad([self.ids[rows[i]] for i in index], self.pad_id).items()}
                 with autocast(self.device, self.precision):
                     z = model.embed(batch["input_ids"], batch["attention_mask"])
-                loss = supcon_loss(z, torch.as_tensor(self.labels[rows[index]], device=self.device))
+                loss = pair_cosine_loss(z, torch.as_tensor(self.labels[rows[index]], device=self.device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.backbone.parameters(), 1.0)
