@@ -172,18 +172,42 @@ def test_auto_keeps_fine_tuning_only_when_it_beats_the_probe_on_the_same_rows():
 
 
 def test_a_lead_within_noise_decides_nothing():
-    # of the rows where only one of the two is right, one must win by more than one
-    # standard deviation of a fair coin's difference
+    # of the rows where only one of the two is right, one must win by more than two
+    # standard deviations of a fair coin's difference
     assert transfer.against_probe({"wins": 2, "losses": 1}) == "even"  # 0.69 vs 0.62 on 13 rows: noise
     assert transfer.against_probe({"wins": 0, "losses": 0}) == "even"
-    assert transfer.against_probe({"wins": 12, "losses": 6}) == "better"
-    assert transfer.against_probe({"wins": 120, "losses": 100}) == "better"  # 20 > sqrt(220)
-    assert transfer.against_probe({"wins": 110, "losses": 100}) == "even"
-    assert transfer.against_probe({"wins": 6, "losses": 12}) == "worse"
+    assert transfer.against_probe({"wins": 5, "losses": 2}) == "even"  # 3 < 2 sqrt(7): noise on 13 rows
+    assert transfer.against_probe({"wins": 14, "losses": 4}) == "better"  # 10 > 2 sqrt(18)
+    assert transfer.against_probe({"wins": 12, "losses": 6}) == "even"
+    assert transfer.against_probe({"wins": 135, "losses": 100}) == "better"  # 35 > 2 sqrt(235)
+    assert transfer.against_probe({"wins": 120, "losses": 100}) == "even"
+    assert transfer.against_probe({"wins": 4, "losses": 14}) == "worse"
     # fine-tuning must win; contrastive (few rows per class) stays unless it clearly loses
-    assert not transfer.keeps("full", {"wins": 2, "losses": 1}) and transfer.keeps("full", {"wins": 12, "losses": 6})
+    assert not transfer.keeps("full", {"wins": 2, "losses": 1}) and transfer.keeps("full", {"wins": 14, "losses": 4})
     assert transfer.keeps("contrastive", {"wins": 1, "losses": 2})
-    assert not transfer.keeps("contrastive", {"wins": 6, "losses": 12})
+    assert not transfer.keeps("contrastive", {"wins": 4, "losses": 14})
+
+
+def test_a_refit_that_does_worse_on_rows_it_trained_on_than_the_judged_model_is_discarded():
+    class CollapsingRefit(FakeBackend):
+        def train(self, model, train_rows, eval_rows, **kw):
+            out = super().train(model, train_rows, eval_rows, **kw)
+            if eval_rows is None:  # the refit on every row ends on a wrong answer for everything
+                model.quality = "bad"
+            return out
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 30)
+    x = np.eye(3)[y] + rng.normal(0, 1.2, (len(y), 3))
+    cfg = TrainConfig(recipe="auto", epochs=2, seed=0).resolved()
+    backend = CollapsingRefit(x, y, "good")
+    result = Transfer(_Model(3, 3), backend, cfg, n_data=len(y), n_val=0, classes=["a", "b", "c"],
+                      loss_fn=CrossEntropy()).run()
+    assert backend.trained[-1][1] is None  # the refit ran
+    entry = [t for t in result.tried if t["recipe"] == "fine-tune"][0]
+    assert entry["kept"] and entry["refit_discarded"] == 0.0
+    # the model that scored the reported rows is kept, and the protocol claims no refit
+    assert result.recipe == "fine-tune" and result.model.quality == "good" and not result.protocol.refit
 
 
 def test_refit_trains_the_final_model_on_every_row():
