@@ -26,6 +26,15 @@ LINEAR_ARGS = ["--backbone", TINY, "--weights", "none", "--recipe", "linear-prob
                "--batch-size", "8", "--precision", "fp32", "--workers", "0", "--no-cache"]
 
 
+
+def _wait_for_parity(page) -> None:
+    """Until the export says its parity check passed; on a failed export or a timeout, fail
+    with what the page says."""
+    page.wait_for_function("(t => t.includes('parity passed') || t.startsWith('Export failed'))"
+                           "(document.getElementById('export-result').textContent)", timeout=120_000)
+    text = page.text_content("#export-result")
+    assert "parity passed" in text, text
+
 def test_make_try_and_export_an_image_and_a_text_classifier_in_the_browser(tmp_path, tiny_bert):
     _chromium()
     from headstart.deploy.studio import create_studio_app
@@ -85,7 +94,7 @@ def test_make_try_and_export_an_image_and_a_text_classifier_in_the_browser(tmp_p
         assert all(s.endswith("%") for s in page.locator("#try-results .score").all_text_contents())
 
         page.click("#export")
-        page.wait_for_function("document.getElementById('export-result').textContent.includes('parity passed')", timeout=120_000)
+        _wait_for_parity(page)
         assert "top-1 agreement" in page.text_content("#export-result")
         assert page.get_attribute("#download", "href").endswith("/download")
         page.screenshot(path=str(shots / "studio.png"), full_page=True)
@@ -114,7 +123,7 @@ def test_make_try_and_export_an_image_and_a_text_classifier_in_the_browser(tmp_p
         page.wait_for_selector("#try-results .row")
         assert set(page.locator("#try-results .label").all_text_contents()) == {"positive", "negative"}
         page.click("#export")
-        page.wait_for_function("document.getElementById('export-result').textContent.includes('parity passed')", timeout=120_000)
+        _wait_for_parity(page)
         page.screenshot(path=str(shots / "studio-text.png"), full_page=True)
 
         # both projects are listed, and the image project opens again with its finished run
