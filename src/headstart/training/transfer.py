@@ -109,7 +109,7 @@ def against_probe(entry: dict) -> str:
     :data:`SIGN_TEST_Z` standard deviations of that difference were both equally good (a sign
     test). On a few dozen held-out rows a lead of a few rows is noise (SST-2, 32 per class:
     ``full`` won 5 rows to 2 of 13 held out, then scored 49.7% on test against the probe's
-    69%); on thousands, a small lead is not."""
+    67.7%); on thousands, a small lead is not."""
     wins, losses = entry.get("wins", 0), entry.get("losses", 0)
     margin = SIGN_TEST_Z * math.sqrt(wins + losses)
     return "better" if wins - losses > margin else "worse" if losses - wins > margin else "even"
@@ -556,7 +556,7 @@ class Transfer:
                 or self.C is None:
             return self._held_out_splits(), probe, self.protocol.folds if self.eval_rows is None else None
         y = self.labels[self.train_rows]
-        folds = kfold(y, min(CONTRASTIVE_FOLDS, fold_count(y, self.cfg.folds)), self.cfg.seed)
+        folds = kfold(y, fold_count(y, CONTRASTIVE_FOLDS), self.cfg.seed)  # cfg.folds is larger here
         fit, ok = self.solve(self.train_rows, folds)
         return ([(self.train_rows[tr], self.train_rows[va]) for tr, va in folds],
                 {"logits": fit.oof_logits.astype(np.float32), "rows": ok}, len(folds))
