@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -186,11 +187,13 @@ def test_a_real_signal_stops_cleanly_and_resume_equals_uninterrupted(signum, fol
     args = [*_cli_script(tmp_path), "train", str(folder), *longer, "--out", str(out)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
+    running = None
     while time.monotonic() < deadline and proc.poll() is None:
         running = Checkpoints.read(out / "checkpoints")["running"] if (out / "checkpoints" / "last.pt").is_file() else None
         if running is not None and running["key"] == "0-fine-tune":
             break
         time.sleep(0.05)
+    assert proc.poll() is None and running is not None, f"the fine-tune phase was never seen running: {running}"
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signum, err
@@ -199,6 +202,29 @@ def test_a_real_signal_stops_cleanly_and_resume_equals_uninterrupted(signum, fol
     assert done.returncode == 0, done.stderr
     assert "resuming after epoch" in (out / "train.log").read_text()
     same_run(tmp_path / "reference", out)
+
+
+def test_a_signal_during_an_image_decode_is_not_taken_for_a_broken_file(tmp_path, monkeypatch):
+    """The dataset skips a file whose decode raises; a SIGINT that lands inside that decode
+    must still stop the run, not be counted as one more unreadable image."""
+    from PIL import Image
+
+    from headstart.data import imagesets
+
+    path = tmp_path / "a.png"
+    Image.new("RGB", (4, 4)).save(path)
+    data = imagesets.ImageDataset([path], np.zeros(1, dtype=np.int64), transform=lambda im: im)
+
+    def decode_then_signalled(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        raise AssertionError("the handler raises before this line")
+
+    monkeypatch.setattr(imagesets, "load_image", decode_then_signalled)
+    with checkpointing(tmp_path / "checkpoints"), pytest.raises(TrainingInterrupted) as exc:
+        data[0]
+    assert exc.value.signum == signal.SIGINT
+    monkeypatch.undo()
+    assert data[0][3] is None  # the handlers are restored; the file decodes
 
 
 SAVER = textwrap.dedent(

@@ -26,14 +26,15 @@ LINEAR_ARGS = ["--backbone", TINY, "--weights", "none", "--recipe", "linear-prob
                "--batch-size", "8", "--precision", "fp32", "--workers", "0", "--no-cache"]
 
 
-
 def _wait_for_parity(page) -> None:
-    """Until the export says its parity check passed; on a failed export or a timeout, fail
-    with what the page says."""
+    """Until the export says its parity check passed; on a failed export (its own message,
+    or the page's error box for a failed request) or a timeout, fail with what the page says."""
     page.wait_for_function("(t => t.includes('parity passed') || t.startsWith('Export failed'))"
-                           "(document.getElementById('export-result').textContent)", timeout=120_000)
-    text = page.text_content("#export-result")
-    assert "parity passed" in text, text
+                           "(document.getElementById('export-result').textContent)"
+                           " || !document.getElementById('error').hidden", timeout=120_000)
+    text, error = page.text_content("#export-result"), page.text_content("#error")
+    assert "parity passed" in text, f"export result: {text!r}; error box: {error!r}"
+
 
 def test_make_try_and_export_an_image_and_a_text_classifier_in_the_browser(tmp_path, tiny_bert):
     _chromium()

@@ -37,8 +37,13 @@ CHECKPOINT_FILE = "last.pt"
 FORMAT_VERSION = 1
 
 
-class TrainingInterrupted(HeadstartError):
-    """SIGINT or SIGTERM arrived during training; ``signum`` says which."""
+class TrainingInterrupted(BaseException):
+    """SIGINT or SIGTERM arrived during training; ``signum`` says which.
+
+    A :class:`BaseException`, as :class:`KeyboardInterrupt` is: the signal can land anywhere,
+    including inside an ``except Exception`` that skips one undecodable image or one damaged
+    cache entry, and such a handler must not swallow it and let the run finish as if nothing
+    had been asked."""
 
     def __init__(self, signum: int):
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
