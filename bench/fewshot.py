@@ -20,6 +20,7 @@ run. Prints medians over seeds; ``--json`` writes every run.
     pip install -e '.[bench]'      # setfit
     python bench/fewshot.py                               # every row, seeds 0 1 2
     python bench/fewshot.py --rows sst2-8 emotions-8 --seeds 0 1 2 3 4
+    python bench/fewshot.py --rows sst2-8 --backbone mpnet-base   # SetFit's usual encoder size
 """
 
 from __future__ import annotations
@@ -66,22 +67,27 @@ def _emotions():
             TextSet([dev_t[i] for i in pick], np.asarray([index[dev_l[i]] for i in pick]), classes))
 
 
-def _setfit(train_texts, train_labels, test_texts, test_labels, seed: int, cap: float) -> dict:
+def _encoder_dir(backbone: str) -> str:
+    """The directory both headstart and SetFit load the text encoder from."""
+    from headstart.backbones.encoders import resolve_encoder
+
+    return resolve_encoder(backbone)[1]
+
+
+def _setfit(train_texts, train_labels, test_texts, test_labels, seed: int, cap: float, backbone: str = "minilm-l6") -> dict:
     try:
         from datasets import Dataset
         from setfit import SetFitModel, Trainer, TrainingArguments
         from setfit.sampler import ContrastiveDataset
     except ImportError:
         return {"skipped": "setfit is not installed (pip install -e '.[bench]')"}
-    from headstart.backbones.encoders import _minilm_path
-
     import tempfile
 
     out = tempfile.mkdtemp(prefix="setfit-")  # SetFit's Trainer writes checkpoints; never into the working tree
     pairs = len(ContrastiveDataset(train_texts, train_labels, multilabel=False))
     steps = math.ceil(pairs / 16)
     start = time.perf_counter()
-    model = SetFitModel.from_pretrained(_minilm_path())
+    model = SetFitModel.from_pretrained(_encoder_dir(backbone))
     probe_args = TrainingArguments(output_dir=out, batch_size=16, num_epochs=1, max_steps=10, seed=seed, report_to="none",
                                    save_strategy="no")
     probe_trainer = Trainer(model=model, args=probe_args,
@@ -95,7 +101,7 @@ def _setfit(train_texts, train_labels, test_texts, test_labels, seed: int, cap: 
 
         shutil.rmtree(out, ignore_errors=True)
         return {"projected_seconds": round(projected, 0), "steps": steps}
-    model = SetFitModel.from_pretrained(_minilm_path())
+    model = SetFitModel.from_pretrained(_encoder_dir(backbone))
     args = TrainingArguments(output_dir=out, batch_size=16, num_epochs=1, seed=seed, report_to="none", save_strategy="no")
     start = time.perf_counter()
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": train_texts, "label": train_labels}))
@@ -110,23 +116,23 @@ def _setfit(train_texts, train_labels, test_texts, test_labels, seed: int, cap: 
             "steps": steps}
 
 
-def run_text(row: str, seed: int, cap: float, setfit: bool, recipe: str | None = None) -> dict:
+def run_text(row: str, seed: int, cap: float, setfit: bool, recipe: str | None = None, backbone: str = "minilm-l6") -> dict:
     from headstart import TextClassifier
 
     name, k = row.rsplit("-", 1)
     train, test = _texts(name) if name == "sst2" else _emotions()
     train = _subsample(train, int(k), seed)
     start = time.perf_counter()
-    clf = TextClassifier(seed=seed, **({"recipe": recipe} if recipe else {})).fit(train)
+    clf = TextClassifier(backbone, seed=seed, **({"recipe": recipe} if recipe else {})).fit(train)
     seconds = time.perf_counter() - start
     hs = clf.evaluate(test)["accuracy"]
     lr, _ = _baseline(_features(clf, train, "text"), train.labels, _features(clf, test, "text"), test.labels)
-    out = {"row": row, "seed": seed, "n_train": len(train), "n_test": len(test), "headstart": hs,
+    out = {"row": row, "seed": seed, "backbone": backbone, "n_train": len(train), "n_test": len(test), "headstart": hs,
            "headstart_seconds": round(seconds, 1), "recipe": clf.recipe_, "tried": clf.tried_,
            "protocol": clf.protocol_.get("description"), "logreg": lr}
     if setfit:
         names = lambda data: [data.classes[i] for i in data.labels]  # noqa: E731
-        out["setfit"] = _setfit(list(train.texts), names(train), list(test.texts), names(test), seed, cap)
+        out["setfit"] = _setfit(list(train.texts), names(train), list(test.texts), names(test), seed, cap, backbone)
     return out
 
 
@@ -143,6 +149,8 @@ def main() -> None:
     parser.add_argument("--setfit-cap", type=float, default=900.0, help="seconds; longer SetFit runs are projected [900]")
     parser.add_argument("--no-setfit", action="store_true")
     parser.add_argument("--recipe", help="headstart's recipe [its default, auto]")
+    parser.add_argument("--backbone", default="minilm-l6",
+                        help="text rows: the encoder of headstart, SetFit and the baseline alike (e.g. mpnet-base, once fetched) [minilm-l6]")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if not SHARED.is_dir():
@@ -152,12 +160,13 @@ def main() -> None:
     for row in args.rows:
         for seed in args.seeds:
             r = (run_images(row, seed, args.recipe) if row.startswith("clothing")
-                 else run_text(row, seed, args.setfit_cap, not args.no_setfit, args.recipe))
+                 else run_text(row, seed, args.setfit_cap, not args.no_setfit, args.recipe, args.backbone))
             results.append(r)
             print(json.dumps(r), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
-    print("\n| row | headstart (median) | time | logistic regression | SetFit | SetFit time | recipes kept |")
+    print(f"\ntext encoder: {args.backbone}")
+    print("| row | headstart (median) | time | logistic regression | SetFit | SetFit time | recipes kept |")
     print("|---|---|---|---|---|---|---|")
     for row in args.rows:
         rs = [r for r in results if r["row"] == row]
