@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
 import tempfile
 import time
@@ -24,6 +23,9 @@ import torch
 from headstart import TextClassifier
 from headstart.data.textdata import read_table
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from encoders import dir_size, texts_per_second  # noqa: E402 - the same size and throughput measures
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "datasets" / "sst2"
 
@@ -32,10 +34,6 @@ ARMS = {
     "glove-bilstm": ("GloVe-50d frozen, BiLSTM 128 + mean+max", dict(backbone="glove-6b-50d", sequence_encoder="bilstm", pooling="mean+max")),
     "transformer": ("minilm-l6 transformer, full fine-tune (default)", dict()),
 }
-
-
-def dir_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def main() -> None:
@@ -61,13 +59,7 @@ def main() -> None:
             clf = TextClassifier(**kwargs).fit(train, val=dev)
             seconds = time.perf_counter() - start
             size = dir_size(clf.save(Path(tmp) / arm))
-            clf.predict_proba(test.texts[:64])  # warm-up
-            times = []
-            for _ in range(3):
-                t = time.perf_counter()
-                clf.predict_proba(test.texts)
-                times.append(time.perf_counter() - t)
-            rate = len(test.texts) / statistics.median(times)
+            rate = texts_per_second(clf, test.texts)
             rows.append({"arm": name, "accuracy": clf.val_metrics_["accuracy"], "seconds": seconds, "mb": size / 1e6, "rate": rate,
                          "oov": (clf.oov_ or {}).get("val", {}).get("rate")})
             print(f"  -> dev {rows[-1]['accuracy']:.4f}, train {seconds:.0f}s, {size / 1e6:.1f} MB, {rate:.0f} texts/s", file=sys.stderr)
