@@ -218,3 +218,32 @@ def test_evaluation_keeps_what_it_measured_and_refuses_unreadable_data(trained, 
         (broken / name / "a.png").write_bytes(data[: len(data) // 3])  # a true header, the pixels cut off
     with pytest.raises(DataError, match="nothing to evaluate"):
         trained.evaluate(broken)
+
+
+def test_the_optimizer_updates_every_parameter_in_one_fused_step_where_it_can():
+    from headstart.training.loop import make_optimizer, param_groups
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
+    for name in ("adam", "adamw", "sgd"):
+        opt = make_optimizer(name, param_groups(model.named_parameters(), 1e-2, 0.01))
+        assert opt.defaults.get("fused") is True, name
+        before = [p.detach().clone() for p in model.parameters()]
+        model(torch.randn(5, 4)).sum().backward()
+        opt.step()
+        assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+        opt.zero_grad()
+    # the same updates as the one-tensor-at-a-time optimizer
+    a, b = (torch.nn.Linear(4, 3) for _ in range(2))
+    b.load_state_dict(a.state_dict())
+    fused = make_optimizer("adamw", param_groups(a.named_parameters(), 1e-2, 0.01))
+    plain = torch.optim.AdamW(param_groups(b.named_parameters(), 1e-2, 0.01), foreach=False)
+    x = torch.randn(6, 4)
+    for _ in range(3):
+        for m, o in ((a, fused), (b, plain)):
+            o.zero_grad()
+            m(x).pow(2).sum().backward()
+            o.step()
+    torch.testing.assert_close(a.weight, b.weight, atol=1e-6, rtol=1e-5)
+    # parameters the fused kernels cannot take (on the meta device): the plain optimizer
+    meta = torch.nn.Linear(4, 2, device="meta")
+    assert not make_optimizer("adamw", param_groups(meta.named_parameters(), 1e-2, 0.0)).defaults.get("fused")

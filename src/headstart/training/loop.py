@@ -135,12 +135,24 @@ def param_groups(named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_de
     return groups
 
 
+def fused_ok(groups: list[dict]) -> bool:
+    """Whether the optimizer can update every parameter in one fused kernel: floating-point
+    parameters, all on the CPU or all on one CUDA device. On the CPU, PyTorch otherwise updates
+    one tensor at a time; fused AdamW took 8 ms a step on MiniLM-L6's 22.7M parameters where
+    that took 80 ms, a quarter of a few-shot training step (2 cores)."""
+    params = [p for g in groups for p in g["params"]]
+    devices = {p.device for p in params}
+    return (len(devices) == 1 and next(iter(devices)).type in ("cpu", "cuda")
+            and all(p.is_floating_point() for p in params))
+
+
 def make_optimizer(name: str, groups: list[dict]) -> torch.optim.Optimizer:
+    fused = {"fused": True} if fused_ok(groups) else {}
     if name == "adam":
-        return torch.optim.Adam(groups)
+        return torch.optim.Adam(groups, **fused)
     if name == "adamw":
-        return torch.optim.AdamW(groups)
-    return torch.optim.SGD(groups, momentum=0.9, nesterov=True)
+        return torch.optim.AdamW(groups, **fused)
+    return torch.optim.SGD(groups, momentum=0.9, nesterov=True, **fused)
 
 
 def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, decay: str):

@@ -196,14 +196,14 @@ class TokenBackend:
         import time
 
         from .contrastive import balanced_batches, pair_cosine_loss
-        from .loop import param_groups
+        from .loop import make_optimizer, param_groups
 
         cfg = self.cfg
         model.to(self.device)
         set_trainable(model, None)
         for p in model.head.parameters():
             p.requires_grad_(False)
-        optimizer = torch.optim.AdamW(param_groups(model.backbone.named_parameters(), cfg.backbone_lr, cfg.weight_decay))
+        optimizer = make_optimizer("adamw", param_groups(model.backbone.named_parameters(), cfg.backbone_lr, cfg.weight_decay))
         warmup = max(1, steps // 10)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
