@@ -11,7 +11,7 @@ from conftest import make_texts
 from headstart import TextClassifier, load
 from headstart.training import contrastive
 from headstart.config import TrainConfig
-from headstart.training.contrastive import balanced_batches, pair_cosine_loss, step_budget
+from headstart.training.contrastive import balanced_batches, pair_cosine_loss, passes_per_step, refit_steps, step_budget
 from headstart.errors import HeadstartError
 
 
@@ -28,9 +28,27 @@ def test_batches_respect_the_budget_and_never_repeat_a_row(counts):
 
 
 def test_the_step_budget_grows_with_rows_not_their_square():
-    assert step_budget(16, 32) == contrastive.MIN_STEPS
-    small, large = step_budget(1000, 32), step_budget(10_000, 32)
-    assert 9 <= large / small <= 11
+    # rows that one batch holds: each row is in every batch, so PASSES steps
+    assert step_budget(np.repeat([0, 1], 8), 32) == contrastive.PASSES
+    small, large = step_budget(np.repeat([0, 1], 500), 32), step_budget(np.repeat([0, 1], 5000), 32)
+    assert small == contrastive.PASSES * 1000 / 32 and large == 10 * small
+    # the sampler's real batches: 7 classes of 8 fill 28 rows of a batch of 32
+    assert step_budget(np.repeat(np.arange(7), 8), 32) == contrastive.PASSES * 2
+
+
+def test_the_refit_gives_each_row_as_many_batches_as_a_fold_gave_it():
+    # 16 rows, 2 classes: one batch of 32 holds every row of a fold (11) and of the whole set
+    fold, full = np.array([0] * 5 + [1] * 6), np.repeat([0, 1], 8)
+    assert passes_per_step(fold, 32) == passes_per_step(full, 32) == 1.0
+    assert refit_steps(20, fold, full, 32) == 20
+    # 7 classes of 8: a batch holds 28 rows, half the set; a fold's 37 rows get 28 too,
+    # so the whole set needs steps in proportion to its rows
+    fold, full = np.repeat(np.arange(7), [5, 5, 5, 5, 5, 6, 6]), np.repeat(np.arange(7), 8)
+    assert passes_per_step(full, 32) == pytest.approx(0.5)
+    assert refit_steps(47, fold, full, 32) == round(47 * 56 / 37)
+    # many classes: batches of 32 rows whatever the set's size
+    fold, full = np.repeat(np.arange(77), 5), np.repeat(np.arange(77), 8)
+    assert refit_steps(100, fold, full, 32) == 160
 
 
 def test_the_loss_rewards_classes_that_cluster_and_weighs_both_kinds_of_pair_equally():
@@ -53,7 +71,7 @@ def test_the_loss_rewards_classes_that_cluster_and_weighs_both_kinds_of_pair_equ
 
 @pytest.fixture
 def few_steps(monkeypatch):
-    monkeypatch.setattr(contrastive, "MIN_STEPS", 8)
+    monkeypatch.setattr(contrastive, "PASSES", 8)
 
 
 def test_the_recipe_runs_end_to_end_and_round_trips(tiny_bert, tmp_path, few_steps):
@@ -62,7 +80,7 @@ def test_the_recipe_runs_end_to_end_and_round_trips(tiny_bert, tmp_path, few_ste
                          precision="fp32", folds=3).fit(texts, labels)
     assert clf.recipe_ == "contrastive"
     entry = [t for t in clf.tried_ if t["recipe"] == "contrastive"][0]
-    planned = step_budget(16, 8)  # a fold's training part: 16 rows
+    planned = step_budget(np.repeat([0, 1], 8), 8)  # a fold's training part: 16 rows of 2 classes
     assert entry["kept"] and entry["folds"] == 3 and entry["steps_planned"] == planned
     assert entry["steps"] in {round(planned * f) for f in (0.25, 0.5, 0.75, 1.0)}
     # every reported row is out-of-fold: 24 rows, each scored once
@@ -112,6 +130,55 @@ def test_with_a_validation_set_the_recipe_is_scored_on_it(tiny_bert, few_steps):
     clf = TextClassifier(backbone=str(tiny_bert), recipe="contrastive", batch_size=8, backbone_lr=3e-3,
                          precision="fp32").fit(texts, labels, val=vt, val_labels=vl)
     assert clf.protocol_["kind"] == "given" and clf.val_metrics_["n"] == 12
+
+
+def test_with_a_validation_set_and_no_refit_the_encoder_is_tuned_once(tiny_bert, few_steps, monkeypatch):
+    from headstart.training.tokens import TokenBackend
+
+    runs = []
+    real = TokenBackend.contrast
+
+    def count(self, model, rows, steps, **kw):
+        runs.append((len(rows), steps))
+        return real(self, model, rows, steps, **kw)
+
+    monkeypatch.setattr(TokenBackend, "contrast", count)
+    texts, labels = make_texts(20)
+    vt, vl = make_texts(12, seed=2)
+    clf = TextClassifier(backbone=str(tiny_bert), recipe="contrastive", batch_size=8, backbone_lr=3e-3,
+                         precision="fp32").fit(texts, labels, val=vt, val_labels=vl)
+    assert len(runs) == 1 and runs[0][0] == 20  # the model scored on the validation set is the saved one
+    assert not clf.protocol_["refit"]
+    runs.clear()
+    TextClassifier(backbone=str(tiny_bert), recipe="contrastive", batch_size=8, backbone_lr=3e-3, precision="fp32",
+                   refit=True).fit(texts, labels, val=vt, val_labels=vl)
+    assert [n for n, _ in runs] == [20, 32]  # refit: tuned again on the data and the validation set
+
+
+def test_the_saved_head_uses_the_c_chosen_on_held_out_rows(tiny_bert, few_steps, monkeypatch):
+    """After contrastive tuning the training rows are separable by construction, so C is chosen
+    on the folds' held-out rows, each embedded by an encoder that never saw it, and the
+    saved head is solved at that C (not by a cross-validation over the tuned rows)."""
+    from headstart.training import solver, transfer
+
+    monkeypatch.setattr(transfer, "DEFAULT_CS", (0.001, 0.1, 10.0))
+    texts, labels = make_texts(24)
+    clf = TextClassifier(backbone=str(tiny_bert), recipe="contrastive", batch_size=8, backbone_lr=3e-3,
+                         precision="fp32", folds=3).fit(texts, labels)
+    entry = [t for t in clf.tried_ if t["recipe"] == "contrastive"][0]
+    assert entry["C"] in (0.001, 0.1, 10.0) and clf.head_info_["C"] == entry["C"]
+    assert [p["C"] for p in clf.cv_path_][0] == 0.001 and "held-out" in clf.head_info_["kind"]
+    # the head is the logistic regression at that C on the saved encoder's embeddings of every row
+    from headstart.training.tokens import pad
+
+    model = clf.model_.eval()
+    batch = pad(clf.tokenizer_(list(texts))["input_ids"], clf.tokenizer_.pad_token_id)
+    with torch.no_grad():
+        x = model.embed(batch["input_ids"], batch["attention_mask"]).float()
+        saved = torch.softmax(model.head(x), 1).numpy()
+    y = np.asarray([clf.classes_.index(label) for label in labels])
+    expected = solver.fit_logistic(x, y, len(clf.classes_), C=entry["C"])
+    np.testing.assert_allclose(saved, torch.softmax(torch.as_tensor(expected.logits(x)), 1).numpy(), atol=2e-3)
 
 
 @pytest.mark.parametrize("helps", [True, False])

@@ -10,7 +10,7 @@ from torch import nn
 
 from headstart.config import TrainConfig
 from headstart.training.losses import CrossEntropy
-from headstart.training.solver import fit_logistic, select_and_fit
+from headstart.training.solver import fit_logistic, select_and_fit, select_on_fold_features
 from headstart.data.splits import fold_count, kfold
 from headstart.training import transfer
 from headstart.training.transfer import Transfer
@@ -87,6 +87,33 @@ def test_cross_validation_chooses_the_regularisation_and_refits_on_every_row():
     assert fit.solution.C == best["C"]
     again = fit_logistic(x, y, 3, C=fit.solution.C, max_iter=2000, tol=1e-8)
     np.testing.assert_allclose(_softmax(fit.solution.logits(x)), _softmax(again.logits(x)), atol=5e-3)
+
+
+def test_c_chosen_on_features_of_each_fold_is_the_usual_choice_when_the_folds_share_them():
+    """Each fold may bring its own features (an encoder tuned on that fold's training part);
+    with the same features in every fold the choice, the out-of-fold logits and the path are
+    :func:`select_and_fit`'s."""
+    x, y = _blobs(n=90, d=40, seed=3)
+    folds = kfold(y, 3, 0)
+    fit = select_and_fit(x, y, 3, folds=folds)
+    # held-out rows in fold order: position p of the result is row order[p]
+    order = np.concatenate([va for _, va in folds])
+    parts, at = [], 0
+    for tr, va in folds:
+        parts.append((x[tr], y[tr], x[va], np.arange(at, at + len(va))))
+        at += len(va)
+    C, oof, path = select_on_fold_features(parts, len(order), y[order], 3)
+    assert C == fit.solution.C and [p["C"] for p in path] == [p["C"] for p in fit.path]
+    np.testing.assert_allclose(oof, fit.oof_logits[order], atol=1e-6)
+    # features that differ per fold: a fold whose held-out features are noise lowers the
+    # out-of-fold accuracy it reports, and one C is still chosen from the grid
+    noisy = [(a, b, np.random.default_rng(1).normal(size=c.shape), d) if i == 0 else (a, b, c, d)
+             for i, (a, b, c, d) in enumerate(parts)]
+    C2, oof2, path2 = select_on_fold_features(noisy, len(order), y[order], 3)
+    assert C2 in [p["C"] for p in path2]
+    assert max(p["accuracy"] for p in path2) < max(p["accuracy"] for p in path)
+    with pytest.raises(ValueError, match="targets"):
+        select_on_fold_features(parts, len(order) + 1, y[order], 3)
 
 
 # --------------------------------------------------------------------------- the recipes, on a fake backbone

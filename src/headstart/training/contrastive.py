@@ -11,8 +11,8 @@ rest apart, then solves a logistic-regression head on the new embeddings
   similarity of two same-label rows is pulled to 1, of two different-label rows to 0 (squared
   error, the two kinds weighted equally, as SetFit balances its pairs). A batch of B rows
   gives B(B-1)/2 pairs for B encoder passes, where SetFit pays two passes per pair;
-- **a step budget** (:func:`step_budget`) that grows with the rows (each row seen about
-  :data:`PASSES` times), not with their square, and is cut to what the time budget allows.
+- **a step budget** (:func:`step_budget`) that grows with the rows (each row in about
+  :data:`PASSES` batches), not with their square, and is cut to what the time budget allows.
 
 Measured against the supervised contrastive loss (Khosla et al., 2020) at temperature 0.1 on
 the same batches (docs/benchmarks.md): the pair objective with twice the passes per row was 2
@@ -28,18 +28,35 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# Each training row takes part in about this many batches, with at least MIN_STEPS steps on
-# tiny sets. (SetFit's default pairs put each of 56 rows in about 96 pairs: every unique pair,
-# the positives oversampled to the negatives' count.)
+# Each training row takes part in about this many batches. (SetFit's default pairs put each
+# of 56 rows in about 96 pairs: every unique pair, the positives oversampled to the
+# negatives' count.)
 PASSES = 40
-MIN_STEPS = 20
 # Rows of one class in a batch: enough positives for every row, room for several classes.
 PER_CLASS = 4
 
 
-def step_budget(n_rows: int, batch_size: int) -> int:
-    """Optimizer steps for ``n_rows`` training rows: linear in the rows."""
-    return max(MIN_STEPS, math.ceil(PASSES * n_rows / batch_size))
+def step_budget(labels: np.ndarray, batch_size: int) -> int:
+    """Optimizer steps that put each of the rows (their ``labels``) in about :data:`PASSES`
+    of :func:`balanced_batches`' batches: linear in the rows once they fill more than a
+    batch, :data:`PASSES` steps when one batch holds them all."""
+    return math.ceil(PASSES / passes_per_step(labels, batch_size))
+
+
+def passes_per_step(labels: np.ndarray, batch_size: int) -> float:
+    """How many of ``labels``' rows one :func:`balanced_batches` batch holds on average, as a
+    share of them: the expected number of batches a row takes part in per step."""
+    labels = np.asarray(labels)
+    sizes = [len(b) for b in balanced_batches(labels, batch_size, 64, np.random.default_rng(0))]
+    return float(np.mean(sizes)) / len(labels)
+
+
+def refit_steps(steps: int, fold_labels: np.ndarray, all_labels: np.ndarray, batch_size: int) -> int:
+    """The steps on all the rows that give each row as many batches as ``steps`` gave each
+    row of a fold's training part. On a set small enough for one batch to hold every row,
+    that is the same number of steps; on larger sets it grows with the rows."""
+    fold, full = passes_per_step(fold_labels, batch_size), passes_per_step(all_labels, batch_size)
+    return max(1, round(steps * fold / full))
 
 
 def balanced_batches(labels: np.ndarray, batch_size: int, steps: int, rng: np.random.Generator) -> list[np.ndarray]:

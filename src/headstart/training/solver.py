@@ -241,6 +241,76 @@ def _tensors(x, y, sample_weight):
     return xt, yt, wt
 
 
+def _walk_path(prepared: list, y_np: np.ndarray, num_classes: int, Cs: list[float], max_iter: int, tol: float,
+               pos_weight) -> tuple[list[np.ndarray], list[dict], int, np.ndarray, list[torch.Tensor | None]]:
+    """The regularisation path over ``Cs`` (ascending) on prepared folds, each a tuple
+    (standardised training features, their targets, their weights, standardised held-out
+    features, the held-out rows' indices into ``y_np``). Returns the out-of-fold logits per
+    C, the path's scores, the best step (multi-label: each label's best step) and the folds'
+    mean solution per C.
+
+    Outer loop over C, inner over folds, each fold warm-started from its previous C; the
+    path stops once the best C has not changed for PATIENCE steps (past the optimum the
+    out-of-fold log-loss only rises, and weak regularisation is the slow end to solve)."""
+    multilabel = y_np.ndim == 2
+    warm: list[torch.Tensor | None] = [None] * len(prepared)
+    oof: list[np.ndarray] = []
+    path: list[dict] = []
+    best = 0
+    label_best = np.zeros(num_classes, dtype=np.int64)  # multi-label: each label's best step
+    fold_params: list[torch.Tensor | None] = []
+    for i, C in enumerate(Cs):
+        scores = np.zeros((len(y_np), num_classes))
+        for f, (z, yr, wr, zv, va) in enumerate(prepared):
+            warm[f] = _solve(z, yr, wr, num_classes, C, warm[f], max_iter, tol, pos_weight)
+            scores[va] = (zv @ warm[f][:, :-1].T + warm[f][:, -1]).numpy()
+        fold_params.append(torch.stack(warm).mean(0) if warm else None)
+        oof.append(scores)
+        if multilabel:
+            per_label = _label_log_loss(scores, y_np)
+            path.append({"C": C, **_multilabel_scores(scores, y_np), "log_loss": _log_loss(scores, y_np),
+                         "label_log_loss": per_label.tolist()})
+            # each label keeps the C of its own lowest out-of-fold log-loss; the path stops
+            # once no label's choice has changed for PATIENCE steps
+            better = per_label < np.asarray([path[b]["label_log_loss"][j] for j, b in enumerate(label_best)])
+            label_best = np.where(better, i, label_best)
+            if i - int(label_best.max()) >= PATIENCE:
+                break
+            continue
+        path.append({"C": C, "accuracy": float((scores.argmax(1) == y_np).mean()), "log_loss": _log_loss(scores, y_np)})
+        key = lambda j: (round(path[j]["accuracy"], 9), -path[j]["log_loss"])  # noqa: E731
+        if key(i) > key(best):
+            best = i
+        if i - best >= PATIENCE:
+            break
+    return oof, path, best, label_best, fold_params
+
+
+def select_on_fold_features(parts: list[tuple[np.ndarray | torch.Tensor, np.ndarray, np.ndarray | torch.Tensor, np.ndarray]],
+                            n: int, y: np.ndarray, num_classes: int, *, Cs=DEFAULT_CS,
+                            sample_weights: list[np.ndarray] | None = None, max_iter: int = 100,
+                            tol: float = 1e-4) -> tuple[float, np.ndarray, list[dict]]:
+    """``C`` chosen by cross-validation when each fold has features of its own: a fold's
+    encoder was tuned on that fold's training part, so its held-out rows' features come from a
+    model that never saw them. ``parts``: per fold (training features, their class indices,
+    held-out features, the held-out rows' positions in ``y``, of length ``n``). Chosen like
+    :func:`select_and_fit` (out-of-fold accuracy, then log-loss). Returns the chosen C, the
+    out-of-fold logits at that C (rows no fold held out stay 0) and the path.
+    ``sample_weights``: per fold, the training rows' weights."""
+    y_np = np.asarray(y)
+    if len(y_np) != n:
+        raise ValueError(f"{len(y_np)} targets for {n} held-out rows")
+    prepared = []
+    for f, (xr, yr, xv, va) in enumerate(parts):
+        xr, yr, wr = _tensors(xr, yr, None if sample_weights is None else sample_weights[f])
+        scaler = _Scaler(xr)
+        xv = torch.as_tensor(np.asarray(xv), dtype=DTYPE) if not isinstance(xv, torch.Tensor) else xv.to(DTYPE)
+        prepared.append((scaler(xr), yr, wr, scaler(xv), np.asarray(va)))
+    Cs = sorted(float(c) for c in Cs)
+    oof, path, best, _, _ = _walk_path(prepared, y_np, num_classes, Cs, max_iter, tol, None)
+    return Cs[best], oof[best], path
+
+
 def select_and_fit(
     x: np.ndarray | torch.Tensor,
     y: np.ndarray,
@@ -291,44 +361,12 @@ def select_and_fit(
         extra = torch.as_tensor(np.flatnonzero(np.isin(src, index)))
         return torch.cat([xt[index], xa[extra]]), torch.cat([yt[index], ya[extra]]), torch.cat([wt[index], wa[extra]])
 
-    # Outer loop over C, inner over folds, each fold warm-started from its previous C; the
-    # path stops once the best C has not changed for PATIENCE steps (past the optimum the
-    # out-of-fold log-loss only rises, and weak regularisation is the slow end to solve).
     prepared = []
     for tr, va in folds:
         xr, yr, wr = rows(tr)
         scaler = _Scaler(xr)
         prepared.append((scaler(xr), yr, wr, scaler(xt[va]), va))
-    warm: list[torch.Tensor | None] = [None] * len(folds)
-    oof: list[np.ndarray] = []
-    path: list[dict] = []
-    best = 0
-    label_best = np.zeros(num_classes, dtype=np.int64)  # multi-label: each label's best step
-    fold_params: list[torch.Tensor | None] = []
-    for i, C in enumerate(Cs):
-        scores = np.zeros((len(y_np), num_classes))
-        for f, (z, yr, wr, zv, va) in enumerate(prepared):
-            warm[f] = _solve(z, yr, wr, num_classes, C, warm[f], max_iter, tol, pos_weight)
-            scores[va] = (zv @ warm[f][:, :-1].T + warm[f][:, -1]).numpy()
-        fold_params.append(torch.stack(warm).mean(0) if warm else None)
-        oof.append(scores)
-        if multilabel:
-            per_label = _label_log_loss(scores, y_np)
-            path.append({"C": C, **_multilabel_scores(scores, y_np), "log_loss": _log_loss(scores, y_np),
-                         "label_log_loss": per_label.tolist()})
-            # each label keeps the C of its own lowest out-of-fold log-loss; the path stops
-            # once no label's choice has changed for PATIENCE steps
-            better = per_label < np.asarray([path[b]["label_log_loss"][j] for j, b in enumerate(label_best)])
-            label_best = np.where(better, i, label_best)
-            if i - int(label_best.max()) >= PATIENCE:
-                break
-            continue
-        path.append({"C": C, "accuracy": float((scores.argmax(1) == y_np).mean()), "log_loss": _log_loss(scores, y_np)})
-        key = lambda j: (round(path[j]["accuracy"], 9), -path[j]["log_loss"])  # noqa: E731
-        if key(i) > key(best):
-            best = i
-        if i - best >= PATIENCE:
-            break
+    oof, path, best, label_best, fold_params = _walk_path(prepared, y_np, num_classes, Cs, max_iter, tol, pos_weight)
     # the final fit on every row starts from the folds' solutions at the chosen C, averaged
     # (each fold's standardisation is close to the whole set's): a few iterations, not a path
     xr, yr, wr = rows(np.arange(len(y_np)))

@@ -35,7 +35,7 @@ from torch import nn
 from . import distributed
 from ..config import TrainConfig
 from ..errors import DataError
-from .solver import LinearFit, select_and_fit
+from .solver import DEFAULT_CS, LinearFit, select_and_fit
 from ..data.splits import Protocol, fold_count, kfold, plan_validation
 from ..objectives import objective_for
 from .loop import EpochRecord, OverBudget, train_head
@@ -570,16 +570,16 @@ class Transfer:
         recorded as ``curve``. Returns what it measured, with the held-out logits (None: over
         budget)."""
         from .contrastive import step_budget
-        from .solver import fit_logistic
+        from .solver import select_on_fold_features
 
         cfg = self.cfg
         start = time.perf_counter()
         splits, probe, n_folds = self._contrastive_splits(probe)
-        steps = step_budget(len(splits[0][0]), cfg.batch_size)
+        steps = step_budget(self.labels[splits[0][0]], cfg.batch_size)
         checkpoints = sorted({max(1, round(steps * f)) for f in (0.25, 0.5, 0.75, 1.0)})
         deadline = self.deadline if cfg.recipe == "auto" else None
-        C = self.C if self.C is not None else 1.0
-        per_fold: list[dict[int, tuple[np.ndarray, np.ndarray]]] = []
+        # per fold and checkpoint: the embeddings of the fold's training rows and held-out rows
+        per_fold: list[dict[int, tuple[torch.Tensor, np.ndarray, torch.Tensor, np.ndarray]]] = []
         fold_seconds: list[float] = []
         step_seconds: list[float] = []
         first_model = None
@@ -589,59 +589,86 @@ class Transfer:
                     break
             t0 = time.perf_counter()
             model = copy.deepcopy(pristine)
-            scores: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+            embedded: dict[int, tuple[torch.Tensor, np.ndarray, torch.Tensor, np.ndarray]] = {}
 
-            def checkpoint(step: int, model=model, tr=tr, va=va, scores=scores) -> None:
-                xt, ok = self.backend.embed(model, tr)
-                fit = _broadcast_fit(LinearFit(fit_logistic(xt, self.labels[ok], self.k, C=C), None)
-                                     if distributed.world().is_main else None)
-                xv, okv = self.backend.embed(model, va)
-                scores[step] = ((xv.numpy() @ fit.solution.weight.T + fit.solution.bias).astype(np.float32), okv)
-                log.info("contrastive %s, step %d: held-out accuracy %.4f", f"fold {i + 1}" if len(splits) > 1 else "",
-                         step, self._score(scores[step][0], self.labels[okv]))
+            def checkpoint(step: int, model=model, tr=tr, va=va, embedded=embedded) -> None:
+                (xt, ok), (xv, okv) = self.backend.embed(model, tr), self.backend.embed(model, va)
+                embedded[step] = (xt, ok, xv, okv)
+                log.info("contrastive%s: step %d of %d", f" fold {i + 1} of {len(splits)}" if len(splits) > 1 else "",
+                         step, steps)
 
             step_seconds += self.backend.contrast(model, tr, steps, checkpoints=set(checkpoints),
                                                   on_checkpoint=checkpoint, deadline=deadline)
-            if not scores:
+            if not embedded:
                 break
             if i == 0:
                 first_model = model
-            per_fold.append(scores)
+            per_fold.append(embedded)
             fold_seconds.append(time.perf_counter() - t0)
         if not per_fold:
             self.tried.append({"recipe": "contrastive", "skipped": "the time budget did not allow one checkpoint"})
             return None
         common = sorted(set.intersection(*(set(s) for s in per_fold)))
-        curve = {int(step): round(self._score(np.concatenate([s[step][0] for s in per_fold]),
-                                              self.labels[np.concatenate([s[step][1] for s in per_fold])]), 4)
-                 for step in common}
         # The planned steps, not the checkpoint a few dozen held-out rows favour: measured on
         # 8 rows per class, picking among the checkpoints by held-out accuracy chose fewer steps
         # and scored lower on test data more often than not (docs/recipes.md).
         best = max(common)
-        logits = np.concatenate([s[best][0] for s in per_fold])
-        rows = np.concatenate([s[best][1] for s in per_fold])
-        entry = {"recipe": "contrastive", "accuracy": self._score(logits, self.labels[rows]), "n": int(len(rows)),
-                 "folds": len(per_fold), "steps": best, "steps_planned": steps, "curve": curve,
+        rows = np.concatenate([f[best][3] for f in per_fold])
+        y = self.labels[rows]
+
+        def out_of_fold(step: int, C: float | None = None) -> tuple[float, np.ndarray, list[dict]]:
+            """The head's C (chosen on the held-out rows of every fold, each embedded by an
+            encoder that never saw them, unless given) and its out-of-fold logits at ``step``."""
+            parts, weights, at = [], [], 0
+            for f in per_fold:
+                xt, ok, xv, okv = f[step]
+                parts.append((xt, self.labels[ok], xv, np.arange(at, at + len(okv))))
+                weights.append(self._weights(self.labels[ok]).get("sample_weight"))
+                at += len(okv)
+            C, logits, path = (select_on_fold_features(parts, at, y, self.k, Cs=[C] if C else DEFAULT_CS,
+                                                       sample_weights=None if weights[0] is None else weights)
+                               if distributed.world().is_main else (None, None, None))
+            return distributed.broadcast((C, logits, path))
+
+        C, logits, path = out_of_fold(best)
+        logits = logits.astype(np.float32)
+        curve = {int(step): round(self._score(out_of_fold(step, C)[1] if step != best else logits, y), 4) for step in common}
+        log.info("contrastive: held-out accuracy %s at steps %s (head C = %.3g, chosen out-of-fold)",
+                 ", ".join(f"{a:.4f}" for a in curve.values()), ", ".join(map(str, curve)), C)
+        entry = {"recipe": "contrastive", "accuracy": self._score(logits, y), "n": int(len(rows)),
+                 "folds": len(per_fold), "steps": best, "steps_planned": steps, "curve": curve, "C": C,
                  "seconds": round(time.perf_counter() - start, 1)}
         if n_folds is not None:
             entry["of_folds"] = n_folds
         if probe is not None:
             entry.update(self._against_probe(logits, rows, probe))
-        fold_accuracy = [self._score(s[best][0], self.labels[s[best][1]]) for s in per_fold]
-        return {"logits": logits, "rows": rows, "entry": entry, "steps": best, "fold_accuracy": fold_accuracy,
-                "fold_rows": len(splits[0][0]), "first_model": first_model,
+        bounds = np.cumsum([0] + [len(f[best][3]) for f in per_fold])
+        fold_accuracy = [self._score(logits[a:b], y[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        return {"logits": logits, "rows": rows, "entry": entry, "steps": best, "fold_accuracy": fold_accuracy, "C": C,
+                "path": path, "fold_rows": splits[0][0], "first_model": first_model,
                 "step_seconds": float(np.mean(step_seconds)) if step_seconds else 0.0}
 
     def refit_contrastive(self, pristine: nn.Module, tried: dict) -> nn.Module:
         """The encoder tuned on every labelled row, for the steps that held out best scaled
-        from a fold's rows to all of them (each row takes part as often), its head solved with
-        C chosen by cross-validation. When ``auto``'s time budget cannot hold that, the first
-        fold's encoder is kept and only its head is solved on every row."""
+        from a fold's rows to all of them (each row takes part in as many batches,
+        :func:`~headstart.training.contrastive.refit_steps`), its head solved at the C chosen
+        out-of-fold (:meth:`contrastive`): the rows the final encoder was tuned on are
+        separable by construction, so a cross-validation over them cannot choose C. When the
+        final rows are the first split's training rows (a validation set, no refit), that
+        split's encoder is the final one. When ``auto``'s time budget cannot hold the tuning,
+        the first fold's encoder is kept and only its head is solved on every row."""
+        from .contrastive import refit_steps
+        from .solver import fit_logistic
+
         rows = self._final_rows()
-        steps = max(1, round(tried["steps"] * len(rows) / max(1, tried["fold_rows"])))
+        steps = refit_steps(tried["steps"], self.labels[tried["fold_rows"]], self.labels[rows], self.cfg.batch_size)
         estimate = steps * tried["step_seconds"]
-        if self.cfg.recipe == "auto" and estimate > self.time_left() and tried["first_model"] is not None:
+        same = tried["first_model"] is not None and np.array_equal(rows, tried["fold_rows"]) and steps == tried["steps"]
+        if same:
+            log.info("contrastive: the encoder tuned on the %d training rows is the final one", len(rows))
+            model = tried["first_model"]
+            self.refit_done = False
+        elif self.cfg.recipe == "auto" and estimate > self.time_left() and tried["first_model"] is not None:
             log.info("contrastive: not tuned again on all %d rows (about %.0f s, over the %.0f s left of the time budget): "
                      "the first fold's encoder is kept, its head solved on every row", len(rows), estimate,
                      max(0.0, self.time_left()))
@@ -653,15 +680,12 @@ class Transfer:
             self.backend.contrast(model, rows, steps, checkpoints=set(), on_checkpoint=None, deadline=None)
             self.refit_done = len(rows) > len(self.train_rows) or self.eval_rows is None
         x, ok = self.backend.embed(model, rows)
-        y = self.labels[ok]
-        fit = None
-        if distributed.world().is_main:
-            fit = select_and_fit(x, y, self.k, n_folds=fold_count(y, self.cfg.folds), seed=self.cfg.seed,
-                                 **self._weights(y))
-        fit = _broadcast_fit(fit)
-        _set_linear(model.head, fit.solution.weight, fit.solution.bias)
-        self.contrastive_head = {"kind": "logistic regression (L-BFGS) on the tuned encoder's embeddings",
-                                 "C": fit.solution.C, "path": fit.path}
+        solution = fit_logistic(x, self.labels[ok], self.k, C=tried["C"], **self._weights(self.labels[ok])) \
+            if distributed.world().is_main else None
+        solution = distributed.broadcast(solution)
+        _set_linear(model.head, solution.weight, solution.bias)
+        self.contrastive_head = {"kind": "logistic regression (L-BFGS) on the tuned encoder's embeddings, C chosen "
+                                 "on the folds' held-out rows", "C": solution.C, "path": tried["path"]}
         return model
 
     # ------------------------------------------------------------------ unknown inputs
