@@ -90,6 +90,11 @@ def test_the_recipe_runs_end_to_end_and_round_trips(tiny_bert, tmp_path, few_ste
     a = dict(clf.model_.backbone.named_parameters())["encoder.layer.0.attention.self.query.weight"]
     b = dict(fresh.model_.backbone.named_parameters())["encoder.layer.0.attention.self.query.weight"]
     assert not torch.equal(a, b)
+    # ... but not its token-embedding matrix, which stays as pretrained
+    key = "embeddings.word_embeddings.weight"
+    assert torch.equal(dict(clf.model_.backbone.named_parameters())[key],
+                       dict(fresh.model_.backbone.named_parameters())[key])
+    assert all(p.requires_grad for p in clf.model_.backbone.parameters())  # restored after tuning
     clf.save(tmp_path / "m")
     again = load(tmp_path / "m")
     vt, _ = make_texts(10, seed=4)
@@ -238,3 +243,13 @@ def test_when_the_budget_cannot_hold_the_refit_the_first_folds_encoder_is_kept(t
     clf = TextClassifier(backbone=str(tiny_bert), batch_size=8, precision="fp32", folds=3).fit(texts, labels)
     assert clf.recipe_ == "contrastive" and clf.model_ is seen["first"]
     assert not clf.protocol_["refit"] and "refitted" not in clf.protocol_["description"]
+
+
+def test_freezing_token_embeddings_needs_an_embedding_matrix():
+    from headstart.training.tokens import freeze_token_embeddings
+
+    assert not freeze_token_embeddings(torch.nn.Linear(2, 2))  # nothing to freeze, nothing frozen
+    emb = torch.nn.Embedding(10, 4)
+    holder = torch.nn.Module()
+    holder.get_input_embeddings = lambda: emb
+    assert freeze_token_embeddings(holder) and not emb.weight.requires_grad
