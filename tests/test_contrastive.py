@@ -95,6 +95,7 @@ def test_the_recipe_runs_end_to_end_and_round_trips(tiny_bert, tmp_path, few_ste
     assert torch.equal(dict(clf.model_.backbone.named_parameters())[key],
                        dict(fresh.model_.backbone.named_parameters())[key])
     assert all(p.requires_grad for p in clf.model_.backbone.parameters())  # restored after tuning
+    assert {m.p for m in clf.model_.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}  # as configured
     clf.save(tmp_path / "m")
     again = load(tmp_path / "m")
     vt, _ = make_texts(10, seed=4)
@@ -253,3 +254,17 @@ def test_freezing_token_embeddings_needs_an_embedding_matrix():
     holder = torch.nn.Module()
     holder.get_input_embeddings = lambda: emb
     assert freeze_token_embeddings(holder) and not emb.weight.requires_grad
+
+
+def test_dropout_is_off_while_tuning_and_restored_after():
+    from headstart.training.tokens import without_dropout
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.1), torch.nn.Dropout(0.0), torch.nn.Dropout2d(0.3))
+    changed = without_dropout(net)
+    assert [p for _, p in changed] == [0.1, 0.3] and all(m.p == 0.0 for m in net if isinstance(m, torch.nn.modules.dropout._DropoutNd))
+    net.train()
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(net[:2](x), net[:2](x))  # training mode, yet deterministic
+    for m, p in changed:
+        m.p = p
+    assert [net[1].p, net[2].p, net[3].p] == [0.1, 0.0, 0.3]

