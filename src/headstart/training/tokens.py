@@ -246,9 +246,9 @@ class TokenBackend:
 def freeze_token_embeddings(encoder: nn.Module) -> bool:
     """Keep the encoder's token-embedding matrix as pretrained (``requires_grad`` off; False
     when the encoder does not expose one). Tuned on a few dozen texts, only the rows of the
-    words in them would move, away from the words they never contain; and the matrix is
-    about half of a small encoder's weights (11.7M of MiniLM-L6's 22.7M), so its gradient and
-    AdamW's two moments of it cost a fifth of a contrastive step on 2 cores and 94 MB."""
+    words in them would move, away from the words they never contain. The matrix is about
+    half of a small encoder's weights (11.7M of MiniLM-L6's 22.7M): AdamW's two moments of it
+    are 94 MB not spent."""
     get = getattr(encoder, "get_input_embeddings", None)
     embeddings = get() if callable(get) else None
     weight = getattr(embeddings, "weight", None)
@@ -267,8 +267,7 @@ def without_dropout(module: nn.Module) -> list[tuple[nn.Module, float]]:
     a target (1 or 0) and the head is then solved on embeddings computed without dropout:
     training on dropout's noisy embeddings fits a geometry the head never sees. Measured on
     19 paired draws (``bench/fewshot.py``'s SST-2 8 and 16 per class, emotions 8 per class)
-    it was more accurate on 13, by 0.7 points on average; drawing its masks was also a sixth
-    of a MiniLM step on 2 cores."""
+    it was more accurate on 13, by 0.7 points on average."""
     changed = []
     for m in module.modules():
         if isinstance(m, _DROPOUT) and m.p:
