@@ -268,3 +268,21 @@ def test_dropout_is_off_while_tuning_and_restored_after():
     for m, p in changed:
         m.p = p
     assert [net[1].p, net[2].p, net[3].p] == [0.1, 0.0, 0.3]
+
+
+def test_the_encoder_is_tuned_without_dropout(tiny_bert, few_steps, monkeypatch):
+    import torch.nn.functional as F
+
+    real, seen = F.dropout, []
+
+    def spy(x, p=0.5, training=True, inplace=False):
+        if training:
+            seen.append(p)
+        return real(x, p, training, inplace)
+
+    monkeypatch.setattr(F, "dropout", spy)
+    texts, labels = make_texts(16)
+    clf = TextClassifier(backbone=str(tiny_bert), recipe="contrastive", batch_size=8, backbone_lr=3e-3,
+                         precision="fp32", folds=2).fit(texts, labels)
+    assert seen and set(seen) == {0.0}  # every training-mode pass of the tuning, and none with dropout
+    assert {m.p for m in clf.model_.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}

@@ -190,8 +190,9 @@ class TokenBackend:
     def contrast(self, model: nn.Module, rows: np.ndarray, steps: int, *, checkpoints: set[int], on_checkpoint,
                  deadline: float | None) -> list[float]:
         """Contrastive steps on the encoder (its token-embedding matrix kept as pretrained:
-        :func:`freeze_token_embeddings`; no dropout: :func:`without_dropout`) over class-balanced batches of ``rows`` (AdamW at
-        ``backbone_lr``, linear warmup over the first 10%, then linear decay to 0);
+        :func:`freeze_token_embeddings`; no dropout: :func:`without_dropout`) over
+        class-balanced batches of ``rows`` (AdamW at ``backbone_lr``, linear warmup over the
+        first 10%, then linear decay to 0);
         ``on_checkpoint(step)`` after each step in ``checkpoints``. Stops at ``deadline``
         (after a checkpoint). Returns the seconds each step took."""
         import time
