@@ -201,3 +201,14 @@ def test_backbone_of_the_wrong_task_and_impossible_split_fail_before_any_run_dir
     code, _, err = run(capsys, "train", tmp_path / "r.csv", "--val-split", "0.2")
     assert code == 1 and "too few for a 20% validation split" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_export_tolerance_default_is_the_libraries():
+    """The CLI spells the default out (importing the exporter would load torch at start-up);
+    it must stay the library's."""
+    from headstart.deploy.export import TOLERANCE
+
+    from headstart.cli import export
+
+    option = next(p for p in export.params if p.name == "tolerance")
+    assert option.default == TOLERANCE

@@ -196,7 +196,7 @@ def test_thresholds_survive_export_and_serve(multi_text, tmp_path):
 
     clf, path = multi_text
     # the tiny random encoder's features barely vary, so its solved head has large weights and
-    # float rounding shows in the third decimal of a probability; real encoders pass the default 1e-3
+    # float rounding shows in the fourth decimal of a probability; real encoders pass the default 1e-3
     out = export_model(path, "onnx", tmp_path / "onnx", samples=8, tolerance=2e-3)
     assert out.parity.passed
     described = json.loads((out.path / "headstart-export.json").read_text())
