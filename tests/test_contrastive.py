@@ -207,10 +207,39 @@ def test_auto_drops_contrastive_when_the_probe_is_clearly_better(tiny_bert, monk
     assert [t["kept"] for t in clf.tried_] == ([False, True] if helps else [True, False])
 
 
-def test_auto_does_not_try_contrastive_with_enough_rows_per_class(tiny_bert, monkeypatch):
+def test_from_twenty_rows_per_class_auto_judges_contrastive_on_one_fold_instead_of_trying_full(tiny_bert, monkeypatch,
+                                                                                                few_steps):
+    from headstart.training import transfer
+
+    monkeypatch.setattr(transfer, "AUTO_MIN_PER_CLASS", 4)  # 12 rows per class count as "enough" here
+    real, tunings = transfer.Transfer.contrastive, []
+
+    def even(self, pristine, probe):
+        out = real(self, pristine, probe)
+        out["entry"].update(wins=1, losses=1)
+        return out
+
+    monkeypatch.setattr(transfer.Transfer, "contrastive", even)
+    from headstart.training import tokens
+
+    real_contrast = tokens.TokenBackend.contrast
+    monkeypatch.setattr(tokens.TokenBackend, "contrast",
+                        lambda self, model, rows, *a, **k: tunings.append(len(rows)) or real_contrast(self, model, rows, *a, **k))
+    texts, labels = make_texts(24)
+    clf = TextClassifier(backbone=str(tiny_bert), batch_size=8, backbone_lr=3e-3, precision="fp32",
+                         time_budget=0).fit(texts, labels)
+    assert [t["recipe"] for t in clf.tried_] == ["linear-probe", "contrastive"]  # not full
+    entry = clf.tried_[1]
+    assert entry["kept"] and entry["folds"] == 1 and entry["of_folds"] == 3 and entry["n"] == 8
+    assert tunings == [16, 24]  # fold 1's training part, then the refit on every row
+    assert clf.protocol_["kind"] == "holdout" and "fold 1 of the 3-fold split" in clf.protocol_["description"]
+
+
+def test_auto_does_not_try_contrastive_with_many_rows_per_class(tiny_bert, monkeypatch):
     from headstart.training import transfer
 
     monkeypatch.setattr(transfer, "AUTO_MIN_PER_CLASS", 4)
+    monkeypatch.setattr(transfer, "AUTO_CONTRASTIVE_MAX_PER_CLASS", 11)
     called = []
     monkeypatch.setattr(transfer.Transfer, "contrastive", lambda *a: called.append(1))
     texts, labels = make_texts(24)

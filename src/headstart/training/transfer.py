@@ -46,6 +46,12 @@ log = logging.getLogger("headstart")
 # fewer, a held-out fold holds a handful of rows per class and cannot tell two recipes apart,
 # and fine-tuning a backbone on a few examples per class mostly memorises them.
 AUTO_MIN_PER_CLASS = 20
+# For transformer text with one label per row, auto tries ``contrastive`` (not ``full``) while
+# the smallest class has at most this many training rows: measured on SST-2 and GoEmotions with
+# 64 per class, ``full`` lost to the probe on its held-out rows while ``contrastive`` scored 6 to
+# 9 points above the probe on test rows (docs/benchmarks.md). Larger sets were not measured
+# for contrastive and keep ``full``, which wins with thousands of rows.
+AUTO_CONTRASTIVE_MAX_PER_CLASS = 64
 # The default time budget on a CPU (seconds): the probe always runs; phase 2 and refits only
 # when they fit. On a GPU there is no default limit.
 CPU_TIME_BUDGET = 600.0
@@ -119,9 +125,9 @@ def keeps(recipe: str, entry: dict) -> bool:
     """auto's rule: a clear held-out difference decides; when there is none, the recipe
     measured to be better in its regime. Fine-tuning (``fine-tune``, ``full``) must beat the
     probe: it costs more and on small folds its lead is often noise. ``contrastive`` runs only
-    with few rows per class, where cross-validation cannot resolve its typical gain (a few
-    points on 16 to 60 rows) but held-out test sets show it (docs/benchmarks.md): it is
-    kept unless the probe is clearly better."""
+    with up to :data:`AUTO_CONTRASTIVE_MAX_PER_CLASS` rows per class, where a few dozen
+    held-out rows cannot resolve its typical gain (a few points) but held-out test sets show
+    it (docs/benchmarks.md): it is kept unless the probe is clearly better."""
     verdict = against_probe(entry)
     return verdict != "worse" if recipe in ("contrastive", "prototype") else verdict == "better"
 
@@ -564,7 +570,8 @@ class Transfer:
     def contrastive(self, pristine: nn.Module, probe: dict | None) -> dict | None:
         """The encoder tuned contrastively (:mod:`headstart.training.contrastive`), a head solved on its
         embeddings. Scored on held-out rows: under CV on as many of :meth:`_contrastive_splits`'
-        folds as the time budget allows (the first always), each fold's encoder trained on the
+        folds as the time budget allows (the first always; only the first once the smallest class
+        has :data:`AUTO_MIN_PER_CLASS` rows), each fold's encoder trained on the
         fold's training part only, for the planned steps (or the most that every fold reached
         within the time budget). The held-out accuracy at 25, 50, 75 and 100% of the steps is
         recorded as ``curve``. Returns what it measured, with the held-out logits (None: over
@@ -575,6 +582,9 @@ class Transfer:
         cfg = self.cfg
         start = time.perf_counter()
         splits, probe, n_folds = self._contrastive_splits(probe)
+        counts = self.objective.counts(self.labels[self.train_rows], self.k)
+        if counts[counts > 0].min() >= AUTO_MIN_PER_CLASS:  # judged on the first fold (CONTRASTIVE_FOLDS)
+            splits = splits[:1]
         steps = step_budget(self.labels[splits[0][0]], cfg.batch_size)
         checkpoints = sorted({max(1, round(steps * f)) for f in (0.25, 0.5, 0.75, 1.0)})
         deadline = self.deadline if cfg.recipe == "auto" else None
@@ -797,7 +807,7 @@ class Transfer:
                 if tried["fold_accuracy"] is not None:
                     self.protocol.fold_accuracy = tried["fold_accuracy"]
         if phase2_recipe and recipe == "auto":
-            if smallest < AUTO_MIN_PER_CLASS and single and getattr(self.backend, "can_contrast", False):
+            if smallest <= AUTO_CONTRASTIVE_MAX_PER_CLASS and single and getattr(self.backend, "can_contrast", False):
                 log.info("auto: the smallest class has %d training rows: trying contrastive", smallest)
                 phase2_recipe = "contrastive"
             elif smallest < AUTO_MIN_PER_CLASS:
