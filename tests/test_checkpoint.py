@@ -268,7 +268,8 @@ def test_text_runs_resume_to_the_same_result(kind, tiny_bert, tmp_path, capsys, 
     data = tmp_path / "reviews.csv"
     data.write_text("review,sentiment\n" + "".join(f'"{t}",{l}\n' for t, l in zip(texts, labels)))
     if kind == "transformer":
-        backbone = ["--backbone", tiny_bert, "--lr", "1e-2", "--backbone-lr", "3e-3"]
+        # the epoch loop (auto tries the contrastive recipe on 24 rows per class)
+        backbone = ["--backbone", tiny_bert, "--recipe", "full", "--lr", "1e-2", "--backbone-lr", "3e-3"]
     else:
         vectors = tmp_path / "vectors.txt"
         words = sorted({w for t in texts for w in t.split()})
