@@ -48,8 +48,8 @@ log = logging.getLogger("headstart")
 AUTO_MIN_PER_CLASS = 20
 # For transformer text with one label per row, auto tries ``contrastive`` (not ``full``) while
 # the smallest class has at most this many training rows: measured on SST-2 and GoEmotions with
-# 64 per class, ``full`` lost to the probe on its held-out rows while ``contrastive`` scored 6 to
-# 9 points above the probe on test rows (docs/benchmarks.md). Larger sets were not measured
+# 64 per class, ``full`` lost to the probe on its held-out rows while ``contrastive`` scored 2.5
+# to 11.7 points above it on test rows, six draws (docs/benchmarks.md). Larger sets were not measured
 # for contrastive and keep ``full``, which wins with thousands of rows.
 AUTO_CONTRASTIVE_MAX_PER_CLASS = 64
 # The default time budget on a CPU (seconds): the probe always runs; phase 2 and refits only
