@@ -230,6 +230,12 @@ class Transfer:
             return [(self.train_rows, self.eval_rows)]
         return [(self.train_rows[tr], self.train_rows[va]) for tr, va in self.folds]
 
+    def _smallest_class(self) -> int:
+        """Training rows of the smallest class (with several labels per row, the rarest label)
+        among those that have any."""
+        counts = self.objective.counts(self.labels[self.train_rows], self.k)
+        return int(counts[counts > 0].min())
+
     def time_left(self) -> float:
         return math.inf if self.deadline is None else self.deadline - time.perf_counter()
 
@@ -557,15 +563,20 @@ class Transfer:
         and under CV the number of folds. Each fold tunes the encoder once, so under CV it uses
         at most :data:`CONTRASTIVE_FOLDS` (stratified, every row still scored once out-of-fold),
         and the linear probe is solved again on the same folds so that both are judged on rows
-        their models never saw, trained on the same rows."""
+        their models never saw, trained on the same rows. Once the smallest class has
+        :data:`AUTO_MIN_PER_CLASS` rows, only the first split is used."""
         if self.eval_rows is not None or self.protocol.folds is None or self.protocol.folds <= CONTRASTIVE_FOLDS \
                 or self.C is None:
-            return self._held_out_splits(), probe, self.protocol.folds if self.eval_rows is None else None
-        y = self.labels[self.train_rows]
-        folds = kfold(y, fold_count(y, CONTRASTIVE_FOLDS), self.cfg.seed)  # cfg.folds is larger here
-        fit, ok = self.solve(self.train_rows, folds)
-        return ([(self.train_rows[tr], self.train_rows[va]) for tr, va in folds],
-                {"logits": fit.oof_logits.astype(np.float32), "rows": ok}, len(folds))
+            splits, n_folds = self._held_out_splits(), self.protocol.folds if self.eval_rows is None else None
+        else:
+            y = self.labels[self.train_rows]
+            folds = kfold(y, fold_count(y, CONTRASTIVE_FOLDS), self.cfg.seed)  # cfg.folds is larger here
+            fit, ok = self.solve(self.train_rows, folds)
+            splits, n_folds = [(self.train_rows[tr], self.train_rows[va]) for tr, va in folds], len(folds)
+            probe = {"logits": fit.oof_logits.astype(np.float32), "rows": ok}
+        if self._smallest_class() >= AUTO_MIN_PER_CLASS:  # judged on the first fold (CONTRASTIVE_FOLDS)
+            splits = splits[:1]
+        return splits, probe, n_folds
 
     def contrastive(self, pristine: nn.Module, probe: dict | None) -> dict | None:
         """The encoder tuned contrastively (:mod:`headstart.training.contrastive`), a head solved on its
@@ -582,9 +593,6 @@ class Transfer:
         cfg = self.cfg
         start = time.perf_counter()
         splits, probe, n_folds = self._contrastive_splits(probe)
-        counts = self.objective.counts(self.labels[self.train_rows], self.k)
-        if counts[counts > 0].min() >= AUTO_MIN_PER_CLASS:  # judged on the first fold (CONTRASTIVE_FOLDS)
-            splits = splits[:1]
         steps = step_budget(self.labels[splits[0][0]], cfg.batch_size)
         checkpoints = sorted({max(1, round(steps * f)) for f in (0.25, 0.5, 0.75, 1.0)})
         deadline = self.deadline if cfg.recipe == "auto" else None
@@ -790,8 +798,7 @@ class Transfer:
                                    "protocol": self.protocol.kind})
         final_model, final_recipe = self.model, "linear-probe"
         report = probe
-        counts = self.objective.counts(self.labels[self.train_rows], self.k)
-        smallest = int(counts[counts > 0].min())
+        smallest = self._smallest_class()
         single = not self.objective.multi_label
         few_for_prototypes = (recipe == "auto" and single and getattr(self.backend, "prototypes", False)
                               and smallest < AUTO_MIN_PER_CLASS)
