@@ -315,3 +315,66 @@ def test_the_encoder_is_tuned_without_dropout(tiny_bert, few_steps, monkeypatch)
                          precision="fp32", folds=2).fit(texts, labels)
     assert seen and set(seen) == {0.0}  # every training-mode pass of the tuning, and none with dropout
     assert {m.p for m in clf.model_.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
+
+
+# the first fold's tuning (its weights kept), the second's (embeddings only), the refit on every row
+@pytest.mark.parametrize("phase,step", [("0-contrastive fold 1 of 3", 2), ("1-contrastive fold 2 of 3", 5),
+                                        ("3-contrastive refit", 3)])
+def test_an_interrupted_contrastive_tuning_resumes_where_it_stopped(phase, step, tiny_bert, tmp_path, capsys, monkeypatch,
+                                                                    few_steps):
+    """Interrupted after a save inside a fold's tuning or the refit, ``--resume`` replays the
+    finished tunings from the checkpoint (their held-out embeddings included), continues the
+    running one after its saved step, and ends where the uninterrupted run ended."""
+    import json
+    import signal
+
+    from headstart.training import checkpoint
+    from headstart.training.checkpoint import Checkpoints, TrainingInterrupted
+    from test_checkpoint import run, same_run
+
+    monkeypatch.setattr(checkpoint, "STEP_SAVE_SECONDS", 0.0)  # a save after every step
+    from headstart.training.tokens import TokenBackend
+
+    real_contrast, real_loss, trained = TokenBackend.contrast, contrastive.pair_cosine_loss, []
+
+    def counted(self, model, rows, steps, **kw):  # the optimizer steps each tuning trains
+        trained.append(0)
+        return real_contrast(self, model, rows, steps, **kw)
+
+    def loss(*a):
+        trained[-1] += 1
+        return real_loss(*a)
+
+    monkeypatch.setattr(TokenBackend, "contrast", counted)
+    monkeypatch.setattr(contrastive, "pair_cosine_loss", loss)
+    texts, labels = make_texts(24)
+    data = tmp_path / "reviews.csv"
+    data.write_text("review,sentiment\n" + "".join(f'"{t}",{l}\n' for t, l in zip(texts, labels)))
+    args = ["train", data, "--backbone", tiny_bert, "--recipe", "contrastive", "--folds", "3", "--batch-size", "8",
+            "--backbone-lr", "3e-3", "--precision", "fp32", "--quiet", "--no-cache"]
+    code, _, err = run(capsys, *args, "--out", tmp_path / "reference")
+    assert code == 0, err
+    reference, trained[:] = list(trained), []
+    assert len(reference) == 4  # three folds, the refit
+    real_save = Checkpoints.save_epoch
+
+    def save_then_interrupt(self, key, state):
+        real_save(self, key, state)
+        if key == phase and state["epoch"] == step:
+            raise TrainingInterrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(Checkpoints, "save_epoch", save_then_interrupt)
+    code, _, err = run(capsys, *args, "--out", tmp_path / "run")
+    assert code == 128 + signal.SIGTERM and "interrupted (SIGTERM)" in err
+    assert f"{phase.split('-', 1)[1]} step {step}" in err  # where the checkpoint stands
+    monkeypatch.setattr(Checkpoints, "save_epoch", real_save)
+    trained.clear()
+    code, _, err = run(capsys, "train", "--resume", tmp_path / "run")
+    assert code == 0, err
+    # the finished tunings replayed without a step, the running one continued after its saved step
+    at = int(phase.split("-")[0])
+    assert trained == [0] * at + [reference[at] - step] + reference[at + 1:]
+    same_run(tmp_path / "reference", tmp_path / "run")
+    tried = [json.loads((tmp_path / d / "metrics.json").read_text())["tried"] for d in ("reference", "run")]
+    strip = lambda entries: [{k: v for k, v in e.items() if k != "seconds"} for e in entries]  # noqa: E731
+    assert strip(tried[0]) == strip(tried[1])  # the held-out scores, from the replayed embeddings too

@@ -184,7 +184,7 @@ def _train(options, resume) -> None:
     try:
         trained = train_run(options, resume)
     except RunInterrupted as exc:
-        saved = f"the checkpoint holds {exc.where}" if exc.where else "no epoch had finished, so it starts from the beginning"
+        saved = f"the checkpoint holds {exc.where}" if exc.where else "nothing had been saved yet, so it starts from the beginning"
         if world.is_main:
             click.echo(f"\ninterrupted ({signal.Signals(exc.signum).name}); {saved}.\nresume with: headstart train --resume {exc.run}", err=True)
         raise SystemExit(128 + exc.signum) from None

@@ -342,8 +342,8 @@ def check_before_training(task: str, data: Path, train_set, val_set, val_split: 
 
 
 class RunInterrupted(Exception):
-    """SIGINT or SIGTERM stopped the run; its checkpoint holds ``where`` (None: no epoch had
-    finished) and ``headstart train --resume RUN`` continues it."""
+    """SIGINT or SIGTERM stopped the run; its checkpoint holds ``where`` (None: nothing had been
+    saved) and ``headstart train --resume RUN`` continues it."""
 
     def __init__(self, run: RunDir, signum: int, where: str | None):
         super().__init__(f"run {run} interrupted by signal {signum}")

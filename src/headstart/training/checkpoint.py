@@ -4,16 +4,19 @@ Inside ``with checkpointing(directory):`` every epoch of every training phase en
 file, ``directory/last.pt``, replaced atomically: the phases already finished (their final
 weights and history) and the state of the running one (weights, optimizer, scheduler,
 gradient scaler, weight average, best weights so far, early-stopping counter, RNG states).
+The step loop of contrastive tuning, which has no epochs, saves after the first step that
+ends :data:`STEP_SAVE_SECONDS` after its last save.
 ``checkpointing(directory, resume=True)`` replays the finished phases from the file and
-continues the running one after its last finished epoch. Batches are drawn from seeds that
-depend only on (seed, epoch), so a resumed run on a CPU ends with the same weights as one
+continues the running one after its last saved epoch (or step). Batches are drawn from seeds
+that depend only on (seed, epoch), so a resumed run on a CPU ends with the same weights as one
 that was never interrupted.
 
 The file is read with ``torch.load(weights_only=True)``: tensors, numbers and strings only,
 nothing in it is executed.
 
 SIGINT and SIGTERM raise :class:`TrainingInterrupted` (never in the middle of writing a
-checkpoint); the epoch that was running is trained again on resume.
+checkpoint); the epoch (or the steps since the last save) that was running is trained again
+on resume.
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ from ..errors import HeadstartError
 
 CHECKPOINT_FILE = "last.pt"
 FORMAT_VERSION = 1
+# A loop of optimizer steps without epochs (contrastive tuning) saves its state after the
+# first step that ends this many seconds after its last save (or its start): an interrupt loses
+# at most about that much work, and a tuning of a few dozen seconds writes no more than its
+# final record (the state of a small encoder and its AdamW moments is about 180 MB).
+STEP_SAVE_SECONDS = 30.0
 
 
 class TrainingInterrupted(BaseException):
@@ -163,7 +171,7 @@ class Checkpoints:
         """Where a resumed run would start, in words (None: nothing saved yet)."""
         running = self.saved["running"]
         if running is not None:
-            return f"{running['key'].split('-', 1)[1]} epoch {running['epoch']}"
+            return f"{running['key'].split('-', 1)[1]} {running.get('unit', 'epoch')} {running['epoch']}"
         if self.saved["finished"]:
             return f"the end of the {list(self.saved['finished'])[-1].split('-', 1)[1]} phase"
         return None
@@ -172,9 +180,13 @@ class Checkpoints:
         self.saved["running"] = {"key": key, **state, "rng": gathered_rng_state()}
         self._write()
 
-    def save_finished(self, key: str, module_state: dict[str, torch.Tensor], history: list[dict]) -> None:
+    def save_finished(self, key: str, module_state: dict[str, torch.Tensor], history: list[dict],
+                      extra: dict[str, Any] | None = None) -> None:
+        """The phase ``key`` is over: its final weights (an empty dict: not needed again), its
+        history and what else replaying it must give back (``extra``)."""
         module_state = {k: v.detach().clone() for k, v in module_state.items()}  # later phases train on
-        self.saved["finished"][key] = {"module": module_state, "history": history, "rng": gathered_rng_state()}
+        self.saved["finished"][key] = {"module": module_state, "history": history, "rng": gathered_rng_state(),
+                                       **({"extra": extra} if extra is not None else {})}
         self.saved["running"] = None
         self._write()
 

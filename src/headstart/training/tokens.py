@@ -6,7 +6,8 @@ a text model."""
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -188,20 +189,38 @@ class TokenBackend:
         return run_batches(embed, ids, self.pad_id, self.eval_batch, self.device, self.precision, progress, desc), np.asarray(rows)
 
     def contrast(self, model: nn.Module, rows: np.ndarray, steps: int, *, checkpoints: set[int], on_checkpoint,
-                 deadline: float | None) -> list[float]:
+                 deadline: float | None, phase: str = "contrastive", keep_weights: bool = True) -> Contrasted:
         """Contrastive steps on the encoder (its token-embedding matrix kept as pretrained:
         :func:`freeze_token_embeddings`; no dropout: :func:`without_dropout`) over
         class-balanced batches of ``rows`` (AdamW at ``backbone_lr``, linear warmup over the
-        first 10%, then linear decay to 0);
-        ``on_checkpoint(step)`` after each step in ``checkpoints``. Stops at ``deadline``
-        (after a checkpoint). Returns the seconds each step took."""
+        first 10%, then linear decay to 0); ``on_checkpoint(step)`` after each step in
+        ``checkpoints``, its value kept. Stops at ``deadline`` (after a checkpoint).
+
+        Inside :func:`headstart.training.checkpoint.checkpointing` the tuning is one phase
+        named ``phase``: its state is saved after the first step that ends
+        :data:`~headstart.training.checkpoint.STEP_SAVE_SECONDS` after the last save, with the
+        checkpoints' values, and a resumed run continues after the saved step (the batches are
+        drawn up front from the seed, nothing else is random: it ends with the same weights).
+        A finished tuning is replayed from its record: its weights (saved only with
+        ``keep_weights``), its checkpoints' values and its times."""
         import time
 
+        from . import checkpoint
+        from .checkpoint import STEP_SAVE_SECONDS
         from .contrastive import balanced_batches, pair_cosine_loss
         from .loop import make_optimizer, param_groups
 
         cfg = self.cfg
         model.to(self.device)
+        store = checkpoint.active()
+        key = store.next_key(phase) if store else ""
+        done = store.finished(key) if store else None
+        if done is not None:
+            if done["module"]:
+                model.load_state_dict(done["module"])
+            checkpoint.set_own_rng_state(done["rng"])
+            log.info("%s: finished in the checkpoint; skipped", phase)
+            return Contrasted(**done["extra"])
         set_trainable(model, None)
         for p in model.head.parameters():
             p.requires_grad_(False)
@@ -211,11 +230,25 @@ class TokenBackend:
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
         batches = balanced_batches(self.labels[rows], cfg.batch_size, steps, np.random.default_rng([cfg.seed, 17]))
-        seconds = []
+        seconds: list[float] = []
+        at: dict = {}
+        first, before, stopped = 1, 0.0, False  # before: the wall seconds of the steps resumed from a save
+        running = store.running(key) if store else None
+        if running is not None:
+            model.load_state_dict(running["module"])
+            optimizer.load_state_dict(running["optimizer"])
+            schedule.load_state_dict(running["scheduler"])
+            seconds, at, before = list(running["seconds"]), dict(running["at"]), running["wall"]
+            first = running["epoch"] + 1
+            checkpoint.set_own_rng_state(running["rng"])
+            log.info("%s: resuming after step %d of %d from the checkpoint", phase, running["epoch"], steps)
+        began = last_save = time.perf_counter()
         dropout = without_dropout(model.backbone)
+        bar = tqdm(total=steps, initial=first - 1, desc="contrastive", leave=False, disable=not self.progress)
         try:
-            for step, index in enumerate(tqdm(batches, desc="contrastive", leave=False, disable=not self.progress), 1):
+            for step in range(first, steps + 1):
                 start = time.perf_counter()
+                index = batches[step - 1]
                 model.train()
                 batch = {k: v.to(self.device) for k, v in pad([self.ids[rows[i]] for i in index], self.pad_id).items()}
                 with autocast(self.device, self.precision):
@@ -227,21 +260,45 @@ class TokenBackend:
                 optimizer.step()
                 schedule.step()
                 seconds.append(time.perf_counter() - start)
+                bar.update()
                 if step in checkpoints:
-                    on_checkpoint(step)
-                    if deadline is not None and time.perf_counter() > deadline:
-                        break
+                    at[step] = on_checkpoint(step)
+                    stopped = deadline is not None and time.perf_counter() > deadline
+                if store is not None and step < steps and not stopped \
+                        and distributed.broadcast(time.perf_counter() - last_save >= STEP_SAVE_SECONDS):
+                    store.save_epoch(key, {
+                        "epoch": step, "unit": "step", "module": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": schedule.state_dict(), "seconds": seconds, "at": at,
+                        "wall": before + time.perf_counter() - began})
+                    last_save = time.perf_counter()
+                if stopped:
+                    break
         finally:
+            bar.close()
             for module, p in dropout:
                 module.p = p
             set_trainable(model, None)
             model.eval()
-        return seconds
+        result = Contrasted(seconds=seconds, at=at, wall=before + time.perf_counter() - began)
+        if store is not None:
+            store.save_finished(key, model.state_dict() if keep_weights else {}, [], extra=vars(result))
+        return result
 
     def logits(self, model: nn.Module, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         model.to(self.device).eval()
         out = run_batches(model, [self.ids[i] for i in rows], self.pad_id, self.eval_batch, self.device, self.precision)
         return out.numpy(), np.asarray(rows)
+
+
+@dataclass
+class Contrasted:
+    """What :meth:`TokenBackend.contrast` did: each step's seconds, ``on_checkpoint``'s value
+    at each checkpoint step, and the tuning's wall time (checkpoints included), replayed as
+    they were measured when the tuning is finished in a run's checkpoint."""
+
+    seconds: list[float]
+    at: dict[int, Any]
+    wall: float
 
 
 def freeze_token_embeddings(encoder: nn.Module) -> bool:

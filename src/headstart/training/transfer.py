@@ -605,24 +605,24 @@ class Transfer:
             if i and deadline is not None:  # room for this fold and the refit on every row
                 if 2.2 * np.mean(fold_seconds) > self.time_left():
                     break
-            t0 = time.perf_counter()
             model = copy.deepcopy(pristine)
-            embedded: dict[int, tuple[torch.Tensor, np.ndarray, torch.Tensor, np.ndarray]] = {}
+            name = f"contrastive fold {i + 1} of {len(splits)}" if len(splits) > 1 else "contrastive"
 
-            def checkpoint(step: int, model=model, tr=tr, va=va, embedded=embedded) -> None:
+            def checkpoint(step: int, model=model, tr=tr, va=va, name=name) -> tuple[torch.Tensor, ...]:
                 (xt, ok), (xv, okv) = self.backend.embed(model, tr), self.backend.embed(model, va)
-                embedded[step] = (xt, ok, xv, okv)
-                log.info("contrastive%s: step %d of %d", f" fold {i + 1} of {len(splits)}" if len(splits) > 1 else "",
-                         step, steps)
+                log.info("%s: step %d of %d", name, step, steps)
+                return xt, torch.as_tensor(ok), xv, torch.as_tensor(okv)  # tensors: kept in the run's checkpoint
 
-            step_seconds += self.backend.contrast(model, tr, steps, checkpoints=set(checkpoints),
-                                                  on_checkpoint=checkpoint, deadline=deadline)
-            if not embedded:
+            # only the first fold's weights can be needed again (refit_contrastive)
+            tuned = self.backend.contrast(model, tr, steps, checkpoints=set(checkpoints), on_checkpoint=checkpoint,
+                                          deadline=deadline, phase=name, keep_weights=i == 0)
+            step_seconds += tuned.seconds
+            if not tuned.at:
                 break
             if i == 0:
                 first_model = model
-            per_fold.append(embedded)
-            fold_seconds.append(time.perf_counter() - t0)
+            per_fold.append({s: (xt, ok.numpy(), xv, okv.numpy()) for s, (xt, ok, xv, okv) in tuned.at.items()})
+            fold_seconds.append(tuned.wall)
         if not per_fold:
             self.tried.append({"recipe": "contrastive", "skipped": "the time budget did not allow one checkpoint"})
             return None
@@ -694,7 +694,8 @@ class Transfer:
         else:
             model = copy.deepcopy(pristine)
             log.info("contrastive: tuning on all %d labelled rows for %d steps", len(rows), steps)
-            self.backend.contrast(model, rows, steps, checkpoints=set(), on_checkpoint=None, deadline=None)
+            self.backend.contrast(model, rows, steps, checkpoints=set(), on_checkpoint=None, deadline=None,
+                                  phase="contrastive refit")
             self.refit_done = len(rows) > len(self.train_rows) or self.eval_rows is None
         x, ok = self.backend.embed(model, rows)
         solution = fit_logistic(x, self.labels[ok], self.k, C=tried["C"], **self._weights(self.labels[ok])) \
