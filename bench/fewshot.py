@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from head_vs_logreg import SHARED, _baseline, _features, _subsample, _texts, run_row  # noqa: E402
 
 ROWS = [f"{name}-{k}" for name in ("sst2", "emotions", "clothing") for k in (8, 16, 64)]
-EXTRA = [f"{name}-{k}" for name in ("sst2", "emotions", "clothing") for k in (5, 10, 32)]
+EXTRA = [f"{name}-{k}" for name in ("sst2", "emotions", "clothing") for k in (5, 10, 32, 128, 256, 512)]
 
 
 def _emotions():

@@ -194,7 +194,9 @@ class TokenBackend:
         :func:`freeze_token_embeddings`; no dropout: :func:`without_dropout`) over
         class-balanced batches of ``rows`` (AdamW at ``backbone_lr``, linear warmup over the
         first 10%, then linear decay to 0); ``on_checkpoint(step)`` after each step in
-        ``checkpoints``, its value kept. Stops at ``deadline`` (after a checkpoint).
+        ``checkpoints``, its value kept. With a ``deadline``, the epoch loop's rule: it stops at
+        a checkpoint when the steps to the next one, judged by the last stretch's length
+        (checkpoint included), would end after it.
 
         Inside :func:`headstart.training.checkpoint.checkpointing` the tuning is one phase
         named ``phase``: its state is saved after the first step that ends
@@ -242,7 +244,7 @@ class TokenBackend:
             first = running["epoch"] + 1
             checkpoint.set_own_rng_state(running["rng"])
             log.info("%s: resuming after step %d of %d from the checkpoint", phase, running["epoch"], steps)
-        began = last_save = time.perf_counter()
+        began = last_save = stretch = time.perf_counter()
         dropout = without_dropout(model.backbone)
         bar = tqdm(total=steps, initial=first - 1, desc="contrastive", leave=False, disable=not self.progress)
         try:
@@ -263,7 +265,9 @@ class TokenBackend:
                 bar.update()
                 if step in checkpoints:
                     at[step] = on_checkpoint(step)
-                    stopped = deadline is not None and time.perf_counter() > deadline
+                    now = time.perf_counter()
+                    stopped = deadline is not None and step < steps and now + (now - stretch) > deadline
+                    stretch = now
                 if store is not None and step < steps and not stopped \
                         and distributed.broadcast(time.perf_counter() - last_save >= STEP_SAVE_SECONDS):
                     store.save_epoch(key, {
