@@ -46,6 +46,19 @@ def same_run(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def interrupt_after_save(monkeypatch, phase: str | None, epoch: int, signum: int) -> None:
+    """The next run stops with ``signum`` right after its checkpoint of ``phase`` (any phase
+    when None) at ``epoch`` (or step) is written; ``monkeypatch.undo`` or a new patch ends it."""
+    real_save = Checkpoints.save_epoch
+
+    def save_then_interrupt(self, key, state):
+        real_save(self, key, state)
+        if (phase is None or key == phase) and state["epoch"] == epoch:
+            raise TrainingInterrupted(signum)
+
+    monkeypatch.setattr(Checkpoints, "save_epoch", save_then_interrupt)
+
+
 @pytest.fixture
 def reference(folder, tmp_path, capsys):
     code, _, err = run(capsys, "train", folder, *ARGS, "--out", tmp_path / "reference")
@@ -57,13 +70,7 @@ def reference(folder, tmp_path, capsys):
 @pytest.mark.parametrize("phase,epoch", [("0-fine-tune", 1), ("0-fine-tune", 3), ("1-fine-tune refit", 1)])
 def test_interrupted_then_resumed_equals_uninterrupted(phase, epoch, reference, folder, tmp_path, capsys, monkeypatch):
     real_save = Checkpoints.save_epoch
-
-    def save_then_interrupt(self, key, state):
-        real_save(self, key, state)
-        if key == phase and state["epoch"] == epoch:
-            raise TrainingInterrupted(signal.SIGINT)
-
-    monkeypatch.setattr(Checkpoints, "save_epoch", save_then_interrupt)
+    interrupt_after_save(monkeypatch, phase, epoch, signal.SIGINT)
     out = tmp_path / "interrupted"
     code, _, err = run(capsys, "train", folder, *ARGS, "--out", out)
     assert code == 130
@@ -281,13 +288,7 @@ def test_text_runs_resume_to_the_same_result(kind, tiny_bert, tmp_path, capsys, 
     code, _, err = run(capsys, *args, "--out", tmp_path / "reference")
     assert code == 0, err
     real_save = Checkpoints.save_epoch
-
-    def save_then_interrupt(self, key, state):
-        real_save(self, key, state)
-        if state["epoch"] == 2:
-            raise TrainingInterrupted(signal.SIGTERM)
-
-    monkeypatch.setattr(Checkpoints, "save_epoch", save_then_interrupt)
+    interrupt_after_save(monkeypatch, None, 2, signal.SIGTERM)
     code, _, err = run(capsys, *args, "--out", tmp_path / "run")
     assert code == 128 + signal.SIGTERM and "interrupted (SIGTERM)" in err
     monkeypatch.setattr(Checkpoints, "save_epoch", real_save)

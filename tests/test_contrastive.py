@@ -329,8 +329,8 @@ def test_an_interrupted_contrastive_tuning_resumes_where_it_stopped(phase, step,
     import signal
 
     from headstart.training import checkpoint
-    from headstart.training.checkpoint import Checkpoints, TrainingInterrupted
-    from test_checkpoint import run, same_run
+    from headstart.training.checkpoint import Checkpoints
+    from test_checkpoint import interrupt_after_save, run, same_run
 
     monkeypatch.setattr(checkpoint, "STEP_SAVE_SECONDS", 0.0)  # a save after every step
     from headstart.training.tokens import TokenBackend
@@ -357,13 +357,7 @@ def test_an_interrupted_contrastive_tuning_resumes_where_it_stopped(phase, step,
     reference, trained[:] = list(trained), []
     assert len(reference) == 4  # three folds, the refit
     real_save = Checkpoints.save_epoch
-
-    def save_then_interrupt(self, key, state):
-        real_save(self, key, state)
-        if key == phase and state["epoch"] == step:
-            raise TrainingInterrupted(signal.SIGTERM)
-
-    monkeypatch.setattr(Checkpoints, "save_epoch", save_then_interrupt)
+    interrupt_after_save(monkeypatch, phase, step, signal.SIGTERM)
     code, _, err = run(capsys, *args, "--out", tmp_path / "run")
     assert code == 128 + signal.SIGTERM and "interrupted (SIGTERM)" in err
     assert f"{phase.split('-', 1)[1]} step {step}" in err  # where the checkpoint stands
