@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import os
 import random
 import signal
@@ -35,6 +36,8 @@ import torch
 
 from . import distributed
 from ..errors import HeadstartError
+
+log = logging.getLogger("headstart")
 
 CHECKPOINT_FILE = "last.pt"
 FORMAT_VERSION = 1
@@ -240,6 +243,35 @@ _ACTIVE: contextvars.ContextVar[Checkpoints | None] = contextvars.ContextVar("he
 
 def active() -> Checkpoints | None:
     return _ACTIVE.get()
+
+
+def begin_phase(phase: str, module: torch.nn.Module) -> tuple[Checkpoints | None, str, dict[str, Any] | None]:
+    """The active store (None outside :func:`checkpointing`), the key of the training phase
+    ``phase`` that starts now, and its record when the checkpoint holds it finished: then
+    ``module`` has its final weights (when the record kept them) and the RNG states are as
+    they were when it ended."""
+    store = active()
+    key = store.next_key(phase) if store else ""
+    done = store.finished(key) if store else None
+    if done is not None:
+        if done["module"]:
+            module.load_state_dict(done["module"])
+        set_own_rng_state(done["rng"])
+        log.info("%s: finished in the checkpoint; skipped", phase)
+    return store, key, done
+
+
+def resume_running(store: Checkpoints | None, key: str, phase: str, **stateful: Any) -> dict[str, Any] | None:
+    """The saved state of the running phase ``key``, if the checkpoint holds it: each of
+    ``stateful`` (a module, an optimizer, a scheduler...) loaded from the entry of its name,
+    the RNG states restored; None when it does not."""
+    running = store.running(key) if store else None
+    if running is not None:
+        for name, obj in stateful.items():
+            obj.load_state_dict(running[name])
+        set_own_rng_state(running["rng"])
+        log.info("%s: resuming after %s %d from the checkpoint", phase, running.get("unit", "epoch"), running["epoch"])
+    return running
 
 
 @contextlib.contextmanager

@@ -234,13 +234,8 @@ def train_loop(
     and a resumed run skips the phases and epochs the checkpoint holds."""
     if getattr(loss_fn, "reduction", "sum") != "sum":
         raise ValueError("train_loop needs a summed loss (reduction='sum'); it divides by the examples' weight itself")
-    store = checkpoint.active()
-    phase_key = store.next_key(phase) if store else ""
-    done = store.finished(phase_key) if store else None
+    store, phase_key, done = checkpoint.begin_phase(phase, module)
     if done is not None:  # this phase finished before the run was interrupted
-        module.load_state_dict(done["module"])
-        checkpoint.set_own_rng_state(done["rng"])
-        log.info("%s: finished in the checkpoint; skipped", phase)
         return [EpochRecord(**r) for r in done["history"]]
 
     optimizer = make_optimizer(cfg.optimizer, groups)
@@ -252,19 +247,12 @@ def train_loop(
     best_key, best_state, stale = None, None, 0
     average = WeightAverage(module, cfg.ema) if cfg.ema else None
     first = 1
-    running = store.running(phase_key) if store else None
+    running = checkpoint.resume_running(store, phase_key, phase, module=module, optimizer=optimizer, scheduler=scheduler,
+                                        scaler=scaler, **({"average": average} if average is not None else {}))
     if running is not None:
-        module.load_state_dict(running["module"])
-        optimizer.load_state_dict(running["optimizer"])
-        scheduler.load_state_dict(running["scheduler"])
-        scaler.load_state_dict(running["scaler"])
-        if average is not None:
-            average.load_state_dict(running["average"])
         history = [EpochRecord(**r) for r in running["history"]]
         best_key, best_state, stale = tuple(running["best_key"]), running["best_state"], running["stale"]
         first = running["epoch"] + 1
-        checkpoint.set_own_rng_state(running["rng"])
-        log.info("%s: resuming after epoch %d from the checkpoint", phase, running["epoch"])
         if running["stopped"]:
             first = epochs + 1  # early stopping had ended this phase
 

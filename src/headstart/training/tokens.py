@@ -207,21 +207,14 @@ class TokenBackend:
         ``keep_weights``), its checkpoints' values and its times."""
         import time
 
-        from . import checkpoint
-        from .checkpoint import STEP_SAVE_SECONDS
+        from .checkpoint import STEP_SAVE_SECONDS, begin_phase, resume_running
         from .contrastive import balanced_batches, pair_cosine_loss
         from .loop import make_optimizer, param_groups
 
         cfg = self.cfg
         model.to(self.device)
-        store = checkpoint.active()
-        key = store.next_key(phase) if store else ""
-        done = store.finished(key) if store else None
+        store, key, done = begin_phase(phase, model)
         if done is not None:
-            if done["module"]:
-                model.load_state_dict(done["module"])
-            checkpoint.set_own_rng_state(done["rng"])
-            log.info("%s: finished in the checkpoint; skipped", phase)
             return Contrasted(**done["extra"])
         set_trainable(model, None)
         for p in model.head.parameters():
@@ -235,15 +228,10 @@ class TokenBackend:
         seconds: list[float] = []
         at: dict = {}
         first, before, stopped = 1, 0.0, False  # before: the wall seconds of the steps resumed from a save
-        running = store.running(key) if store else None
+        running = resume_running(store, key, phase, module=model, optimizer=optimizer, scheduler=schedule)
         if running is not None:
-            model.load_state_dict(running["module"])
-            optimizer.load_state_dict(running["optimizer"])
-            schedule.load_state_dict(running["scheduler"])
             seconds, at, before = list(running["seconds"]), dict(running["at"]), running["wall"]
             first = running["epoch"] + 1
-            checkpoint.set_own_rng_state(running["rng"])
-            log.info("%s: resuming after step %d of %d from the checkpoint", phase, running["epoch"], steps)
         began = last_save = stretch = time.perf_counter()
         dropout = without_dropout(model.backbone)
         bar = tqdm(total=steps, initial=first - 1, desc="contrastive", leave=False, disable=not self.progress)
