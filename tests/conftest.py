@@ -119,3 +119,35 @@ def text_kwargs(tiny_bert) -> dict:
 def _private_feature_cache(tmp_path_factory, monkeypatch):
     """Tests never read or fill the user's feature cache."""
     monkeypatch.setenv("HEADSTART_CACHE_DIR", str(tmp_path_factory.mktemp("feature-cache")))
+
+
+class TinyEncoder(torch.nn.Module):
+    """Mean-pooled token embeddings through one linear layer, and a head: what the
+    contrastive loop needs of a text model."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = torch.nn.Sequential(torch.nn.Embedding(20, 8), torch.nn.Linear(8, 8))
+        self.head = torch.nn.Linear(8, 2)
+
+    def block_groups(self):
+        return [[name for name, _ in self.backbone.named_parameters()]]
+
+    def embed(self, input_ids, attention_mask):
+        h = self.backbone(input_ids)
+        mask = attention_mask.unsqueeze(-1).float()
+        return (h * mask).sum(1) / mask.sum(1)
+
+
+def tiny_token_backend():
+    """A :class:`~headstart.training.tokens.TokenBackend` over 16 rows of 2 classes (8 each)
+    and a :class:`TinyEncoder`: the contrastive step loop without a transformer."""
+    from headstart.config import HeadConfig, TrainConfig
+    from headstart.training.tokens import TokenBackend
+
+    labels = np.repeat([0, 1], 8)
+    ids = [np.array([1 + (i % 5), 10 + y, 3], dtype=np.int32) for i, y in enumerate(labels)]
+    cfg = TrainConfig(task="text", head=HeadConfig(pooling="mean"), batch_size=8, precision="fp32").resolved()
+    return TokenBackend(TinyEncoder(), ids, [""] * 16, labels, cfg, pad_id=0, device=torch.device("cpu"),
+                        precision="fp32", loss_fn=None, progress=False, cache_parts=None, max_length=8, eval_batch=8,
+                        phase2_recipe="contrastive")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_texts
+from conftest import TinyEncoder, make_texts, tiny_token_backend
 from headstart import TextClassifier, load
 from headstart.training import contrastive
 from headstart.config import TrainConfig
@@ -374,44 +374,14 @@ def test_an_interrupted_contrastive_tuning_resumes_where_it_stopped(phase, step,
     assert strip(tried[0]) == strip(tried[1])  # the held-out scores, from the replayed embeddings too
 
 
-class _TinyEncoder(torch.nn.Module):
-    """Mean-pooled token embeddings through one linear layer, and a head: what the
-    contrastive loop needs of a text model."""
-
-    def __init__(self):
-        super().__init__()
-        self.backbone = torch.nn.Sequential(torch.nn.Embedding(20, 8), torch.nn.Linear(8, 8))
-        self.head = torch.nn.Linear(8, 2)
-
-    def block_groups(self):
-        return [[name for name, _ in self.backbone.named_parameters()]]
-
-    def embed(self, input_ids, attention_mask):
-        h = self.backbone(input_ids)
-        mask = attention_mask.unsqueeze(-1).float()
-        return (h * mask).sum(1) / mask.sum(1)
-
-
-def _backend():
-    from headstart.config import HeadConfig
-    from headstart.training.tokens import TokenBackend
-
-    labels = np.repeat([0, 1], 8)
-    ids = [np.array([1 + (i % 5), 10 + y, 3], dtype=np.int32) for i, y in enumerate(labels)]
-    cfg = TrainConfig(task="text", head=HeadConfig(pooling="mean"), batch_size=8, precision="fp32").resolved()
-    return TokenBackend(_TinyEncoder(), ids, [""] * 16, labels, cfg, pad_id=0, device=torch.device("cpu"),
-                        precision="fp32", loss_fn=None, progress=False, cache_parts=None, max_length=8, eval_batch=8,
-                        phase2_recipe="contrastive")
-
-
 def test_under_a_deadline_the_tuning_stops_before_a_stretch_that_would_end_past_it():
     """The epoch loop's rule: at a checkpoint, the steps to the next one are not started when,
     judged by the last stretch's length, they would end after the deadline."""
     import time
 
-    backend = _backend()
+    backend = tiny_token_backend()
     # no deadline: every step and checkpoint (and the first call's one-off costs paid)
-    tuned = backend.contrast(_TinyEncoder(), np.arange(16), 8, checkpoints={2, 4, 6, 8}, on_checkpoint=lambda s: s,
+    tuned = backend.contrast(TinyEncoder(), np.arange(16), 8, checkpoints={2, 4, 6, 8}, on_checkpoint=lambda s: s,
                              deadline=None)
     assert sorted(tuned.at) == [2, 4, 6, 8] and len(tuned.seconds) == 8
 
@@ -421,7 +391,7 @@ def test_under_a_deadline_the_tuning_stops_before_a_stretch_that_would_end_past_
 
     # after checkpoint 2 (~1 s) another stretch fits, after 4 (~2 s) none, though the deadline has not passed
     deadline = time.perf_counter() + 2.6
-    model = _TinyEncoder()
+    model = TinyEncoder()
     tuned = backend.contrast(model, np.arange(16), 8, checkpoints={2, 4, 6, 8}, on_checkpoint=slow, deadline=deadline)
     assert sorted(tuned.at) == [2, 4] and len(tuned.seconds) == 4 and time.perf_counter() < deadline
     assert all(p.requires_grad for p in model.backbone.parameters())  # trainable again after

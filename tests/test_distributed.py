@@ -76,6 +76,83 @@ def test_two_processes_text(tiny_bert, tmp_path):
     assert metrics["val"]["accuracy"] == pytest.approx(single["accuracy"])
 
 
+def test_two_processes_contrastive(tiny_bert, tmp_path):
+    """``auto`` tries contrastive on a few rows per class under a time budget: every process
+    tunes the same encoder on the same batches and follows rank 0's budget decisions, so the
+    held-out numbers and the saved model are those of a single process."""
+    texts, labels = make_texts(24)
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(f'"{t}",{l}\n' for t, l in zip(texts, labels)))
+    args = ["train", "train.csv", "--backbone", tiny_bert, "--recipe", "auto", "--time-budget", "600",
+            "--precision", "fp32", "--no-cache"]
+    p = torchrun([*args, "--out", "two"], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    one = subprocess.run([sys.executable, TINY_CLI, *args, "--out", "one"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two_m, one_m = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("two", "one"))
+    assert two_m["processes"] == 2 and two_m["protocol"]["kind"] == "cross-validation"
+    tried = [[{k: e.get(k) for k in ("recipe", "accuracy", "steps", "folds", "C")} for e in m["tried"]] for m in (two_m, one_m)]
+    assert "contrastive" in [e["recipe"] for e in tried[0]] and tried[0] == tried[1]
+    assert two_m["val"]["accuracy"] == one_m["val"]["accuracy"]
+    vt, _ = make_texts(12, seed=3)
+    a, b = (load(tmp_path / d / "model").predict_proba(vt) for d in ("two", "one"))
+    assert np.allclose(a, b, atol=2e-3)  # the embeddings gathered from shards: float rounding apart
+
+
+def _skewed_clocks(rank: int, port: int, out: str) -> None:
+    """One of two processes whose time budgets end at different moments (each measures its
+    own from its start): rank 1's deadline has passed, rank 0's is far off. Runs the
+    contrastive step loop and the epoch loop under them, with a collective at each checkpoint
+    and epoch (as the real ones gather held-out outputs), and writes the steps and epochs it ran."""
+    import datetime
+    import time
+
+    from conftest import TinyEncoder, tiny_token_backend
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=20))
+    distributed._WORLD = None
+    distributed.init("cpu")
+    deadline = time.perf_counter() + (1000.0 if rank == 0 else -1.0)
+    tuned = tiny_token_backend().contrast(TinyEncoder(), np.arange(16), 8, checkpoints={2, 4, 6, 8},
+                                          on_checkpoint=distributed.all_gather, deadline=deadline)
+    torch.manual_seed(0)
+    module, x, y = nn.Linear(6, 3), torch.randn(40, 6), torch.arange(40) % 3
+
+    def batches(epoch):
+        for i in range(0, 40, 8):
+            yield x[i + rank : i + 8 : 2], y[i + rank : i + 8 : 2]
+
+    calls: list = []
+
+    def evaluate():  # better every epoch (nothing stops early), gathered like the real one
+        calls.append(1)
+        return 0.0, len(calls) + sum(distributed.all_gather(1)) / 1000
+
+    cfg = TrainConfig(task="image", lr=0.01, patience=0, warmup_epochs=0).resolved()
+    groups = [{"params": list(module.parameters()), "lr": 0.01, "weight_decay": 0.0}]
+    history = train_loop(module, groups, batches, 5, evaluate, cfg=cfg, epochs=3, phase="head", device=torch.device("cpu"),
+                          precision="fp32", loss_fn=CrossEntropy(), deadline=deadline)
+    Path(out, f"{rank}.json").write_text(json.dumps({"steps": len(tuned.seconds), "epochs": len(history)}))
+    distributed.finish()
+
+
+def test_the_time_budget_decisions_are_rank_0s_on_every_process(tmp_path):
+    """A process that stopped at its own deadline while the other went on would leave the
+    collectives out of step (a hang, or an error after the group's timeout): every stop is
+    rank 0's decision, followed by all."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_skewed_clocks, args=(port, str(tmp_path)), nprocs=2, join=True)
+    ran = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
+    assert ran == [{"steps": 8, "epochs": 3}] * 2  # rank 0's deadline is far off: everything runs
+
+
 @pytest.fixture
 def rank1_of_2(monkeypatch):
     monkeypatch.setattr(distributed, "_WORLD", World(rank=1, size=2, local_rank=1))

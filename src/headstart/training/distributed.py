@@ -115,6 +115,14 @@ def broadcast(obj: T) -> T:
     return box[0]
 
 
+def agree(decision: bool) -> bool:
+    """Rank 0's ``decision`` on every rank. For choices each process would otherwise make
+    from its own clock (the time budget: stop here, skip a fold, no refit): the processes
+    started and ran at slightly different times, and one that stopped while another went on
+    would leave the collective calls out of step, each waiting on the other for ever."""
+    return bool(broadcast(bool(decision)))
+
+
 def all_gather(obj: Any) -> list[Any]:
     if not world().enabled:
         return [obj]

@@ -303,7 +303,7 @@ def train_loop(
         for step, (x, y) in enumerate(bar):
             if deadline is not None and epoch == first and not history and step == min(10, steps_per_epoch - 1) > 0:
                 projected = start + (time.perf_counter() - start) / step * steps_per_epoch
-                if projected > deadline:
+                if distributed.agree(projected > deadline):
                     raise OverBudget(
                         f"one epoch would take about {projected - start:.0f} s, more than the time left "
                         f"({max(0.0, deadline - start):.0f} s)", projected - start, max(0.0, deadline - start),
@@ -378,7 +378,8 @@ def train_loop(
             stopped = bool(cfg.patience and stale >= cfg.patience and epoch < epochs)
             if stopped:
                 log.info("%s: no better validation accuracy for %d epochs; stopping early", phase, stale)
-        if not stopped and deadline is not None and epoch < epochs and time.perf_counter() + record.seconds > deadline:
+        if not stopped and deadline is not None and epoch < epochs \
+                and distributed.agree(time.perf_counter() + record.seconds > deadline):
             log.info("%s: another epoch would end past the time budget; stopping after epoch %d", phase, epoch)
             stopped = True
         if store is not None:

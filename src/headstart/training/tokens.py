@@ -254,10 +254,10 @@ class TokenBackend:
                 if step in checkpoints:
                     at[step] = on_checkpoint(step)
                     now = time.perf_counter()
-                    stopped = deadline is not None and step < steps and now + (now - stretch) > deadline
+                    stopped = deadline is not None and step < steps and distributed.agree(now + (now - stretch) > deadline)
                     stretch = now
                 if store is not None and step < steps and not stopped \
-                        and distributed.broadcast(time.perf_counter() - last_save >= STEP_SAVE_SECONDS):
+                        and distributed.agree(time.perf_counter() - last_save >= STEP_SAVE_SECONDS):
                     store.save_epoch(key, {
                         "epoch": step, "unit": "step", "module": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": schedule.state_dict(), "seconds": seconds, "at": at,
