@@ -33,6 +33,19 @@ def torchrun(args: list, cwd: Path, nproc: int = 2) -> subprocess.CompletedProce
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+def on_two_processes_and_one(args: list, cwd: Path) -> tuple[dict, dict]:
+    """The CLI ``args`` under torchrun with 2 processes (``--out two``) and in one process
+    (``--out one``): both runs' metrics, the first checked to be a 2-process cross-validation."""
+    p = torchrun([*args, "--out", "two"], cwd)
+    assert p.returncode == 0, p.stderr[-3000:]
+    one = subprocess.run([sys.executable, TINY_CLI, *args, "--out", "one"], cwd=cwd, capture_output=True,
+                         text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two_m, one_m = (json.loads((cwd / d / "metrics.json").read_text()) for d in ("two", "one"))
+    assert two_m["processes"] == 2 and two_m["protocol"]["kind"] == "cross-validation"
+    return two_m, one_m
+
+
 def check_written_once(run: Path, n_train: int) -> dict:
     assert sorted(p.name for p in run.iterdir()) == [
         "check.json", "config.json", "metrics.json", "model", "plots", "report.html", "run.json", "train.log", "val_predictions.csv"]
@@ -84,13 +97,7 @@ def test_two_processes_contrastive(tiny_bert, tmp_path):
     (tmp_path / "train.csv").write_text("text,label\n" + "".join(f'"{t}",{l}\n' for t, l in zip(texts, labels)))
     args = ["train", "train.csv", "--backbone", tiny_bert, "--recipe", "auto", "--time-budget", "600",
             "--precision", "fp32", "--no-cache"]
-    p = torchrun([*args, "--out", "two"], tmp_path)
-    assert p.returncode == 0, p.stderr[-3000:]
-    one = subprocess.run([sys.executable, TINY_CLI, *args, "--out", "one"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two_m, one_m = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("two", "one"))
-    assert two_m["processes"] == 2 and two_m["protocol"]["kind"] == "cross-validation"
+    two_m, one_m = on_two_processes_and_one(args, tmp_path)
     tried = [[{k: e.get(k) for k in ("recipe", "accuracy", "steps", "folds", "C")} for e in m["tried"]] for m in (two_m, one_m)]
     assert "contrastive" in [e["recipe"] for e in tried[0]] and tried[0] == tried[1]
     assert two_m["val"]["accuracy"] == one_m["val"]["accuracy"]
@@ -251,13 +258,7 @@ def test_cross_validated_probe_scores_the_same_on_two_processes_as_on_one(tmp_pa
     make_folder(tmp_path / "train", per_class=9)
     args = ["train", "train", "--backbone", "tiny-cnn", "--weights", "none", "--recipe", "linear-probe",
             "--folds", "3", "--precision", "fp32", "--workers", "0", "--no-cache"]
-    p = torchrun([*args, "--out", "two"], tmp_path)
-    assert p.returncode == 0, p.stderr[-3000:]
-    one = subprocess.run([sys.executable, TINY_CLI, *args, "--out", "one"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two_m, one_m = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("two", "one"))
-    assert two_m["processes"] == 2 and two_m["protocol"]["kind"] == "cross-validation"
+    two_m, one_m = on_two_processes_and_one(args, tmp_path)
     assert two_m["val"]["n"] == one_m["val"]["n"] == 27
     assert two_m["val"]["accuracy"] == one_m["val"]["accuracy"]
     assert two_m["val"]["confusion_matrix"] == one_m["val"]["confusion_matrix"]
