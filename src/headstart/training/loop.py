@@ -95,6 +95,14 @@ class OverBudget(HeadstartError):
         self.epoch_seconds, self.available = epoch_seconds, available
 
 
+def past_deadline(deadline: float | None, ahead: float = 0.0) -> bool:
+    """Whether ``ahead`` more seconds from now would end after ``deadline`` (a
+    ``time.perf_counter()`` value; None: no deadline), as rank 0 sees it
+    (:func:`~headstart.training.distributed.agree`): each process times its own run, and one
+    that stopped while another went on would leave the collectives out of step."""
+    return deadline is not None and distributed.agree(time.perf_counter() + ahead > deadline)
+
+
 @dataclass
 class EpochRecord:
     phase: str
@@ -303,7 +311,7 @@ def train_loop(
         for step, (x, y) in enumerate(bar):
             if deadline is not None and epoch == first and not history and step == min(10, steps_per_epoch - 1) > 0:
                 projected = start + (time.perf_counter() - start) / step * steps_per_epoch
-                if distributed.agree(projected > deadline):
+                if past_deadline(deadline, projected - time.perf_counter()):
                     raise OverBudget(
                         f"one epoch would take about {projected - start:.0f} s, more than the time left "
                         f"({max(0.0, deadline - start):.0f} s)", projected - start, max(0.0, deadline - start),
@@ -378,8 +386,7 @@ def train_loop(
             stopped = bool(cfg.patience and stale >= cfg.patience and epoch < epochs)
             if stopped:
                 log.info("%s: no better validation accuracy for %d epochs; stopping early", phase, stale)
-        if not stopped and deadline is not None and epoch < epochs \
-                and distributed.agree(time.perf_counter() + record.seconds > deadline):
+        if not stopped and epoch < epochs and past_deadline(deadline, record.seconds):
             log.info("%s: another epoch would end past the time budget; stopping after epoch %d", phase, epoch)
             stopped = True
         if store is not None:

@@ -209,7 +209,7 @@ class TokenBackend:
 
         from .checkpoint import STEP_SAVE_SECONDS, begin_phase, resume_running
         from .contrastive import balanced_batches, pair_cosine_loss
-        from .loop import make_optimizer, param_groups
+        from .loop import make_optimizer, param_groups, past_deadline
 
         cfg = self.cfg
         model.to(self.device)
@@ -254,7 +254,7 @@ class TokenBackend:
                 if step in checkpoints:
                     at[step] = on_checkpoint(step)
                     now = time.perf_counter()
-                    stopped = deadline is not None and step < steps and distributed.agree(now + (now - stretch) > deadline)
+                    stopped = step < steps and past_deadline(deadline, now - stretch)
                     stretch = now
                 if store is not None and step < steps and not stopped \
                         and distributed.agree(time.perf_counter() - last_save >= STEP_SAVE_SECONDS):

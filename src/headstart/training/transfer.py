@@ -38,7 +38,7 @@ from ..errors import DataError
 from .solver import DEFAULT_CS, LinearFit, select_and_fit
 from ..data.splits import Protocol, fold_count, kfold, plan_validation
 from ..objectives import objective_for
-from .loop import EpochRecord, OverBudget, train_head
+from .loop import EpochRecord, OverBudget, past_deadline, train_head
 
 log = logging.getLogger("headstart")
 
@@ -532,7 +532,7 @@ class Transfer:
         epochs = tried["best_epoch"]
         per_epoch = [r.seconds for r in tried["history"]]
         estimate = sum(per_epoch[:epochs]) * len(rows) / max(1, len(tried["train_rows"]))
-        if distributed.agree(estimate > self.time_left()):
+        if past_deadline(self.deadline, estimate):
             log.info("%s: not refitted on all %d rows: about %.0f s, over the %.0f s left of the time budget",
                      recipe, len(rows), estimate, max(0.0, self.time_left()))
             return None
@@ -608,7 +608,7 @@ class Transfer:
         first_model = None
         for i, (tr, va) in enumerate(splits):
             if i and deadline is not None:  # room for this fold and the refit on every row
-                if distributed.agree(2.2 * np.mean(fold_seconds) > self.time_left()):
+                if past_deadline(deadline, 2.2 * np.mean(fold_seconds)):
                     break
             model = copy.deepcopy(pristine)
             name = f"contrastive fold {i + 1} of {len(splits)}" if len(splits) > 1 else "contrastive"
@@ -690,7 +690,7 @@ class Transfer:
             log.info("contrastive: the encoder tuned on the %d training rows is the final one", len(rows))
             model = tried["first_model"]
             self.refit_done = False
-        elif self.cfg.recipe == "auto" and tried["first_model"] is not None and distributed.agree(estimate > self.time_left()):
+        elif self.cfg.recipe == "auto" and tried["first_model"] is not None and past_deadline(self.deadline, estimate):
             log.info("contrastive: not tuned again on all %d rows (about %.0f s, over the %.0f s left of the time budget): "
                      "the first fold's encoder is kept, its head solved on every row", len(rows), estimate,
                      max(0.0, self.time_left()))
@@ -829,7 +829,7 @@ class Transfer:
                 log.info("auto: %s not tried: %s", phase2_recipe, reason)
                 self.tried.append({"recipe": phase2_recipe, "skipped": reason})
                 phase2_recipe = None
-            elif distributed.agree(self.time_left() <= 0):
+            elif past_deadline(self.deadline):
                 reason = "the time budget was spent on the probe"
                 self.tried.append({"recipe": phase2_recipe, "skipped": reason})
                 phase2_recipe = None
