@@ -106,20 +106,71 @@ def test_two_processes_contrastive(tiny_bert, tmp_path):
     assert np.allclose(a, b, atol=2e-3)  # the embeddings gathered from shards: float rounding apart
 
 
-def _skewed_clocks(rank: int, port: int, out: str) -> None:
-    """One of two processes whose time budgets end at different moments (each measures its
-    own from its start): rank 1's deadline has passed, rank 0's is far off. Runs the
-    contrastive step loop and the epoch loop under them, with a collective at each checkpoint
-    and epoch (as the real ones gather held-out outputs), and writes the steps and epochs it ran."""
+def _join(rank: int, port: int) -> None:
+    """Join a 2-process gloo group as ``rank`` (a 20 s timeout: a regression fails, never hangs)."""
     import datetime
-    import time
-
-    from conftest import TinyEncoder, tiny_token_backend
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=20))
     distributed._WORLD = None
     distributed.init("cpu")
+
+
+def _spawn_two(worker, tmp_path: Path) -> list[dict]:
+    """``worker(rank, port, out)`` on 2 spawned processes; what each wrote to ``out/RANK.json``."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    return [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def _tuned() -> tuple[dict, list[int]]:
+    """The tiny encoder after 8 contrastive steps on 16 rows (batches of 8), and the rows it
+    embedded at each step."""
+    from conftest import TinyEncoder, tiny_token_backend
+
+    torch.manual_seed(0)
+    model, seen = TinyEncoder(), []
+    embed = model.embed
+    model.embed = lambda ids, mask: (seen.append(len(ids)), embed(ids, mask))[1]
+    tiny_token_backend().contrast(model, np.arange(16), 8, checkpoints={8}, on_checkpoint=lambda step: None, deadline=None)
+    return {k: v.tolist() for k, v in model.state_dict().items()}, seen
+
+
+def _data_parallel_tuning(rank: int, port: int, out: str) -> None:
+    _join(rank, port)
+    weights, seen = _tuned()
+    Path(out, f"{rank}.json").write_text(json.dumps({"weights": weights, "seen": seen}))
+    distributed.finish()
+
+
+def test_contrastive_tuning_is_data_parallel(tmp_path):
+    """On 2 processes each embeds half of every batch, and the summed gradients make the
+    same steps as one process over the whole batch: the same weights, on both."""
+    ran = _spawn_two(_data_parallel_tuning, tmp_path)
+    weights, seen = _tuned()
+    assert seen == [8] * 8
+    for r in ran:
+        assert r["seen"] == [4] * 8
+        for name, w in weights.items():
+            assert np.allclose(r["weights"][name], w, atol=1e-6), name
+
+
+def _skewed_clocks(rank: int, port: int, out: str) -> None:
+    """One of two processes whose time budgets end at different moments (each measures its
+    own from its start): rank 1's deadline has passed, rank 0's is far off. Runs the
+    contrastive step loop and the epoch loop under them, with a collective at each checkpoint
+    and epoch (as the real ones gather held-out outputs), and writes the steps and epochs it ran."""
+    import time
+
+    from conftest import TinyEncoder, tiny_token_backend
+
+    _join(rank, port)
     deadline = time.perf_counter() + (1000.0 if rank == 0 else -1.0)
     tuned = tiny_token_backend().contrast(TinyEncoder(), np.arange(16), 8, checkpoints={2, 4, 6, 8},
                                           on_checkpoint=distributed.all_gather, deadline=deadline)
@@ -148,15 +199,7 @@ def test_the_time_budget_decisions_are_rank_0s_on_every_process(tmp_path):
     """A process that stopped at its own deadline while the other went on would leave the
     collectives out of step (a hang, or an error after the group's timeout): every stop is
     rank 0's decision, followed by all."""
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_skewed_clocks, args=(port, str(tmp_path)), nprocs=2, join=True)
-    ran = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
+    ran = _spawn_two(_skewed_clocks, tmp_path)
     assert ran == [{"steps": 8, "epochs": 3}] * 2  # rank 0's deadline is far off: everything runs
 
 

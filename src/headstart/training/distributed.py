@@ -179,6 +179,51 @@ def local_part(batch: np.ndarray) -> np.ndarray:
     return batch[w.rank :: w.size] if w.enabled else batch
 
 
+def dealt_order(batch: np.ndarray) -> np.ndarray:
+    """The items of a global ``batch`` in the order :func:`gather_batch` returns their rows:
+    rank 0's part (:func:`local_part`), then rank 1's, and so on."""
+    size = world().size
+    return np.concatenate([batch[r::size] for r in range(size)]) if size > 1 else np.asarray(batch)
+
+
+def gather_batch(local: torch.Tensor, n: int) -> torch.Tensor:
+    """The rows every rank computed for its :func:`local_part` of a global batch of ``n``
+    items, in :func:`dealt_order`, on every rank. This rank's rows are ``local`` itself, so
+    a loss over the whole batch sends gradients into this rank's share of the computation
+    only; :func:`sum_gradients` then adds the ranks' shares, which gives every rank the
+    gradient of the loss over the whole batch (each rank computes that same loss). The other
+    ranks' rows are constants here: the same loss on every rank needs no gradient sent back."""
+    w = world()
+    if not w.enabled:
+        return local
+    sizes = [len(range(r, n, w.size)) for r in range(w.size)]
+    if len(local) != sizes[w.rank]:
+        raise ValueError(f"rank {w.rank} has {len(local)} rows of a batch of {n}; its part is {sizes[w.rank]}")
+    width = max(sizes)
+    padded = torch.cat([local.detach(), local.new_zeros((width - len(local), *local.shape[1:]))]) if len(local) < width \
+        else local.detach().contiguous()
+    parts = [torch.empty_like(padded) for _ in range(w.size)]
+    torch.distributed.all_gather(parts, padded)
+    return torch.cat([local if r == w.rank else p[:k] for r, (p, k) in enumerate(zip(parts, sizes))])
+
+
+def sum_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+    """Add up the parameters' gradients over the ranks, in one collective (see
+    :func:`gather_batch`). Parameters without a gradient have none on every rank (the same
+    graph everywhere) and are left alone."""
+    if not world().enabled:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    at = 0
+    for g in grads:
+        g.copy_(flat[at : at + g.numel()].view_as(g))
+        at += g.numel()
+
+
 def gather_rows(rows: torch.Tensor, indices: np.ndarray, failed: list) -> tuple[torch.Tensor, np.ndarray, list]:
     """Rows computed for a shard of the items, from every rank, in item order."""
     if not world().enabled:

@@ -194,7 +194,11 @@ class TokenBackend:
         :func:`freeze_token_embeddings`; no dropout: :func:`without_dropout`) over
         class-balanced batches of ``rows`` (AdamW at ``backbone_lr``, linear warmup over the
         first 10%, then linear decay to 0); ``on_checkpoint(step)`` after each step in
-        ``checkpoints``, its value kept. With a ``deadline``, the epoch loop's rule: it stops at
+        ``checkpoints``, its value kept. On several processes the tuning is data-parallel:
+        every process draws the same batches, embeds its part of each
+        (:func:`~headstart.training.distributed.local_part`), takes the loss over the whole
+        batch's gathered embeddings and adds its gradients to the others'
+        (:func:`~headstart.training.distributed.gather_batch`), so the steps are one process's. With a ``deadline``, the epoch loop's rule: it stops at
         a checkpoint when the steps to the next one, judged by the last stretch's length
         (checkpoint included), would end after it.
 
@@ -239,13 +243,20 @@ class TokenBackend:
             for step in range(first, steps + 1):
                 start = time.perf_counter()
                 index = batches[step - 1]
+                # several processes: each embeds its part of the batch, the loss is over all of it
+                shared = len(index) >= distributed.world().size
+                mine = distributed.local_part(index) if shared else index
                 model.train()
-                batch = {k: v.to(self.device) for k, v in pad([self.ids[rows[i]] for i in index], self.pad_id).items()}
+                batch = {k: v.to(self.device) for k, v in pad([self.ids[rows[i]] for i in mine], self.pad_id).items()}
                 with autocast(self.device, self.precision):
                     z = model.embed(batch["input_ids"], batch["attention_mask"])
+                if shared:
+                    z, index = distributed.gather_batch(z.float(), len(index)), distributed.dealt_order(index)
                 loss = pair_cosine_loss(z, torch.as_tensor(self.labels[rows[index]], device=self.device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if shared:
+                    distributed.sum_gradients(model.backbone.parameters())
                 torch.nn.utils.clip_grad_norm_(model.backbone.parameters(), 1.0)
                 optimizer.step()
                 schedule.step()
