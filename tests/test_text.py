@@ -84,6 +84,60 @@ def test_fine_tune_trains_only_the_top_layer(texts, text_kwargs, monkeypatch):
     assert changed and all(k.startswith(("encoder.layer.1.", "pooler.")) for k in changed), sorted(changed)[:4]
 
 
+def test_training_on_a_cpu_attends_eagerly_then_goes_back(tiny_bert):
+    """The fused attention is slow to differentiate on a CPU: training switches the encoder to
+    the plain attention (the same outputs), and everything after keeps the encoder's own."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModel, AutoTokenizer
+
+    from headstart.training.tokens import training_attention
+
+    model = SimpleNamespace(backbone=AutoModel.from_pretrained(str(tiny_bert), attn_implementation="sdpa").eval())
+    impl = lambda: model.backbone.config._attn_implementation  # noqa: E731
+    batch = pad(tokenize(AutoTokenizer.from_pretrained(str(tiny_bert)), ["good", "a great movie , really good"], 16)[0], 0)
+    with torch.no_grad():
+        fused = model.backbone(**batch).last_hidden_state
+        with training_attention(model, torch.device("cpu")):
+            assert impl() == "eager"
+            plain = model.backbone(**batch).last_hidden_state
+    assert impl() == "sdpa" and torch.allclose(fused, plain, atol=1e-5)
+    with pytest.raises(RuntimeError), training_attention(model, "cpu"):
+        raise RuntimeError("a failed step")
+    assert impl() == "sdpa"
+    with training_attention(model, "cuda"):  # GPUs keep the fused kernels
+        assert impl() == "sdpa"
+    with training_attention(SimpleNamespace(backbone=torch.nn.Linear(2, 2)), "cpu"):  # word vectors: nothing to switch
+        pass
+
+
+@pytest.mark.parametrize("recipe", ["full", "contrastive"])
+def test_text_training_steps_run_eager_attention(recipe, texts, text_kwargs, monkeypatch):
+    """The attention each training step of ``full`` (the epoch loop) and of ``contrastive`` (the
+    tuning's steps) ran with; the saved model attends as it was loaded."""
+    import headstart.training.tokens as tokens
+
+    seen = set()
+    if recipe == "full":
+        real = tokens.train_on_tokens
+        monkeypatch.setattr(tokens, "train_on_tokens",
+                            lambda model, *a, **k: (seen.add(model.backbone.config._attn_implementation), real(model, *a, **k))[1])
+    else:
+        real = tokens.TokenBackend.contrast
+
+        def contrast(self, model, *a, **k):
+            embed = model.embed
+            model.embed = lambda ids, mask: (seen.add(model.backbone.config._attn_implementation), embed(ids, mask))[1]
+            try:
+                return real(self, model, *a, **k)
+            finally:
+                del model.embed
+        monkeypatch.setattr(tokens.TokenBackend, "contrast", contrast)
+    clf = TextClassifier(**{**text_kwargs, "epochs": 2}, recipe=recipe).fit(*texts)
+    assert seen == {"eager"}
+    assert clf.model_.backbone.config._attn_implementation == "sdpa"
+
+
 def test_dynamic_padding_and_length_groups(tiny_bert):
     from transformers import AutoTokenizer
 

@@ -1,0 +1,104 @@
+"""Training steps of the embedded text encoder on a CPU with each attention implementation,
+side by side in one run: PyTorch's fused ``scaled_dot_product_attention`` ("sdpa", what the
+encoder loads with) and the plain matrix-product attention ("eager", what headstart trains
+with on a CPU: ``headstart.training.tokens.CPU_TRAINING_ATTENTION``).
+
+Each arm is its own copy of MiniLM-L6 (token embeddings frozen, no dropout, fused AdamW, bf16
+autocast), stepped on the same batches of SST-2 training sentences, the arms interleaved step
+by step so that the machine's load falls on both. Prints the median seconds of a training step
+(forward, backward, optimizer) and of an inference batch, and eager's speed-up over sdpa.
+
+    python bench/cpu_attention.py
+    python bench/cpu_attention.py --batch 16 32 --steps 30 --precision fp32
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from head_vs_logreg import SHARED, _texts  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", nargs="+", type=int, default=[16, 32], help="texts per training step [16 32]")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per arm and batch size [20]")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    args = parser.parse_args()
+    if not SHARED.is_dir():
+        sys.exit(f"no data sets at {SHARED}")
+    import torch
+
+    from headstart.backbones.encoders import load_encoder, resolve_encoder
+    from headstart.training.tokens import CPU_TRAINING_ATTENTION, freeze_token_embeddings, pad, tokenize, without_dropout
+
+    source = resolve_encoder("minilm-l6")[1]
+    _, tokenizer = load_encoder(source, "minilm-l6")
+    texts = list(_texts("sst2")[0].texts)
+    ids, _ = tokenize(tokenizer, texts, 128)
+    arms = {}
+    for name in ("sdpa", CPU_TRAINING_ATTENTION):
+        torch.manual_seed(0)
+        encoder, _ = load_encoder(source, "minilm-l6")
+        encoder.set_attn_implementation(name)
+        freeze_token_embeddings(encoder)
+        without_dropout(encoder)
+        params = [p for p in encoder.parameters() if p.requires_grad]
+        arms[name] = (encoder, torch.optim.AdamW(params, lr=2e-5, fused=True))
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.precision == "bf16" else contextlib.nullcontext
+
+    def embed(encoder, batch):
+        hidden = encoder(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1)
+
+    def train_step(name, batch) -> float:
+        encoder, optimizer = arms[name]
+        encoder.train()
+        start = time.perf_counter()
+        with autocast():
+            z = embed(encoder, batch)
+        loss = torch.nn.functional.normalize(z.float(), dim=1).sum(0).pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return time.perf_counter() - start
+
+    def infer(name, batch) -> float:
+        encoder, _ = arms[name]
+        encoder.eval()
+        start = time.perf_counter()
+        with torch.inference_mode(), autocast():
+            embed(encoder, batch)
+        return time.perf_counter() - start
+
+    rng = np.random.default_rng(0)
+    print(f"MiniLM-L6, {args.precision}, {torch.get_num_threads()} threads; median seconds, {args.steps} steps per arm\n")
+    print(f"| step | tokens per batch (median) | sdpa | {CPU_TRAINING_ATTENTION} | speed-up |\n|---|---:|---:|---:|---:|")
+    rows = [("training", train_step, size) for size in args.batch] + [("inference", infer, 64)]
+    for kind, fn, n in rows:
+        batches = [pad([ids[i] for i in rng.choice(len(ids), n, replace=False)], tokenizer.pad_token_id or 0)
+                   for _ in range(args.steps + 2)]
+        times = {name: [] for name in arms}
+        for i, batch in enumerate(batches):
+            for name in arms:
+                t = fn(name, batch)
+                if i >= 2:  # the first steps warm up the allocator and oneDNN
+                    times[name].append(t)
+        med = {name: statistics.median(v) for name, v in times.items()}
+        tokens = statistics.median(int(b["input_ids"].numel()) for b in batches)
+        print(f"| {kind}, {n} texts | {tokens:.0f} | {med['sdpa']:.3f} | {med[CPU_TRAINING_ATTENTION]:.3f} | "
+              f"{med['sdpa'] / med[CPU_TRAINING_ATTENTION]:.2f}x |", flush=True)
+
+if __name__ == "__main__":
+    main()
