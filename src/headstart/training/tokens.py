@@ -130,8 +130,8 @@ def train_on_tokens(
 # (scaled_dot_product_attention's flash kernel, what "sdpa" runs) is fast forward but slow to
 # differentiate there: on MiniLM-L6, 16 texts of 56 tokens in bf16, its backward took 15.5 ms
 # a layer against 2.2 ms forward, 30% of a training step. The plain matrix-product attention
-# ("eager", the same arithmetic) made the whole step 1.3 to 1.5 times faster; inference
-# is as fast either way (bench/cpu_attention.py).
+# ("eager", the same arithmetic) made the whole step about 1.5 times faster; inference is
+# as fast either way (bench/cpu_attention.py, docs/performance.md).
 CPU_TRAINING_ATTENTION = "eager"
 
 
@@ -224,13 +224,16 @@ class TokenBackend:
         :func:`freeze_token_embeddings`; no dropout: :func:`without_dropout`) over
         class-balanced batches of ``rows`` (AdamW at ``backbone_lr``, linear warmup over the
         first 10%, then linear decay to 0); ``on_checkpoint(step)`` after each step in
-        ``checkpoints``, its value kept. On several processes the tuning is data-parallel:
-        every process draws the same batches, embeds its part of each
-        (:func:`~headstart.training.distributed.local_part`), takes the loss over the whole
-        batch's gathered embeddings and adds its gradients to the others'
-        (:func:`~headstart.training.distributed.gather_batch`), so the steps are one process's. With a ``deadline``, the epoch loop's rule: it stops at
-        a checkpoint when the steps to the next one, judged by the last stretch's length
-        (checkpoint included), would end after it.
+        ``checkpoints``, its value kept. On a CPU the steps attend with
+        :data:`CPU_TRAINING_ATTENTION` (:func:`training_attention`). With a ``deadline``, the
+        epoch loop's rule: it stops at a checkpoint when the steps to the next one, judged by
+        the last stretch's length (checkpoint included), would end after it.
+
+        On several processes the tuning is data-parallel: every process draws the same
+        batches, embeds its part of each (:func:`~headstart.training.distributed.local_part`),
+        takes the loss over the whole batch's gathered embeddings and adds its gradients to the
+        others' (:func:`~headstart.training.distributed.gather_batch`): one process's steps for
+        a share of the work each.
 
         Inside :func:`headstart.training.checkpoint.checkpointing` the tuning is one phase
         named ``phase``: its state is saved after the first step that ends
