@@ -3,13 +3,17 @@ side by side in one run: PyTorch's fused ``scaled_dot_product_attention`` ("sdpa
 encoder loads with) and the plain matrix-product attention ("eager", what headstart trains
 with on a CPU: ``headstart.training.tokens.CPU_TRAINING_ATTENTION``).
 
+headstart uses "eager" for training batches up to ``CPU_EAGER_MAX_TOKENS`` wide; the
+``--widths`` rows show why there.
+
 Each arm is its own copy of MiniLM-L6 (token embeddings frozen, no dropout, fused AdamW, bf16
 autocast), stepped on the same batches of SST-2 training sentences, the arms interleaved step
 by step so that the machine's load falls on both. Prints the median seconds of a training step
 (forward, backward, optimizer) and of an inference batch, and eager's speed-up over sdpa.
 
     python bench/cpu_attention.py
-    python bench/cpu_attention.py --batch 16 32 --steps 30 --precision fp32
+    python bench/cpu_attention.py --batch 16 --steps 10 --widths 64 128 192 256
+    python bench/cpu_attention.py --batch 16 32 --steps 30 --precision fp32 --widths
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", nargs="+", type=int, default=[16, 32], help="texts per training step [16 32]")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per arm and batch size [20]")
+    parser.add_argument("--widths", nargs="*", type=int, default=[64, 128, 192, 256],
+                        help="also training steps of 16 texts of exactly this many tokens (SST-2 sentences joined) [64 128 192 256]")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     args = parser.parse_args()
     if not SHARED.is_dir():
@@ -85,10 +91,19 @@ def main() -> None:
     rng = np.random.default_rng(0)
     print(f"MiniLM-L6, {args.precision}, {torch.get_num_threads()} threads; median seconds, {args.steps} steps per arm\n")
     print(f"| step | tokens per batch (median) | sdpa | {CPU_TRAINING_ATTENTION} | speed-up |\n|---|---:|---:|---:|---:|")
-    rows = [("training", train_step, size) for size in args.batch] + [("inference", infer, 64)]
-    for kind, fn, n in rows:
-        batches = [pad([ids[i] for i in rng.choice(len(ids), n, replace=False)], tokenizer.pad_token_id or 0)
-                   for _ in range(args.steps + 2)]
+    joined, _ = tokenize(tokenizer, [" ".join(texts[i : i + 40]) for i in range(0, len(texts) - 40, 40)], max(args.widths or [8]))
+
+    def fixed(width: int) -> list:
+        """16 texts of exactly ``width`` tokens, then padding on half of them from the middle on."""
+        picks = [joined[i] for i in rng.choice(len(joined), 16, replace=False)]
+        rows = [np.concatenate([p[: width - 1], p[-1:]]) for p in picks]
+        return rows[:8] + [np.concatenate([r[: width // 2 - 1], r[-1:]]) for r in rows[8:]]
+
+    rows = [("training", train_step, size, None) for size in args.batch] + [("training", train_step, 16, w) for w in args.widths]
+    rows += [("inference", infer, 64, None)]
+    for kind, fn, n, width in rows:
+        batches = [pad(fixed(width) if width else [ids[i] for i in rng.choice(len(ids), n, replace=False)],
+                       tokenizer.pad_token_id or 0) for _ in range(args.steps + 2)]
         times = {name: [] for name in arms}
         for i, batch in enumerate(batches):
             for name in arms:
@@ -97,7 +112,8 @@ def main() -> None:
                     times[name].append(t)
         med = {name: statistics.median(v) for name, v in times.items()}
         tokens = statistics.median(int(b["input_ids"].numel()) for b in batches)
-        print(f"| {kind}, {n} texts | {tokens:.0f} | {med['sdpa']:.3f} | {med[CPU_TRAINING_ATTENTION]:.3f} | "
+        what = f"{kind}, {n} texts" + (f" of {width} tokens (8 padded from {width // 2})" if width else "")
+        print(f"| {what} | {tokens:.0f} | {med['sdpa']:.3f} | {med[CPU_TRAINING_ATTENTION]:.3f} | "
               f"{med['sdpa'] / med[CPU_TRAINING_ATTENTION]:.2f}x |", flush=True)
 
 if __name__ == "__main__":

@@ -91,48 +91,47 @@ def test_training_on_a_cpu_attends_eagerly_then_goes_back(tiny_bert):
 
     from transformers import AutoModel, AutoTokenizer
 
-    from headstart.training.tokens import training_attention
+    from headstart.training.tokens import CPU_EAGER_MAX_TOKENS, training_attention
 
     model = SimpleNamespace(backbone=AutoModel.from_pretrained(str(tiny_bert), attn_implementation="sdpa").eval())
     impl = lambda: model.backbone.config._attn_implementation  # noqa: E731
     batch = pad(tokenize(AutoTokenizer.from_pretrained(str(tiny_bert)), ["good", "a great movie , really good"], 16)[0], 0)
     with torch.no_grad():
         fused = model.backbone(**batch).last_hidden_state
-        with training_attention(model, torch.device("cpu")):
+        with training_attention(model, torch.device("cpu")) as attention:
+            attention.batch(batch["input_ids"].shape[1])
             assert impl() == "eager"
             plain = model.backbone(**batch).last_hidden_state
+            attention.batch(CPU_EAGER_MAX_TOKENS + 1)  # wider batches: the fused kernel is the faster there
+            assert impl() == "sdpa"
+            attention.batch(CPU_EAGER_MAX_TOKENS)
+            assert impl() == "eager"
     assert impl() == "sdpa" and torch.allclose(fused, plain, atol=1e-5)
-    with pytest.raises(RuntimeError), training_attention(model, "cpu"):
+    with pytest.raises(RuntimeError), training_attention(model, "cpu") as attention:
+        attention.batch(8)
         raise RuntimeError("a failed step")
     assert impl() == "sdpa"
-    with training_attention(model, "cuda"):  # GPUs keep the fused kernels
+    with training_attention(model, "cuda") as attention:  # GPUs keep the fused kernels
+        attention.batch(8)
         assert impl() == "sdpa"
-    with training_attention(SimpleNamespace(backbone=torch.nn.Linear(2, 2)), "cpu"):  # word vectors: nothing to switch
-        pass
+    with training_attention(SimpleNamespace(backbone=torch.nn.Linear(2, 2)), "cpu") as attention:  # word vectors
+        attention.batch(8)
 
 
 @pytest.mark.parametrize("recipe", ["full", "contrastive"])
 def test_text_training_steps_run_eager_attention(recipe, texts, text_kwargs, monkeypatch):
     """The attention each training step of ``full`` (the epoch loop) and of ``contrastive`` (the
     tuning's steps) ran with; the saved model attends as it was loaded."""
-    import headstart.training.tokens as tokens
+    from headstart.classifiers.text import TextModel
 
-    seen = set()
-    if recipe == "full":
-        real = tokens.train_on_tokens
-        monkeypatch.setattr(tokens, "train_on_tokens",
-                            lambda model, *a, **k: (seen.add(model.backbone.config._attn_implementation), real(model, *a, **k))[1])
-    else:
-        real = tokens.TokenBackend.contrast
+    seen, real = set(), TextModel.embed
 
-        def contrast(self, model, *a, **k):
-            embed = model.embed
-            model.embed = lambda ids, mask: (seen.add(model.backbone.config._attn_implementation), embed(ids, mask))[1]
-            try:
-                return real(self, model, *a, **k)
-            finally:
-                del model.embed
-        monkeypatch.setattr(tokens.TokenBackend, "contrast", contrast)
+    def embed(self, input_ids, attention_mask):
+        if self.training:  # a training step (embeddings for the head and evaluations run in eval mode)
+            seen.add(self.backbone.config._attn_implementation)
+        return real(self, input_ids, attention_mask)
+
+    monkeypatch.setattr(TextModel, "embed", embed)
     clf = TextClassifier(**{**text_kwargs, "epochs": 2}, recipe=recipe).fit(*texts)
     assert seen == {"eager"}
     assert clf.model_.backbone.config._attn_implementation == "sdpa"

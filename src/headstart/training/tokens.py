@@ -101,10 +101,11 @@ def train_on_tokens(
     model: nn.Module, groups: list[dict], train_ids: Sequence[np.ndarray], y_train: torch.Tensor,
     val_ids: Sequence[np.ndarray] | None, y_val: torch.Tensor | None, pad_id: int, *, cfg: TrainConfig, device, precision: str,
     loss_fn: nn.Module, eval_batch: int, progress: bool = False, epochs: int | None = None, phase: str | None = None,
-    deadline: float | None = None,
+    deadline: float | None = None, attention: TrainingAttention | None = None,
 ) -> list[EpochRecord]:
     """``train_loop`` over length-grouped, dynamically padded token batches, validated on
-    ``val_ids`` each epoch (None: no validation, the last epoch kept)."""
+    ``val_ids`` each epoch (None: no validation, the last epoch kept); ``attention`` is told
+    each batch's width before the batch is trained on (:func:`training_attention`)."""
     lengths = np.array([len(s) for s in train_ids])
     steps = len(distributed.even_batches(length_grouped(lengths, cfg.batch_size, np.random.default_rng([cfg.seed, 1]))))
 
@@ -112,7 +113,10 @@ def train_on_tokens(
         rng = np.random.default_rng([cfg.seed, epoch])
         for index in distributed.even_batches(length_grouped(lengths, cfg.batch_size, rng)):
             index = distributed.local_part(index)
-            yield pad([train_ids[i] for i in index], pad_id), y_train[torch.as_tensor(index)]
+            batch = pad([train_ids[i] for i in index], pad_id)
+            if attention is not None:
+                attention.batch(batch["input_ids"].shape[1])
+            yield batch, y_train[torch.as_tensor(index)]
 
     evaluate = None
     if val_ids is not None:
@@ -126,32 +130,54 @@ def train_on_tokens(
     )
 
 
-# The attention a transformers encoder trains with on a CPU. PyTorch's fused attention
-# (scaled_dot_product_attention's flash kernel, what "sdpa" runs) is fast forward but slow to
-# differentiate there: on MiniLM-L6, 16 texts of 56 tokens in bf16, its backward took 15.5 ms
-# a layer against 2.2 ms forward, 30% of a training step. The plain matrix-product attention
-# ("eager", the same arithmetic) made the whole step about 1.5 times faster; inference is
-# as fast either way (bench/cpu_attention.py, docs/performance.md).
+# The attention a transformers encoder trains with on a CPU, for batches up to
+# CPU_EAGER_MAX_TOKENS wide. PyTorch's fused attention (scaled_dot_product_attention's flash
+# kernel, what "sdpa" runs) is fast forward but slow to differentiate there: on MiniLM-L6, 16
+# texts of 56 tokens in bf16, its backward took 15.5 ms a layer against 2.2 ms forward, 30%
+# of a training step. The plain matrix-product attention ("eager", the same arithmetic) made
+# steps of 16 texts 1.3 to 1.5 times faster up to 128 tokens, 1.13x at 192, level at 256,
+# and slower beyond with twice the memory (it keeps every attention matrix for the backward),
+# so wider batches keep the fused kernel. Inference is as fast either way
+# (bench/cpu_attention.py, docs/performance.md).
 CPU_TRAINING_ATTENTION = "eager"
+CPU_EAGER_MAX_TOKENS = 192
+
+
+class TrainingAttention:
+    """Which attention ``model.backbone`` trains each batch with (:func:`training_attention`)."""
+
+    def __init__(self, model: nn.Module, device):
+        encoder = getattr(model, "backbone", None)
+        own = getattr(getattr(encoder, "config", None), "_attn_implementation", None)
+        self.switchable = (torch.device(device).type == "cpu" and own == "sdpa" and hasattr(encoder, "set_attn_implementation")
+                           and bool(getattr(encoder, "_can_set_attn_implementation", lambda: False)()))
+        self.encoder, self.own, self.current = encoder, own, own
+
+    def batch(self, width: int) -> None:
+        """Attend with :data:`CPU_TRAINING_ATTENTION` for a batch padded to ``width`` tokens
+        when it is at most :data:`CPU_EAGER_MAX_TOKENS`, else with the encoder's own."""
+        if self.switchable:
+            self._use(CPU_TRAINING_ATTENTION if width <= CPU_EAGER_MAX_TOKENS else self.own)
+
+    def _use(self, name: str) -> None:
+        if name != self.current:
+            self.encoder.set_attn_implementation(name)
+            self.current = name
 
 
 @contextmanager
-def training_attention(model: nn.Module, device) -> Iterator[None]:
+def training_attention(model: nn.Module, device) -> Iterator[TrainingAttention]:
     """While training on a CPU, ``model.backbone`` (a transformers encoder on "sdpa"
-    attention that can change it in place) attends with :data:`CPU_TRAINING_ATTENTION`, and
-    goes back to its own attention afterwards (embeddings, evaluation, export and serving
+    attention that can change it in place) attends with :data:`CPU_TRAINING_ATTENTION` in
+    the batches the loop announces narrow enough (:meth:`TrainingAttention.batch`), and goes
+    back to its own attention afterwards (the fitted model's embeddings, export and serving
     keep it). On a GPU, or for an encoder that cannot switch, nothing changes."""
-    encoder = getattr(model, "backbone", None)
-    own = getattr(getattr(encoder, "config", None), "_attn_implementation", None)
-    switch = (torch.device(device).type == "cpu" and own == "sdpa" and hasattr(encoder, "set_attn_implementation")
-              and bool(getattr(encoder, "_can_set_attn_implementation", lambda: False)()))
-    if switch:
-        encoder.set_attn_implementation(CPU_TRAINING_ATTENTION)
+    attention = TrainingAttention(model, device)
     try:
-        yield
+        yield attention
     finally:
-        if switch:
-            encoder.set_attn_implementation(own)
+        if attention.switchable:
+            attention._use(attention.own)
 
 
 class TokenBackend:
@@ -197,13 +223,14 @@ class TokenBackend:
         model.to(self.device)
         groups = self.groups(model, head_trained, phase.split()[0])
         try:
-            with training_attention(model, self.device):
+            with training_attention(model, self.device) as attention:
                 return train_on_tokens(
                     model, groups, [self.ids[i] for i in train_rows], self.y[torch.as_tensor(train_rows)],
                     [self.ids[i] for i in eval_rows] if eval_rows is not None else None,
                     self.y[torch.as_tensor(eval_rows)] if eval_rows is not None else None, self.pad_id,
                     cfg=self.cfg, device=self.device, precision=self.precision, loss_fn=self.loss_fn,
                     eval_batch=self.eval_batch, progress=self.progress, epochs=epochs, phase=phase, deadline=deadline,
+                    attention=attention,
                 )
         finally:
             set_trainable(model, None)
@@ -272,7 +299,7 @@ class TokenBackend:
         began = last_save = stretch = time.perf_counter()
         dropout = without_dropout(model.backbone)
         bar = tqdm(total=steps, initial=first - 1, desc="contrastive", leave=False, disable=not self.progress)
-        with training_attention(model, self.device):
+        with training_attention(model, self.device) as attention:
             try:
                 for step in range(first, steps + 1):
                     start = time.perf_counter()
@@ -282,6 +309,7 @@ class TokenBackend:
                     mine = distributed.local_part(index) if shared else index
                     model.train()
                     batch = {k: v.to(self.device) for k, v in pad([self.ids[rows[i]] for i in mine], self.pad_id).items()}
+                    attention.batch(batch["input_ids"].shape[1])
                     with autocast(self.device, self.precision):
                         z = model.embed(batch["input_ids"], batch["attention_mask"])
                     if shared:
