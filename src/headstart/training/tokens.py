@@ -159,6 +159,11 @@ class TrainingAttention:
         if self.switchable:
             self._use(CPU_TRAINING_ATTENTION if width <= CPU_EAGER_MAX_TOKENS else self.own)
 
+    def restore(self) -> None:
+        """Back to the encoder's own attention."""
+        if self.switchable:
+            self._use(self.own)
+
     def _use(self, name: str) -> None:
         if name != self.current:
             self.encoder.set_attn_implementation(name)
@@ -176,8 +181,7 @@ def training_attention(model: nn.Module, device) -> Iterator[TrainingAttention]:
     try:
         yield attention
     finally:
-        if attention.switchable:
-            attention._use(attention.own)
+        attention.restore()
 
 
 class TokenBackend:
