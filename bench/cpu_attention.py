@@ -91,7 +91,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     print(f"MiniLM-L6, {args.precision}, {torch.get_num_threads()} threads; median seconds, {args.steps} steps per arm\n")
     print(f"| step | tokens per batch (median) | sdpa | {CPU_TRAINING_ATTENTION} | speed-up |\n|---|---:|---:|---:|---:|")
-    joined, _ = tokenize(tokenizer, [" ".join(texts[i : i + 40]) for i in range(0, len(texts) - 40, 40)], max(args.widths or [8]))
+    if args.widths:  # long texts: SST-2 sentences joined 40 at a time
+        joined, _ = tokenize(tokenizer, [" ".join(texts[i : i + 40]) for i in range(0, len(texts) - 40, 40)], max(args.widths))
 
     def fixed(width: int) -> list:
         """16 texts of exactly ``width`` tokens, then padding on half of them from the middle on."""
@@ -115,6 +116,7 @@ def main() -> None:
         what = f"{kind}, {n} texts" + (f" of {width} tokens (8 padded from {width // 2})" if width else "")
         print(f"| {what} | {tokens:.0f} | {med['sdpa']:.3f} | {med[CPU_TRAINING_ATTENTION]:.3f} | "
               f"{med['sdpa'] / med[CPU_TRAINING_ATTENTION]:.2f}x |", flush=True)
+
 
 if __name__ == "__main__":
     main()

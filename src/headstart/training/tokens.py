@@ -151,7 +151,7 @@ class TrainingAttention:
         own = getattr(getattr(encoder, "config", None), "_attn_implementation", None)
         self.switchable = (torch.device(device).type == "cpu" and own == "sdpa" and hasattr(encoder, "set_attn_implementation")
                            and bool(getattr(encoder, "_can_set_attn_implementation", lambda: False)()))
-        self.encoder, self.own, self.current = encoder, own, own
+        self.encoder, self.own = encoder, own
 
     def batch(self, width: int) -> None:
         """Attend with :data:`CPU_TRAINING_ATTENTION` for a batch padded to ``width`` tokens
@@ -165,9 +165,8 @@ class TrainingAttention:
             self._use(self.own)
 
     def _use(self, name: str) -> None:
-        if name != self.current:
+        if name != self.encoder.config._attn_implementation:
             self.encoder.set_attn_implementation(name)
-            self.current = name
 
 
 @contextmanager
