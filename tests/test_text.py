@@ -118,6 +118,47 @@ def test_training_on_a_cpu_attends_eagerly_then_goes_back(tiny_bert):
         attention.batch(8)
 
 
+def test_a_contrastive_batch_is_embedded_in_length_sorted_parts(tiny_bert, monkeypatch):
+    """Each part padded to its own longest text: every row's embedding and its gradient are
+    what one padded batch gives it, in the given order, and the training attention is told
+    each part's width."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from headstart.training import tokens
+
+    encoder = AutoModel.from_pretrained(str(tiny_bert), attn_implementation="eager").eval()
+
+    def embed(input_ids, attention_mask):
+        hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1)
+
+    words = "a great movie , really good but far too long and oddly paced in parts".split()
+    seqs = tokenize(AutoTokenizer.from_pretrained(str(tiny_bert)), [" ".join(words[: 1 + (7 * i) % 14]) for i in range(12)], 32)[0]
+    widths = []
+    monkeypatch.setattr(tokens, "MIN_PART_ROWS", 4)
+
+    def grads(fn):
+        encoder.zero_grad()
+        z = fn()
+        (z * torch.arange(1.0, 1 + z.shape[1])).sum().backward()  # a loss that tells the rows' places apart
+        return z.detach(), encoder.encoder.layer[0].attention.self.query.weight.grad.clone()
+
+    whole = grads(lambda: embed(**pad(seqs, 0)))
+    attention = type("Told", (), {"batch": lambda self, width: widths.append(width)})()
+    parts = grads(lambda: tokens.embed_in_parts(embed, seqs, 0, torch.device("cpu"), "fp32", attention))
+    assert torch.allclose(parts[0], whole[0], atol=1e-5) and torch.allclose(parts[1], whole[1], atol=1e-4)
+    lengths = sorted(len(s) for s in seqs)
+    assert widths == [lengths[3], lengths[6], lengths[-1]] and max(widths) == pad(seqs, 0)["input_ids"].shape[1]
+    monkeypatch.setattr(tokens, "MIN_PART_ROWS", 16)  # a batch smaller than a part: one part
+    widths.clear()
+    one = grads(lambda: tokens.embed_in_parts(embed, seqs, 0, torch.device("cpu"), "fp32", attention))
+    assert widths == [lengths[-1]] and torch.allclose(one[0], whole[0], atol=1e-5)
+    # 16 rows a part on a CPU, whole batches on a GPU (bound by kernel launches, not tokens)
+    assert [tokens.part_count(n, "cpu") for n in (8, 16, 28, 32, 64)] == [1, 1, 1, 2, 4]
+    assert tokens.part_count(64, "cuda") == tokens.part_count(64, torch.device("cuda", 1)) == 1
+
+
 @pytest.mark.parametrize("recipe", ["full", "contrastive"])
 def test_text_training_steps_run_eager_attention(recipe, texts, text_kwargs, monkeypatch):
     """The attention each training step of ``full`` (the epoch loop) and of ``contrastive`` (the

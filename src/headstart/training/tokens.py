@@ -57,6 +57,43 @@ def pad(seqs: Sequence[Sequence[int] | np.ndarray], pad_id: int) -> dict[str, to
     return {"input_ids": input_ids, "attention_mask": mask}
 
 
+# A contrastive batch is drawn by class, not by length, so padded to its longest text it
+# computes about twice its texts' tokens (random batches of 32 SST-2 or GoEmotions training
+# texts: 2.16x and 1.85x). Embedded in length-sorted parts of at least this many rows, each
+# padded to its own longest (two halves of 32: 1.55x and 1.40x), a training step of MiniLM-L6
+# on 32 texts took 0.398 s against 0.475 s (SST-2) and 0.313 against 0.341 s (GoEmotions);
+# parts of 8 rows were slower than parts of 16, and so is splitting a batch of 16
+# (bench/contrastive_step.py, docs/performance.md). On a GPU a batch this small is bound by
+# its kernel launches rather than its tokens, and stays whole.
+MIN_PART_ROWS = 16
+
+
+def part_count(rows: int, device) -> int:
+    """How many parts :func:`embed_in_parts` embeds a batch of ``rows`` in on ``device``."""
+    return max(1, rows // MIN_PART_ROWS) if torch.device(device).type == "cpu" else 1
+
+
+def embed_in_parts(embed, seqs: Sequence[np.ndarray], pad_id: int, device, precision: str,
+                   attention: TrainingAttention | None = None) -> torch.Tensor:
+    """``embed(input_ids, attention_mask)`` of ``seqs`` in length order, on a CPU in parts of
+    at least :data:`MIN_PART_ROWS` rows each padded to its own longest (one part for a smaller
+    batch, and on other devices), rows back in the given order, gradients kept. Each row's
+    embedding is what one padded batch gives it (the attention mask hides padding); only the
+    padding computed is less. ``attention`` is told each part's width
+    (:func:`training_attention`)."""
+    order = np.argsort([len(s) for s in seqs], kind="stable")
+    parts = np.array_split(order, part_count(len(seqs), device))
+    out = []
+    for part in parts:
+        batch = {k: v.to(device) for k, v in pad([seqs[i] for i in part], pad_id).items()}
+        if attention is not None:
+            attention.batch(batch["input_ids"].shape[1])
+        with autocast(device, precision):
+            out.append(embed(batch["input_ids"], batch["attention_mask"]))
+    z = torch.cat(out)
+    return z[torch.as_tensor(np.argsort(order), device=z.device)]
+
+
 def length_grouped(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group: int = 50) -> list[np.ndarray]:
     """Random batches of similar length: shuffle, sort within windows of ``group`` batches,
     cut, shuffle the batches. Little padding, still random."""
@@ -253,7 +290,8 @@ class TokenBackend:
         """Contrastive steps on the encoder (its token-embedding matrix kept as pretrained:
         :func:`freeze_token_embeddings`; no dropout: :func:`without_dropout`) over
         class-balanced batches of ``rows`` (AdamW at ``backbone_lr``, linear warmup over the
-        first 10%, then linear decay to 0); ``on_checkpoint(step)`` after each step in
+        first 10%, then linear decay to 0), each batch embedded in length-sorted parts
+        (:func:`embed_in_parts`); ``on_checkpoint(step)`` after each step in
         ``checkpoints``, its value kept. On a CPU the steps attend with
         :data:`CPU_TRAINING_ATTENTION` (:func:`training_attention`). With a ``deadline``, the
         epoch loop's rule: it stops at a checkpoint when the steps to the next one, judged by
@@ -311,10 +349,8 @@ class TokenBackend:
                     shared = len(index) >= distributed.world().size
                     mine = distributed.local_part(index) if shared else index
                     model.train()
-                    batch = {k: v.to(self.device) for k, v in pad([self.ids[rows[i]] for i in mine], self.pad_id).items()}
-                    attention.batch(batch["input_ids"].shape[1])
-                    with autocast(self.device, self.precision):
-                        z = model.embed(batch["input_ids"], batch["attention_mask"])
+                    z = embed_in_parts(model.embed, [self.ids[rows[i]] for i in mine], self.pad_id, self.device,
+                                       self.precision, attention)
                     if shared:
                         z, index = distributed.gather_batch(z.float(), len(index)), distributed.dealt_order(index)
                     loss = pair_cosine_loss(z, torch.as_tensor(self.labels[rows[index]], device=self.device))
