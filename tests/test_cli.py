@@ -204,8 +204,8 @@ def test_backbone_of_the_wrong_task_and_impossible_split_fail_before_any_run_dir
 
 
 def test_export_tolerance_default_is_the_libraries():
-    """The CLI spells the default out (importing the exporter would load torch at start-up);
-    it must stay the library's."""
+    """The CLI reads the default from headstart.config (importing the exporter would load torch
+    at start-up); it must stay the library's."""
     from headstart.deploy.export import TOLERANCE
 
     from headstart.cli import export

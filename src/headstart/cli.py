@@ -19,7 +19,7 @@ import click
 import numpy as np
 
 from . import __version__
-from .config import TASKS
+from .config import EXPORT_TOLERANCE, TASKS
 from .errors import DataError, HeadstartError
 from .objectives import UNKNOWN
 
@@ -403,7 +403,8 @@ def predict(model_dir, inputs, top_k, as_json, use_unknown):
 @click.option("--val", "val_data", type=click.Path(path_type=Path),
               help="Data for the parity check (image folder / files, or a text table); generated inputs when omitted.")
 @click.option("--samples", type=click.IntRange(min=1), default=32, show_default=True, help="How many inputs the parity check compares.")
-@click.option("--tolerance", type=float, default=1e-3, show_default=True, help="Largest allowed difference of any probability.")
+@click.option("--tolerance", type=float, default=EXPORT_TOLERANCE, show_default=True,
+              help="Largest allowed difference of any probability.")
 @click.option("--quiet", is_flag=True, help="Only the result.")
 def export(model_dir, fmt, out, val_data, samples, tolerance, quiet):
     """Export a saved model to ONNX or TorchScript and check that the export matches it.

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..config import EXPORT_TOLERANCE
 from ..errors import DataError, HeadstartError, ModelDirError
 from .runtime import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_VERSION, PARITY_FILE, OnnxClassifier
 
@@ -35,11 +36,8 @@ log = logging.getLogger("headstart")
 
 FORMATS = ("onnx", "torchscript")
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
-# Largest allowed difference of any probability. fp32 kernels of PyTorch and onnxruntime sum in
-# different orders; through a six-layer encoder and a calibration temperature below 1 that
-# noise reached 1.02e-4 on a MiniLM text model whose answers agreed on every input, while an
-# export that is wrong (pooling, normalisation, inputs) differs by far more than 1e-3.
-TOLERANCE = 1e-3
+# Largest allowed difference of any probability (headstart.config, where the CLI reads it too).
+TOLERANCE = EXPORT_TOLERANCE
 # Unknown scores are compared to this multiple of the tolerance, relative to their size: a
 # combined score divides logit and feature differences by their spreads on in-scope rows, so
 # fp32 differences the probabilities show at 1e-5 can show at 1e-4 there. The answers
