@@ -205,10 +205,11 @@ def test_backbone_of_the_wrong_task_and_impossible_split_fail_before_any_run_dir
 
 def test_export_tolerance_default_is_the_libraries():
     """The CLI reads the default from headstart.config (importing the exporter would load torch
-    at start-up); it must stay the library's."""
+    at start-up), as the exporter does: one constant."""
+    from headstart.config import EXPORT_TOLERANCE
     from headstart.deploy.export import TOLERANCE
 
     from headstart.cli import export
 
     option = next(p for p in export.params if p.name == "tolerance")
-    assert option.default == TOLERANCE
+    assert option.default is EXPORT_TOLERANCE and TOLERANCE is EXPORT_TOLERANCE

@@ -134,14 +134,16 @@ def test_a_contrastive_batch_is_embedded_in_length_sorted_parts(tiny_bert, monke
         return (hidden * mask).sum(1) / mask.sum(1)
 
     words = "a great movie , really good but far too long and oddly paced in parts".split()
-    seqs = tokenize(AutoTokenizer.from_pretrained(str(tiny_bert)), [" ".join(words[: 1 + (7 * i) % 14]) for i in range(12)], 32)[0]
+    # 12 texts of 12 different lengths, not in length order
+    seqs = tokenize(AutoTokenizer.from_pretrained(str(tiny_bert)), [" ".join(words[: 1 + (5 * i) % 14]) for i in range(12)], 32)[0]
+    assert len({len(s) for s in seqs}) == 12
     widths = []
     monkeypatch.setattr(tokens, "MIN_PART_ROWS", 4)
 
     def grads(fn):
         encoder.zero_grad()
         z = fn()
-        (z * torch.arange(1.0, 1 + z.shape[1])).sum().backward()  # a loss that tells the rows' places apart
+        (z * torch.arange(1.0, 1 + len(z))[:, None]).sum().backward()  # each row weighed by its place
         return z.detach(), encoder.encoder.layer[0].attention.self.query.weight.grad.clone()
 
     whole = grads(lambda: embed(**pad(seqs, 0)))
@@ -149,7 +151,7 @@ def test_a_contrastive_batch_is_embedded_in_length_sorted_parts(tiny_bert, monke
     parts = grads(lambda: tokens.embed_in_parts(embed, seqs, 0, torch.device("cpu"), "fp32", attention))
     assert torch.allclose(parts[0], whole[0], atol=1e-5) and torch.allclose(parts[1], whole[1], atol=1e-4)
     lengths = sorted(len(s) for s in seqs)
-    assert widths == [lengths[3], lengths[6], lengths[-1]] and max(widths) == pad(seqs, 0)["input_ids"].shape[1]
+    assert widths == [lengths[3], lengths[7], lengths[11]] and max(widths) == pad(seqs, 0)["input_ids"].shape[1]
     monkeypatch.setattr(tokens, "MIN_PART_ROWS", 16)  # a batch smaller than a part: one part
     widths.clear()
     one = grads(lambda: tokens.embed_in_parts(embed, seqs, 0, torch.device("cpu"), "fp32", attention))
@@ -165,17 +167,23 @@ def test_text_training_steps_run_eager_attention(recipe, texts, text_kwargs, mon
     tuning's steps) ran with; the saved model attends as it was loaded."""
     from headstart.classifiers.text import TextModel
 
-    seen, real = set(), TextModel.embed
+    from headstart.training import tokens
+
+    seen, rows, real = set(), [], TextModel.embed
 
     def embed(self, input_ids, attention_mask):
         if self.training:  # a training step (embeddings for the head and evaluations run in eval mode)
             seen.add(self.backbone.config._attn_implementation)
+            rows.append(len(input_ids))
         return real(self, input_ids, attention_mask)
 
     monkeypatch.setattr(TextModel, "embed", embed)
+    monkeypatch.setattr(tokens, "MIN_PART_ROWS", 2)  # the contrastive batches in parts of 2 or 3 rows
     clf = TextClassifier(**{**text_kwargs, "epochs": 2}, recipe=recipe).fit(*texts)
     assert seen == {"eager"}
     assert clf.model_.backbone.config._attn_implementation == "sdpa"
+    if recipe == "contrastive":
+        assert max(rows) <= 3 and len(rows) > clf.tried_[-1]["steps"]
 
 
 def test_dynamic_padding_and_length_groups(tiny_bert):

@@ -62,9 +62,9 @@ def pad(seqs: Sequence[Sequence[int] | np.ndarray], pad_id: int) -> dict[str, to
 # texts: 2.16x and 1.85x). Embedded in length-sorted parts of at least this many rows, each
 # padded to its own longest (two halves of 32: 1.55x and 1.40x), a training step of MiniLM-L6
 # on 32 texts took 0.398 s against 0.475 s (SST-2) and 0.313 against 0.341 s (GoEmotions);
-# parts of 8 rows were slower than parts of 16, and so is splitting a batch of 16
-# (bench/contrastive_step.py, docs/performance.md). On a GPU a batch this small is bound by
-# its kernel launches rather than its tokens, and stays whole.
+# parts of 8 rows were slower than parts of 16, and splitting a batch of 16 in two was no
+# faster (1.04x, 0.95x) (bench/contrastive_step.py, docs/performance.md). On a GPU a batch
+# this small is bound by its kernel launches rather than its tokens, and stays whole.
 MIN_PART_ROWS = 16
 
 
@@ -81,6 +81,7 @@ def embed_in_parts(embed, seqs: Sequence[np.ndarray], pad_id: int, device, preci
     embedding is what one padded batch gives it (the attention mask hides padding); only the
     padding computed is less. ``attention`` is told each part's width
     (:func:`training_attention`)."""
+    device = torch.device(device)
     order = np.argsort([len(s) for s in seqs], kind="stable")
     parts = np.array_split(order, part_count(len(seqs), device))
     out = []
