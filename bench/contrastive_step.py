@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cpu_attention import mean_pooled, training_copy  # noqa: E402
 from head_vs_logreg import SHARED, _texts  # noqa: E402
 
 
@@ -52,34 +53,28 @@ def main() -> None:
         sys.exit(f"no data sets at {SHARED}")
     import torch
 
-    from headstart.backbones.encoders import load_encoder, resolve_encoder
+    from headstart.backbones.encoders import resolve_encoder
     from headstart.training import tokens
     from headstart.training.contrastive import pair_cosine_loss
 
     source = resolve_encoder("minilm-l6")[1]
     arms = {}
     for parts in args.parts:
-        torch.manual_seed(0)
-        encoder, tokenizer = load_encoder(source, "minilm-l6")
-        encoder.set_attn_implementation(tokens.CPU_TRAINING_ATTENTION)
-        tokens.freeze_token_embeddings(encoder)
-        tokens.without_dropout(encoder)
-        params = [p for p in encoder.parameters() if p.requires_grad]
-        arms[parts] = (encoder, torch.optim.AdamW(params, lr=2e-5, fused=True))
+        encoder, optimizer, tokenizer = training_copy(source, tokens.CPU_TRAINING_ATTENTION)
+        arms[parts] = (encoder, optimizer)
     pad_id = tokenizer.pad_token_id or 0
+
+    def use_parts(size: int, parts: int) -> int:
+        """Set embed_in_parts to cut a batch of ``size`` rows in ``parts``; the parts it will make."""
+        tokens.MIN_PART_ROWS = max(1, size // parts)
+        return tokens.part_count(size, "cpu")
 
     def step(parts: int, seqs: list, labels) -> float:
         encoder, optimizer = arms[parts]
         encoder.train()
-
-        def embed(input_ids, attention_mask):
-            hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            return (hidden * mask).sum(1) / mask.sum(1)
-
-        tokens.MIN_PART_ROWS = max(1, len(seqs) // parts)
+        use_parts(len(seqs), parts)
         start = time.perf_counter()
-        z = tokens.embed_in_parts(embed, seqs, pad_id, torch.device("cpu"), "bf16")
+        z = tokens.embed_in_parts(lambda ids, mask: mean_pooled(encoder, ids, mask), seqs, pad_id, torch.device("cpu"), "bf16")
         loss = pair_cosine_loss(z, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -103,16 +98,11 @@ def main() -> None:
                     if i >= 2:  # the first steps warm up the allocator and oneDNN
                         times[parts].append(t)
 
-            def used(parts: int) -> int:
-                """The parts embed_in_parts makes of a batch of this size for the arm."""
-                tokens.MIN_PART_ROWS = max(1, size // parts)
-                return tokens.part_count(size, "cpu")
-
             def padding(parts: int) -> float:
                 computed = real = 0
                 for rows in batches:
                     lengths = np.sort([len(ids[r]) for r in rows])
-                    for part in np.array_split(lengths, used(parts)):
+                    for part in np.array_split(lengths, use_parts(size, parts)):
                         computed, real = computed + part.max() * len(part), real + part.sum()
                 return computed / real
 
@@ -120,7 +110,7 @@ def main() -> None:
             base = statistics.median(times[1 if 1 in times else args.parts[0]])
             for parts, t in times.items():
                 med = statistics.median(t)
-                print(f"| {names[name]} | {size} | {used(parts)} | {padding(parts):.2f} | {med:.3f} s | {base / med:.2f}x |",
+                print(f"| {names[name]} | {size} | {use_parts(size, parts)} | {padding(parts):.2f} | {med:.3f} s | {base / med:.2f}x |",
                       flush=True)
 
 

@@ -33,6 +33,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from head_vs_logreg import SHARED, _texts  # noqa: E402
 
 
+def training_copy(source: str, attention: str):
+    """A fresh copy of the embedded MiniLM-L6 set up as headstart trains it (token embeddings
+    frozen, no dropout) attending with ``attention``, its fused AdamW, and its tokenizer."""
+    import torch
+
+    from headstart.backbones.encoders import load_encoder
+    from headstart.training.tokens import freeze_token_embeddings, without_dropout
+
+    torch.manual_seed(0)
+    encoder, tokenizer = load_encoder(source, "minilm-l6")
+    encoder.set_attn_implementation(attention)
+    freeze_token_embeddings(encoder)
+    without_dropout(encoder)
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    return encoder, torch.optim.AdamW(params, lr=2e-5, fused=True), tokenizer
+
+
+def mean_pooled(encoder, input_ids, attention_mask):
+    """The encoder's mean-pooled embeddings (headstart's default pooling)."""
+    hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", nargs="+", type=int, default=[16, 32], help="texts per training step [16 32]")
@@ -45,35 +69,24 @@ def main() -> None:
         sys.exit(f"no data sets at {SHARED}")
     import torch
 
-    from headstart.backbones.encoders import load_encoder, resolve_encoder
-    from headstart.training.tokens import CPU_TRAINING_ATTENTION, freeze_token_embeddings, pad, tokenize, without_dropout
+    from headstart.backbones.encoders import resolve_encoder
+    from headstart.training.tokens import CPU_TRAINING_ATTENTION, pad, tokenize
 
     source = resolve_encoder("minilm-l6")[1]
-    _, tokenizer = load_encoder(source, "minilm-l6")
-    texts = list(_texts("sst2")[0].texts)
-    ids, _ = tokenize(tokenizer, texts, 128)
     arms = {}
     for name in ("sdpa", CPU_TRAINING_ATTENTION):
-        torch.manual_seed(0)
-        encoder, _ = load_encoder(source, "minilm-l6")
-        encoder.set_attn_implementation(name)
-        freeze_token_embeddings(encoder)
-        without_dropout(encoder)
-        params = [p for p in encoder.parameters() if p.requires_grad]
-        arms[name] = (encoder, torch.optim.AdamW(params, lr=2e-5, fused=True))
+        encoder, optimizer, tokenizer = training_copy(source, name)
+        arms[name] = (encoder, optimizer)
+    texts = list(_texts("sst2")[0].texts)
+    ids, _ = tokenize(tokenizer, texts, 128)
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.precision == "bf16" else contextlib.nullcontext
-
-    def embed(encoder, batch):
-        hidden = encoder(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1)
 
     def train_step(name, batch) -> float:
         encoder, optimizer = arms[name]
         encoder.train()
         start = time.perf_counter()
         with autocast():
-            z = embed(encoder, batch)
+            z = mean_pooled(encoder, **batch)
         loss = torch.nn.functional.normalize(z.float(), dim=1).sum(0).pow(2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -85,7 +98,7 @@ def main() -> None:
         encoder.eval()
         start = time.perf_counter()
         with torch.inference_mode(), autocast():
-            embed(encoder, batch)
+            mean_pooled(encoder, **batch)
         return time.perf_counter() - start
 
     rng = np.random.default_rng(0)
