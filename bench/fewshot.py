@@ -7,7 +7,10 @@ Rows: NAME-K draws K training rows per class with each seed and scores on fixed 
 - ``emotions-K``: GoEmotions rows that carry a single label (7 emotions, Ekman grouping),
   scored on 1,200 single-label rows of dev.csv;
 - ``clothing-K``: clothing-small photos (10 classes), scored on test/ (372); SetFit has no
-  image recipe, so the row compares headstart with the logistic regression only.
+  image recipe, so the row compares headstart with the logistic regression only;
+- ``own-K``: a labelled text set of your own, ``--train`` and ``--test`` (any table
+  ``headstart train`` reads: text and label columns), e.g. an intent set with many classes;
+  K rows per class drawn from ``--train``, scored on every row of ``--test``.
 
 For each row and seed: headstart's default (``TextClassifier()`` / ``ImageClassifier()``,
 no validation set: cross-validation, refit on every row), scikit-learn's
@@ -23,6 +26,7 @@ every run.
     python bench/fewshot.py                               # every row, seeds 0 1 2
     python bench/fewshot.py --rows sst2-8 emotions-8 --seeds 0 1 2 3 4
     python bench/fewshot.py --rows sst2-8 --backbone mpnet-base   # SetFit's usual encoder size
+    python bench/fewshot.py --rows own-8 --train intents-train.csv --test intents-test.csv
 """
 
 from __future__ import annotations
@@ -46,7 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from head_vs_logreg import SHARED, _baseline, _features, _subsample, _texts, run_row  # noqa: E402
 
 ROWS = [f"{name}-{k}" for name in ("sst2", "emotions", "clothing") for k in (8, 16, 64)]
-EXTRA = [f"{name}-{k}" for name in ("sst2", "emotions", "clothing") for k in (5, 10, 32, 128, 256, 512)]
+EXTRA = [f"{name}-{k}" for name in ("sst2", "emotions", "clothing", "own") for k in (5, 10, 32, 128, 256, 512)]
+EXTRA += [f"own-{k}" for k in (8, 16, 64)]
+OWN: dict[str, Path] = {}  # --train and --test, for the own-K rows
 
 
 def _emotions():
@@ -67,6 +73,14 @@ def _emotions():
     pick = np.random.default_rng(123).choice(len(dev_t), 1200, replace=False)
     return (TextSet(train_t, np.asarray([index[l] for l in train_l]), classes),
             TextSet([dev_t[i] for i in pick], np.asarray([index[dev_l[i]] for i in pick]), classes))
+
+
+def _own():
+    """``--train`` and ``--test``, read as ``headstart train`` reads a table."""
+    from headstart.data.textdata import read_table
+
+    train = read_table(OWN["train"])
+    return train, read_table(OWN["test"], classes=train.classes)
 
 
 def _encoder_dir(backbone: str) -> str:
@@ -139,7 +153,10 @@ def run_text(row: str, seed: int, cap: float, setfit: bool, recipe: str | None =
     from headstart import TextClassifier
 
     name, k = row.rsplit("-", 1)
-    train, test = _texts(name) if name == "sst2" else _emotions()
+    train, test = _texts(name) if name == "sst2" else _own() if name == "own" else _emotions()
+    fewest = int(np.bincount(train.labels, minlength=len(train.classes)).min())
+    if fewest < int(k):
+        sys.exit(f"{row}: a class has only {fewest} training rows; draw at most {fewest} per class (--rows {name}-{fewest})")
     train = _subsample(train, int(k), seed)
     start = time.perf_counter()
     clf = TextClassifier(backbone, seed=seed, **({"recipe": recipe} if recipe else {})).fit(train)
@@ -170,9 +187,15 @@ def main() -> None:
     parser.add_argument("--recipe", help="headstart's recipe [its default, auto]")
     parser.add_argument("--backbone", default="minilm-l6",
                         help="text rows: the encoder of headstart, SetFit and the baseline alike (e.g. mpnet-base, once fetched) [minilm-l6]")
+    parser.add_argument("--train", type=Path, help="own-K rows: your labelled texts to draw K per class from")
+    parser.add_argument("--test", type=Path, help="own-K rows: your labelled texts to score on")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    if not SHARED.is_dir():
+    own = any(row.startswith("own-") for row in args.rows)
+    if own and not (args.train and args.test):
+        parser.error("own-K rows need --train and --test (tables with text and label columns)")
+    OWN.update(train=args.train, test=args.test)
+    if not own and not SHARED.is_dir():
         sys.exit(f"no data sets at {SHARED}")
     logging.basicConfig(level=logging.WARNING)
     if any(not row.startswith("clothing") for row in args.rows):

@@ -187,16 +187,18 @@ def test_the_saved_head_uses_the_c_chosen_on_held_out_rows(tiny_bert, few_steps,
     np.testing.assert_allclose(saved, torch.softmax(torch.as_tensor(expected.logits(x)), 1).numpy(), atol=2e-3)
 
 
-@pytest.mark.parametrize("helps", [True, False])
-def test_auto_drops_contrastive_when_the_probe_is_clearly_better(tiny_bert, monkeypatch, few_steps, helps):
+@pytest.mark.parametrize("score, helps", [({"wins": 1, "losses": 1}, True), ({"wins": 1, "losses": 10}, False),
+                                           ({"n": 616, "wins": 17, "losses": 28}, False)])
+def test_auto_drops_contrastive_when_the_probe_is_clearly_better(tiny_bert, monkeypatch, few_steps, score, helps):
     from headstart.training import transfer
 
     real = transfer.Transfer.contrastive
 
     def rigged(self, pristine, probe):
         out = real(self, pristine, probe)
-        # the probe clearly better, or not: an even score keeps contrastive (few rows per class)
-        out["entry"].update(wins=1, losses=1) if helps else out["entry"].update(wins=1, losses=10)
+        # the probe clearly better, or not: an even score keeps contrastive (few rows per class),
+        # unless the rows were enough to show its gain (n: as if 616 rows were scored)
+        out["entry"].update(score)
         return out
 
     monkeypatch.setattr(transfer.Transfer, "contrastive", rigged)

@@ -215,6 +215,23 @@ def test_a_lead_within_noise_decides_nothing():
     assert not transfer.keeps("contrastive", {"wins": 4, "losses": 14})
 
 
+def test_held_out_rows_that_could_show_the_contrastive_gain_judge_it_alone():
+    # 17 vs 28 of 616 rows (77 intents of 8): within the sign test's bar (11 < 2 sqrt(45)), but
+    # a 2.5-point lead would be 15.4 rows net, over it: the rows decide, and they favour the probe
+    entry = {"n": 616, "wins": 17, "losses": 28}
+    assert transfer.against_probe(entry) == "even" and transfer.could_show(entry)
+    assert not transfer.keeps("contrastive", entry) and not transfer.keeps("prototype", entry)
+    assert transfer.keeps("contrastive", {"n": 616, "wins": 28, "losses": 17})
+    assert not transfer.keeps("contrastive", {"n": 616, "wins": 20, "losses": 20})  # no sign of the gain
+    # a few dozen rows cannot show it (2.5% of 56 rows is 1.4 rows): kept unless clearly worse
+    small = {"n": 56, "wins": 3, "losses": 6}
+    assert not transfer.could_show(small) and transfer.keeps("contrastive", small) and transfer.keeps("prototype", small)
+    # many disagreements hide a small lead even on many rows; fine-tuning still has to win clearly
+    assert not transfer.could_show({"n": 616, "wins": 40, "losses": 50})
+    assert transfer.keeps("contrastive", {"n": 616, "wins": 40, "losses": 50})
+    assert not transfer.keeps("full", {"n": 616, "wins": 28, "losses": 17})
+
+
 def test_a_refit_that_does_worse_on_rows_it_trained_on_than_the_judged_model_is_discarded():
     class CollapsingRefit(FakeBackend):
         def train(self, model, train_rows, eval_rows, **kw):
