@@ -226,6 +226,10 @@ def test_held_out_rows_that_could_show_the_contrastive_gain_judge_it_alone():
     # a few dozen rows cannot show it (2.5% of 56 rows is 1.4 rows): kept unless clearly worse
     small = {"n": 56, "wins": 3, "losses": 6}
     assert not transfer.could_show(small) and transfer.keeps("contrastive", small) and transfer.keeps("prototype", small)
+    # nor can 85 rows where the two agree but on one (a 2.5-point lead is 2.1 rows): under 160, never
+    assert not transfer.could_show({"n": 85, "wins": 1, "losses": 0})
+    assert not transfer.could_show({"n": 159, "wins": 0, "losses": 0})
+    assert transfer.could_show({"n": 200, "wins": 0, "losses": 0})  # 5 rows > 2 sqrt(5)
     # many disagreements hide a small lead even on many rows; fine-tuning still has to win clearly
     assert not transfer.could_show({"n": 616, "wins": 40, "losses": 50})
     assert transfer.keeps("contrastive", {"n": 616, "wins": 40, "losses": 50})

@@ -131,9 +131,12 @@ def against_probe(entry: dict) -> str:
 def could_show(entry: dict, lead: float = EXPECTED_LEAD) -> bool:
     """Whether the held-out rows of ``entry`` could show a recipe ahead of the probe by
     ``lead`` (a fraction of its ``n`` rows): that many rows net would clear the sign test's
-    bar (:func:`against_probe`) for the rows where exactly one of them is right."""
+    bar (:func:`against_probe`) for the rows where exactly one of them is right. A lead of
+    that many rows needs at least as many such rows, so the bar is never taken over fewer:
+    ``(SIGN_TEST_Z / lead)**2`` held-out rows (160) or fewer never could."""
     wins, losses = entry.get("wins", 0), entry.get("losses", 0)
-    return lead * entry.get("n", 0) > SIGN_TEST_Z * math.sqrt(max(1, wins + losses))
+    rows = lead * entry.get("n", 0)
+    return rows > SIGN_TEST_Z * math.sqrt(max(wins + losses, rows))
 
 
 def keeps(recipe: str, entry: dict) -> bool:
