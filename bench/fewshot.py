@@ -79,8 +79,18 @@ def _own():
     """``--train`` and ``--test``, read as ``headstart train`` reads a table."""
     from headstart.data.textdata import read_table
 
-    train = read_table(OWN["train"])
-    return train, read_table(OWN["test"], classes=train.classes)
+    train = read_table(OWN["train"], multi_label=False)
+    return train, read_table(OWN["test"], classes=train.classes, multi_label=False)
+
+
+def _check_own(rows: list[str]) -> str | None:
+    """Why the own-K rows cannot be drawn from ``--train`` (None: they can), said before any run."""
+    train = _own()[0]
+    fewest = int(np.bincount(train.labels, minlength=len(train.classes)).min())
+    too_many = [row for row in rows if row.startswith("own-") and int(row.rsplit("-", 1)[1]) > fewest]
+    if too_many:
+        return f"{', '.join(too_many)}: a class of --train has only {fewest} rows; draw at most {fewest} per class"
+    return None
 
 
 def _encoder_dir(backbone: str) -> str:
@@ -154,9 +164,6 @@ def run_text(row: str, seed: int, cap: float, setfit: bool, recipe: str | None =
 
     name, k = row.rsplit("-", 1)
     train, test = _texts(name) if name == "sst2" else _own() if name == "own" else _emotions()
-    fewest = int(np.bincount(train.labels, minlength=len(train.classes)).min())
-    if fewest < int(k):
-        sys.exit(f"{row}: a class has only {fewest} training rows; draw at most {fewest} per class (--rows {name}-{fewest})")
     train = _subsample(train, int(k), seed)
     start = time.perf_counter()
     clf = TextClassifier(backbone, seed=seed, **({"recipe": recipe} if recipe else {})).fit(train)
@@ -192,10 +199,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     own = any(row.startswith("own-") for row in args.rows)
-    if own and not (args.train and args.test):
-        parser.error("own-K rows need --train and --test (tables with text and label columns)")
+    if own != bool(args.train or args.test) or (own and not (args.train and args.test)):
+        parser.error("own-K rows need --train and --test (tables with text and label columns), and only they take them")
     OWN.update(train=args.train, test=args.test)
-    if not own and not SHARED.is_dir():
+    if own and (problem := _check_own(args.rows)):
+        parser.error(problem)
+    if not all(row.startswith("own-") for row in args.rows) and not SHARED.is_dir():
         sys.exit(f"no data sets at {SHARED}")
     logging.basicConfig(level=logging.WARNING)
     if any(not row.startswith("clothing") for row in args.rows):

@@ -189,7 +189,7 @@ def test_the_saved_head_uses_the_c_chosen_on_held_out_rows(tiny_bert, few_steps,
 
 @pytest.mark.parametrize("score, helps", [({"wins": 1, "losses": 1}, True), ({"wins": 1, "losses": 10}, False),
                                            ({"n": 616, "wins": 17, "losses": 28}, False)])
-def test_auto_drops_contrastive_when_the_probe_is_clearly_better(tiny_bert, monkeypatch, few_steps, score, helps):
+def test_auto_drops_contrastive_when_the_held_out_rows_favour_the_probe(tiny_bert, monkeypatch, few_steps, score, helps):
     from headstart.training import transfer
 
     real = transfer.Transfer.contrastive

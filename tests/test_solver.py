@@ -234,6 +234,7 @@ def test_held_out_rows_that_could_show_the_contrastive_gain_judge_it_alone():
     assert not transfer.could_show({"n": 616, "wins": 40, "losses": 50})
     assert transfer.keeps("contrastive", {"n": 616, "wins": 40, "losses": 50})
     assert not transfer.keeps("full", {"n": 616, "wins": 28, "losses": 17})
+    assert not transfer.could_show({"n": 616}) and transfer.keeps("contrastive", {"n": 616})  # no comparison made
 
 
 def test_a_refit_that_does_worse_on_rows_it_trained_on_than_the_judged_model_is_discarded():
