@@ -142,6 +142,16 @@ def could_show(entry: dict, lead: float = EXPECTED_LEAD) -> bool:
     return rows > SIGN_TEST_Z * math.sqrt(max(wins + losses, rows))
 
 
+# The recipes kept unless the probe is clearly better, while the held-out rows could not show their lead.
+GIVEN_THE_DOUBT = ("contrastive", "prototype")
+
+
+def rows_decide(recipe: str, entry: dict) -> bool:
+    """Whether the held-out rows alone judge ``recipe`` (:func:`keeps`): one of
+    :data:`GIVEN_THE_DOUBT`, scored on rows that could show its lead (:func:`could_show`)."""
+    return recipe in GIVEN_THE_DOUBT and could_show(entry)
+
+
 def keeps(recipe: str, entry: dict) -> bool:
     """auto's rule: a clear held-out difference decides; when there is none, the recipe
     measured to be better in its regime. Fine-tuning (``fine-tune``, ``full``) must beat the
@@ -158,12 +168,10 @@ def keeps(recipe: str, entry: dict) -> bool:
     each, contrastive scored 91.9% out-of-fold against the probe's 93.7% on the same rows (17
     rows right where the probe was wrong, 28 the other way: within the sign test's bar) and
     then 90.2% on the test rows against the probe's 94.0% (docs/benchmarks.md)."""
+    if rows_decide(recipe, entry):
+        return entry["wins"] > entry["losses"]
     verdict = against_probe(entry)
-    if recipe not in ("contrastive", "prototype"):
-        return verdict == "better"
-    if could_show(entry):
-        return entry.get("wins", 0) > entry.get("losses", 0)
-    return verdict != "worse"
+    return verdict != "worse" if recipe in GIVEN_THE_DOUBT else verdict == "better"
 
 
 def time_budget(cfg: TrainConfig, device: torch.device) -> float | None:
@@ -470,7 +478,7 @@ class Transfer:
         keep = asked or keeps(recipe, entry)
         if "wins" in entry:
             alone = (f"; enough rows to show a {EXPECTED_LEAD:.1%} lead, so they decide"
-                     if not asked and recipe in ("contrastive", "prototype") and could_show(entry) else "")
+                     if not asked and rows_decide(recipe, entry) else "")
             log.info("%s%s %.4f vs linear-probe %.4f on the same %d held-out rows (right where the other is wrong: "
                      "%d vs %d%s): keeping %s", "" if asked else "auto: ", recipe, entry["accuracy"], entry["probe_accuracy"],
                      entry["n"], entry["wins"], entry["losses"], alone, recipe if keep else "linear-probe")
