@@ -134,12 +134,20 @@ def could_show(entry: dict, lead: float = EXPECTED_LEAD) -> bool:
     ``lead`` (a fraction of its ``n`` rows): that many rows net would clear the sign test's
     bar (:func:`against_probe`) for the rows where exactly one of them is right. A lead of
     that many rows needs at least as many such rows, so the bar is never taken over fewer:
-    ``(SIGN_TEST_Z / lead)**2`` held-out rows (160) or fewer never could."""
+    ``SIGN_TEST_Z**2 / lead`` held-out rows (160) or fewer never could (:func:`rows_could_decide`)."""
     if "wins" not in entry:  # not compared with the probe
         return False
     wins, losses = entry["wins"], entry["losses"]
     rows = lead * entry.get("n", 0)
     return rows > SIGN_TEST_Z * math.sqrt(max(wins + losses, rows))
+
+
+def rows_could_decide(n: int, lead: float = EXPECTED_LEAD) -> bool:
+    """Whether ``n`` held-out rows are more than the floor of :func:`could_show`:
+    ``SIGN_TEST_Z**2 / lead`` (160): a lead of ``lead * n`` rows clears the sign test's bar
+    only if it is over ``SIGN_TEST_Z * sqrt(lead * n)``. At or under it they never judge a
+    recipe alone."""
+    return lead * n > SIGN_TEST_Z ** 2
 
 
 # The recipes kept unless the probe is clearly better, while the held-out rows could not show their lead.
@@ -458,6 +466,26 @@ class Transfer:
 
     # ------------------------------------------------------------------ phase 2
 
+    def _futile(self, held_out: int, out_of_fold, per_fold: list[dict], probe: dict, i: int) -> bool:
+        """Whether auto stops the contrastive folds after fold ``i``: the probe is clearly
+        better (:func:`against_probe`) on the rows the folds so far held out, scored at their
+        last common step. With ``held_out`` rows in all, enough for them to judge contrastive
+        alone (:func:`rows_could_decide`), :func:`keeps` drops it on that evidence; it is the
+        same test after fold ``i`` that keeps applies after the last one (a group-sequential
+        stop for futility). Measured on 77 intents with 8 rows each (docs/benchmarks.md): the
+        probe was right on 53 rows where contrastive was wrong and the other way on 23, after
+        two of three folds that took 351 of the fit's 365 s."""
+        step = max(set.intersection(*(set(f) for f in per_fold)))
+        _, logits, _ = out_of_fold(step)
+        rows = np.concatenate([f[step][3] for f in per_fold])
+        so_far = self._against_probe(logits.astype(np.float32), rows, probe)
+        if against_probe(so_far) != "worse":
+            return False
+        log.info("auto: contrastive stopped after fold %d: linear-probe is clearly better on its %d held-out rows "
+                 "(right where the other is wrong: %d vs %d) of the %d that all folds hold out", i + 1, len(rows),
+                 so_far["losses"], so_far["wins"], held_out)
+        return True
+
     def _against_probe(self, logits: np.ndarray, rows: np.ndarray, probe: dict) -> dict:
         """The probe's accuracy on the rows a recipe was scored on (by the probe trained on
         the same rows), and on how many of them each one alone is right."""
@@ -645,6 +673,28 @@ class Transfer:
         fold_seconds: list[float] = []
         step_seconds: list[float] = []
         first_model = None
+
+        def out_of_fold(step: int, C: float | None = None) -> tuple[float, np.ndarray, list[dict]]:
+            """The head's C (chosen on the held-out rows of the folds scored so far, each
+            embedded by an encoder that never saw them, unless given) and its out-of-fold logits
+            at ``step``, in the order of those folds' held-out rows."""
+            parts, weights, at = [], [], 0
+            for f in per_fold:
+                xt, ok, xv, okv = f[step]
+                parts.append((xt, self.labels[ok], xv, np.arange(at, at + len(okv))))
+                weights.append(self._weights(self.labels[ok]).get("sample_weight"))
+                at += len(okv)
+            y_held = self.labels[np.concatenate([f[step][3] for f in per_fold])]
+            C, logits, path = (select_on_fold_features(parts, at, y_held, self.k, Cs=[C] if C else DEFAULT_CS,
+                                                       sample_weights=None if weights[0] is None else weights)
+                               if distributed.world().is_main else (None, None, None))
+            return distributed.broadcast((C, logits, path))
+
+        # auto stops the folds once the probe is clearly better on the rows scored so far, where
+        # every fold's rows together would judge contrastive alone (rows_could_decide)
+        held_out = sum(len(va) for _, va in splits)
+        futile = held_out if cfg.recipe == "auto" and probe is not None and rows_could_decide(held_out) else None
+        stopped = None
         for i, (tr, va) in enumerate(splits):
             if i and deadline is not None:  # room for this fold and the refit on every row
                 if past_deadline(deadline, 2.2 * np.mean(fold_seconds)):
@@ -667,6 +717,9 @@ class Transfer:
                 first_model = model
             per_fold.append({s: (xt, ok.numpy(), xv, okv.numpy()) for s, (xt, ok, xv, okv) in tuned.at.items()})
             fold_seconds.append(tuned.wall)
+            if i + 1 < len(splits) and futile is not None and self._futile(futile, out_of_fold, per_fold, probe, i):
+                stopped = i + 1
+                break
         if not per_fold:
             self.tried.append({"recipe": "contrastive", "skipped": "the time budget did not allow one checkpoint"})
             return None
@@ -677,21 +730,6 @@ class Transfer:
         best = max(common)
         rows = np.concatenate([f[best][3] for f in per_fold])
         y = self.labels[rows]
-
-        def out_of_fold(step: int, C: float | None = None) -> tuple[float, np.ndarray, list[dict]]:
-            """The head's C (chosen on the held-out rows of every fold, each embedded by an
-            encoder that never saw them, unless given) and its out-of-fold logits at ``step``."""
-            parts, weights, at = [], [], 0
-            for f in per_fold:
-                xt, ok, xv, okv = f[step]
-                parts.append((xt, self.labels[ok], xv, np.arange(at, at + len(okv))))
-                weights.append(self._weights(self.labels[ok]).get("sample_weight"))
-                at += len(okv)
-            C, logits, path = (select_on_fold_features(parts, at, y, self.k, Cs=[C] if C else DEFAULT_CS,
-                                                       sample_weights=None if weights[0] is None else weights)
-                               if distributed.world().is_main else (None, None, None))
-            return distributed.broadcast((C, logits, path))
-
         C, logits, path = out_of_fold(best)
         logits = logits.astype(np.float32)
         curve = {int(step): round(self._score(out_of_fold(step, C)[1] if step != best else logits, y), 4) for step in common}
@@ -702,6 +740,8 @@ class Transfer:
                  "seconds": round(time.perf_counter() - start, 1)}
         if n_folds is not None:
             entry["of_folds"] = n_folds
+        if stopped is not None:
+            entry["stopped_after_fold"] = stopped
         if probe is not None:
             entry.update(self._against_probe(logits, rows, probe))
         bounds = np.cumsum([0] + [len(f[best][3]) for f in per_fold])
