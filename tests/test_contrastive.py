@@ -209,13 +209,14 @@ def test_auto_drops_contrastive_when_the_held_out_rows_favour_the_probe(tiny_ber
     assert [t["kept"] for t in clf.tried_] == ([False, True] if helps else [True, False])
 
 
-@pytest.mark.parametrize("decide, score, tuned, stopped", [
-    (True, {"wins": 0, "losses": 10}, [16], 1),  # clearly worse after fold 1, all folds' rows would decide: stop
-    (True, {"wins": 1, "losses": 1}, [16, 16, 16, 24], None),  # not clearly worse: every fold, then the refit
-    (False, {"wins": 0, "losses": 10}, [16, 16, 16], None),  # too few rows in all to decide: every fold is scored
+@pytest.mark.parametrize("recipe, decide, score, tuned, stopped", [
+    ("auto", True, {"wins": 0, "losses": 10}, [16], 1),  # clearly worse after fold 1, all folds' rows could decide: stop
+    ("auto", True, {"wins": 1, "losses": 1}, [16, 16, 16, 24], None),  # not clearly worse: every fold, then the refit
+    ("auto", False, {"wins": 0, "losses": 10}, [16, 16, 16], None),  # too few rows in all to decide: every fold is scored
+    ("contrastive", True, {"wins": 0, "losses": 10}, [16, 16, 16, 24], None),  # asked for: never stopped, kept
 ])
 def test_auto_stops_the_contrastive_folds_once_the_probe_is_clearly_better(tiny_bert, monkeypatch, few_steps,
-                                                                           decide, score, tuned, stopped):
+                                                                           recipe, decide, score, tuned, stopped):
     from headstart.training import tokens, transfer
 
     monkeypatch.setattr(transfer, "rows_could_decide", lambda n: decide)  # as if the 24 rows were hundreds
@@ -225,11 +226,12 @@ def test_auto_stops_the_contrastive_folds_once_the_probe_is_clearly_better(tiny_
     monkeypatch.setattr(tokens.TokenBackend, "contrast",
                         lambda self, model, rows, *a, **k: tunings.append(len(rows)) or real_contrast(self, model, rows, *a, **k))
     texts, labels = make_texts(24)
-    clf = TextClassifier(backbone=str(tiny_bert), batch_size=8, precision="fp32", folds=3).fit(texts, labels)
+    clf = TextClassifier(backbone=str(tiny_bert), recipe=recipe, batch_size=8, precision="fp32", folds=3).fit(texts, labels)
     entry = [t for t in clf.tried_ if t["recipe"] == "contrastive"][0]
     assert tunings == tuned
     assert entry.get("stopped_after_fold") == stopped and entry["folds"] == (1 if stopped else 3) and entry["of_folds"] == 3
-    assert clf.recipe_ == ("contrastive" if score["wins"] else "linear-probe")
+    assert entry["n"] == (8 if stopped else 24)  # the rows scored: fold 1's, or every row
+    assert clf.recipe_ == ("contrastive" if score["wins"] or recipe == "contrastive" else "linear-probe")
 
 
 def test_from_twenty_rows_per_class_auto_judges_contrastive_on_one_fold_instead_of_trying_full(tiny_bert, monkeypatch,

@@ -59,7 +59,8 @@ AUTO_CONTRASTIVE_MAX_PER_CLASS = 256
 # when they fit. On a GPU there is no default limit.
 CPU_TIME_BUDGET = 600.0
 # Under cross-validation the contrastive recipe tunes the encoder once per fold: it uses at
-# most this many folds (every row is still scored once out-of-fold), at 60% of five folds' cost.
+# most this many folds (every row is scored once out-of-fold when all of them run: the time
+# budget or auto's stop for futility can end them sooner), at 60% of five folds' cost.
 CONTRASTIVE_FOLDS = 3
 
 
@@ -469,10 +470,12 @@ class Transfer:
     def _futile(self, held_out: int, out_of_fold, per_fold: list[dict], probe: dict, i: int) -> bool:
         """Whether auto stops the contrastive folds after fold ``i``: the probe is clearly
         better (:func:`against_probe`) on the rows the folds so far held out, scored at their
-        last common step. With ``held_out`` rows in all, enough for them to judge contrastive
-        alone (:func:`rows_could_decide`), :func:`keeps` drops it on that evidence; it is the
-        same test after fold ``i`` that keeps applies after the last one (a group-sequential
-        stop for futility). Measured on 77 banking intents with 8 rows each
+        last common step. Asked only when all folds hold out ``held_out`` rows, more than the
+        floor under which rows never judge contrastive alone (:func:`rows_could_decide`): there
+        the doubt it is given on a few rows (:func:`keeps`) has no reason to wait for the other
+        folds. On that verdict (losses clearly over wins) :func:`keeps` drops it whichever of its
+        rules applies, so the entry it returns is dropped. A stop for futility, at the same
+        unadjusted bar after each fold. Measured on 77 banking intents with 8 rows each
         (docs/benchmarks.md): after two of the three folds the probe was right on 53 held-out
         rows where contrastive was wrong and contrastive on 23 the other way; without a time
         budget the third fold (155 s on 2 cores) was not tuned."""
@@ -482,9 +485,9 @@ class Transfer:
         so_far = self._against_probe(logits.astype(np.float32), rows, probe)
         if against_probe(so_far) != "worse":
             return False
-        log.info("auto: contrastive stopped after fold %d: linear-probe is clearly better on its %d held-out rows "
-                 "(right where the other is wrong: %d vs %d) of the %d that all folds hold out", i + 1, len(rows),
-                 so_far["losses"], so_far["wins"], held_out)
+        log.info("auto: contrastive stopped after fold %d: linear-probe is clearly better on the %d rows held out "
+                 "so far, of %d in all folds (right where the other is wrong: %d vs %d)", i + 1, len(rows), held_out,
+                 so_far["losses"], so_far["wins"])
         return True
 
     def _against_probe(self, logits: np.ndarray, rows: np.ndarray, probe: dict) -> dict:
@@ -634,7 +637,7 @@ class Transfer:
     def _contrastive_splits(self, probe: dict | None) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict | None, int | None]:
         """The held-out splits the contrastive recipe is scored on, the probe's logits on them,
         and under CV the number of folds. Each fold tunes the encoder once, so under CV it uses
-        at most :data:`CONTRASTIVE_FOLDS` (stratified, every row still scored once out-of-fold),
+        at most :data:`CONTRASTIVE_FOLDS` (stratified, every row scored once out-of-fold when all run),
         and the linear probe is solved again on the same folds so that both are judged on rows
         their models never saw, trained on the same rows. Once the smallest class has
         :data:`AUTO_MIN_PER_CLASS` rows, only the first split is used."""
@@ -655,7 +658,8 @@ class Transfer:
         """The encoder tuned contrastively (:mod:`headstart.training.contrastive`), a head solved on its
         embeddings. Scored on held-out rows: under CV on as many of :meth:`_contrastive_splits`'
         folds as the time budget allows (the first always; only the first once the smallest class
-        has :data:`AUTO_MIN_PER_CLASS` rows), each fold's encoder trained on the
+        has :data:`AUTO_MIN_PER_CLASS` rows; under ``auto``, none after a fold where the probe is
+        clearly better on the rows held out so far: :meth:`_futile`), each fold's encoder trained on the
         fold's training part only, for the planned steps (or the most that every fold reached
         within the time budget). The held-out accuracy at 25, 50, 75 and 100% of the steps is
         recorded as ``curve``. Returns what it measured, with the held-out logits (None: over
