@@ -679,10 +679,19 @@ class Transfer:
         step_seconds: list[float] = []
         first_model = None
 
+        solved: dict[tuple, tuple] = {}  # out_of_fold's results: a stop's verdict is the entry's score
+
         def out_of_fold(step: int, C: float | None = None) -> tuple[float, np.ndarray, list[dict]]:
             """The head's C (chosen on the held-out rows of the folds scored so far, each
             embedded by an encoder that never saw them, unless given) and its out-of-fold logits
-            at ``step``, in the order of those folds' held-out rows."""
+            at ``step``, in the order of those folds' held-out rows; solved once per folds,
+            step and C."""
+            key = (len(per_fold), step, C)
+            if key not in solved:
+                solved[key] = solve_out_of_fold(step, C)
+            return solved[key]
+
+        def solve_out_of_fold(step: int, C: float | None) -> tuple[float, np.ndarray, list[dict]]:
             parts, weights, at = [], [], 0
             for f in per_fold:
                 xt, ok, xv, okv = f[step]
