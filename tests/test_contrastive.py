@@ -177,13 +177,27 @@ def test_the_saved_head_uses_the_c_chosen_on_held_out_rows(tiny_bert, few_steps,
     # the head is the logistic regression at that C on the saved encoder's embeddings of every row
     from headstart.training.tokens import pad
 
+    # plus each class's name as one more row, at the weight chosen with C on the same rows
+    from headstart.data.textdata import class_name_texts
+    from headstart.training.tokens import pad
+
+    weight = entry["class_name_weight"]
+    assert weight in transfer.NAME_WEIGHTS and clf.head_info_["class_names"]["weight"] == weight
     model = clf.model_.eval()
-    batch = pad(clf.tokenizer_(list(texts))["input_ids"], clf.tokenizer_.pad_token_id)
+
+    def embed(strings):
+        batch = pad(clf.tokenizer_(list(strings))["input_ids"], clf.tokenizer_.pad_token_id)
+        with torch.no_grad():
+            return model.embed(batch["input_ids"], batch["attention_mask"]).float()
+
+    x, names = embed(texts), embed(class_name_texts(clf.classes_))
     with torch.no_grad():
-        x = model.embed(batch["input_ids"], batch["attention_mask"]).float()
         saved = torch.softmax(model.head(x), 1).numpy()
     y = np.asarray([clf.classes_.index(label) for label in labels])
-    expected = solver.fit_logistic(x, y, len(clf.classes_), C=entry["C"])
+    k = len(clf.classes_)
+    expected = solver.fit_logistic(torch.cat([x, names]), np.concatenate([y, np.arange(k)]), k, C=entry["C"],
+                                   sample_weight=np.concatenate([np.ones(len(y)), np.full(k, weight)])) if weight else \
+        solver.fit_logistic(x, y, k, C=entry["C"])
     np.testing.assert_allclose(saved, torch.softmax(torch.as_tensor(expected.logits(x)), 1).numpy(), atol=2e-3)
 
 

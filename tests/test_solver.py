@@ -102,14 +102,14 @@ def test_c_chosen_on_features_of_each_fold_is_the_usual_choice_when_the_folds_sh
     for tr, va in folds:
         parts.append((x[tr], y[tr], x[va], np.arange(at, at + len(va))))
         at += len(va)
-    C, oof, path = select_on_fold_features(parts, len(order), y[order], 3)
+    C, oof, path, _ = select_on_fold_features(parts, len(order), y[order], 3)
     assert C == fit.solution.C and [p["C"] for p in path] == [p["C"] for p in fit.path]
     np.testing.assert_allclose(oof, fit.oof_logits[order], atol=1e-6)
     # features that differ per fold: a fold whose held-out features are noise lowers the
     # out-of-fold accuracy it reports, and one C is still chosen from the grid
     noisy = [(a, b, np.random.default_rng(1).normal(size=c.shape), d) if i == 0 else (a, b, c, d)
              for i, (a, b, c, d) in enumerate(parts)]
-    C2, oof2, path2 = select_on_fold_features(noisy, len(order), y[order], 3)
+    C2, oof2, path2, _ = select_on_fold_features(noisy, len(order), y[order], 3)
     assert C2 in [p["C"] for p in path2]
     assert max(p["accuracy"] for p in path2) < max(p["accuracy"] for p in path)
     with pytest.raises(ValueError, match="targets"):

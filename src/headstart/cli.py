@@ -76,7 +76,7 @@ TRAIN_OPTIONS = (
     "val_data", "val_split", "folds", "refit", "time_budget", "unknown_rate", "unknown_score", "task", "backbone",
     "weights", "recipe", "epochs", "head_epochs", "batch_size", "grad_accum", "lr", "backbone_lr", "unfreeze_blocks",
     "layer_decay", "optimizer", "weight_decay", "label_smoothing", "schedule", "warmup_epochs", "patience", "augment",
-    "class_weight", "ema", "hidden", "dropout", "pooling", "cache_views", "cache_dir", "cache", "compile",
+    "class_weight", "class_names", "ema", "hidden", "dropout", "pooling", "cache_views", "cache_dir", "cache", "compile",
     "text_column", "label_column", "multi_label", "label_sep", "max_length", "encoding", "word_vectors",
     "sequence_encoder", "hidden_size", "precision", "device", "num_workers", "seed", "out", "quiet", "progress",
     "strict", "log_to",

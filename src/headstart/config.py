@@ -172,6 +172,8 @@ class TrainConfig(_JsonMixin):
                                  choices=AUGMENTS, only="image")
     class_weight: str | None = option(None, "Weight the loss by inverse class frequency.", choices=("balanced",))
     ema: float | None = option(None, "Evaluate and keep an exponential moving average of the weights with this decay (e.g. 0.98).")
+    class_names: bool = option(True, "Text (transformer encoders, one label per row): leave the class names out of training. By default each class's name, read as a text (card_arrival -> 'card arrival'), is one more training example of its class for the solved head, at a weight chosen out-of-fold with C (0 drops the names when they mislead); names that differ only in digits or punctuation (0/1, LABEL_0/LABEL_1) are never used.",
+                               flag="--no-class-names", only="text")
     cache_views: int = option(1, "Image: feature-cache views per image for frozen phases (1 = eval view only).", show_default=True, only="image")
     cache: bool = option(True, "Compute frozen-backbone features afresh and store nothing.", flag="--no-cache")
     cache_dir: str | None = option(None, "Where frozen-backbone features (images, text embeddings) are cached, and where fetched backbones are looked for [$HEADSTART_CACHE_DIR, else ~/.cache/headstart].",

@@ -18,7 +18,7 @@ from ..backbones.encoders import EncoderSpec, encoder_block_groups, load_encoder
 from ..errors import DataError, HeadstartError, ModelDirError
 from ..models.networks import Head
 from ..objectives import announce_objective, check_separator
-from ..data.textdata import TextSet, read_table
+from ..data.textdata import TextSet, class_name_texts, read_table
 from ..models import unknown
 from ..training.tokens import TokenBackend, run_batches, token_items, tokenize
 from ..training.loop import recipe_setup, resolve_device, resolve_precision, seed_everything
@@ -71,10 +71,18 @@ def run_text_recipe(
     device, precision, loss_fn = recipe_setup(model, data.labels, len(data.classes), cfg)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids, texts, labels, truncation = token_items(tokenizer, data, val, max_length)
+    single = np.asarray(data.labels).ndim == 1
+    names = class_name_texts(data.classes) if cfg.class_names and single else None
+    if names is not None:
+        log.info("class names as training texts for the solved head (weight chosen out-of-fold): %s",
+                 ", ".join(repr(n) for n in names[:5]) + (", ..." if len(names) > 5 else ""))
+    elif cfg.class_names and single:
+        log.info("class names not used: without digits and punctuation they do not tell the classes apart")
     backend = TokenBackend(model, ids, texts, labels, cfg, pad_id=pad_id, device=device, precision=precision, loss_fn=loss_fn,
                            progress=progress, cache_parts=cache_parts, max_length=max_length,
                            eval_batch=max(cfg.batch_size, 64), phase2_recipe="full",
-                           val_source=val.source if val is not None else "")
+                           val_source=val.source if val is not None else "",
+                           name_ids=tokenize(tokenizer, names, max_length)[0] if names is not None else None)
     result = Transfer(model, backend, cfg, n_data=len(data), n_val=len(val) if val is not None else 0,
                       classes=list(data.classes), loss_fn=loss_fn).run()
     return result, truncation

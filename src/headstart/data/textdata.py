@@ -59,6 +59,23 @@ def sort_classes(names: set[str]) -> list[str]:
         return sorted(names)
 
 
+def class_name_texts(classes: Sequence[str]) -> list[str] | None:
+    """The class names as texts a sentence encoder can read (``card_arrival`` and
+    ``CardArrival`` -> ``card arrival`` / ``Card Arrival``), or None when they cannot tell the
+    classes apart: once digits and punctuation are dropped, some name is empty or two are the
+    same (``0``/``1``, ``LABEL_0``/``LABEL_1``, ``c1``/``c2``)."""
+    import re
+
+    letters = [re.sub(r"[^a-z]", "", str(c).lower()) for c in classes]
+    if len(classes) < 2 or not all(letters) or len(set(letters)) < len(letters):
+        return None
+    texts = []
+    for c in classes:
+        text = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", str(c))  # camelCase -> camel Case
+        texts.append(" ".join(re.sub(r"[_\-./:]+", " ", text).split()))
+    return texts
+
+
 def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, flag: str) -> str:
     if wanted is not None:
         if wanted in columns:

@@ -465,6 +465,13 @@ def _tried_html(tried: list[dict], head: dict) -> str:
             what = f"cosine similarity x {head['scale']:g}, calibrated by temperature"
         else:
             what = f"{head.get('epochs')} epoch(s)"
+        names = head.get("class_names")
+        if names:
+            tried_weights = names["weights_tried"]
+            chosen = f" (of {', '.join(f'{w:g}' for w in tried_weights)}, chosen with C)" if len(tried_weights) > 1 else ""
+            what += (f"; each class's name trained as one more example of its class at weight {names['weight']:g}{chosen}"
+                     if names["weight"] else "; the class names were tried as training examples and left out (weight 0 "
+                     "scored best)")
         parts.append(f"<p>The head: {e(head['kind'])}, {e(what)}.</p>")
     if tried:
         parts.append("<table><tr><th class=\"l\">recipe</th><th>accuracy</th><th>probe on the same rows</th>"

@@ -69,6 +69,10 @@ class LinearFit:
     # probability 0.5, and the mean binary cross-entropy per row and label
     path: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    # the weight of the extra rows (select_and_fit's ``extra``) chosen out-of-fold, and each
+    # weight's best out-of-fold accuracy and log-loss; None without extra rows
+    extra_weight: float | None = None
+    extra_path: list[dict] | None = None
 
 
 class _Scaler:
@@ -286,29 +290,70 @@ def _walk_path(prepared: list, y_np: np.ndarray, num_classes: int, Cs: list[floa
     return oof, path, best, label_best, fold_params
 
 
+def _with_extra(xr: torch.Tensor, yr: torch.Tensor, wr: torch.Tensor, extra, weight: float):
+    """Training rows with the ``extra`` rows (features, class indices) appended at ``weight``
+    (none at 0)."""
+    if extra is None or weight == 0:
+        return xr, yr, wr
+    xe, ye = extra
+    return (torch.cat([xr, xe]), torch.cat([yr, ye]), torch.cat([wr, torch.full((len(ye),), float(weight), dtype=DTYPE)]))
+
+
+def _extra_tensors(extra, multilabel: bool):
+    if extra is None:
+        return None
+    if multilabel:
+        raise ValueError("extra rows are class indices: one label per row only")
+    xe, ye, _ = _tensors(*extra, None)
+    return xe, ye
+
+
+def _best_weight(walks: list[tuple[float, tuple]]) -> tuple[float, tuple, list[dict]]:
+    """Among ``(weight, _walk_path's result)`` pairs, the weight whose best C scores best
+    out-of-fold (accuracy, then log-loss; the earlier weight on a tie), its walk, and each
+    weight's best scores."""
+    def key(walk):
+        path, best = walk[1], walk[2]
+        return round(path[best]["accuracy"], 9), -path[best]["log_loss"]
+
+    chosen = max(range(len(walks)), key=lambda i: (key(walks[i][1]), -i))
+    scores = [{"weight": w, **walk[1][walk[2]]} for w, walk in walks]
+    return walks[chosen][0], walks[chosen][1], scores
+
+
 def select_on_fold_features(parts: list[tuple[np.ndarray | torch.Tensor, np.ndarray, np.ndarray | torch.Tensor, np.ndarray]],
                             n: int, y: np.ndarray, num_classes: int, *, Cs=DEFAULT_CS,
-                            sample_weights: list[np.ndarray] | None = None, max_iter: int = 100,
-                            tol: float = 1e-4) -> tuple[float, np.ndarray, list[dict]]:
+                            sample_weights: list[np.ndarray] | None = None, extras: list[tuple] | None = None,
+                            extra_weights=(1.0,), max_iter: int = 100,
+                            tol: float = 1e-4) -> tuple[float, np.ndarray, list[dict], float | None]:
     """``C`` chosen by cross-validation when each fold has features of its own: a fold's
     encoder was tuned on that fold's training part, so its held-out rows' features come from a
     model that never saw them. ``parts``: per fold (training features, their class indices,
     held-out features, the held-out rows' positions in ``y``, of length ``n``). Chosen like
     :func:`select_and_fit` (out-of-fold accuracy, then log-loss). Returns the chosen C, the
-    out-of-fold logits at that C (rows no fold held out stay 0) and the path.
-    ``sample_weights``: per fold, the training rows' weights."""
+    out-of-fold logits at that C (rows no fold held out stay 0), the path and the chosen
+    weight of the extra rows (None without them).
+    ``sample_weights``: per fold, the training rows' weights. ``extras``: per fold, extra
+    training rows (features by that fold's encoder, class indices) that are never scored, at
+    each of ``extra_weights``; the weight is chosen with C (:func:`select_and_fit`)."""
     y_np = np.asarray(y)
     if len(y_np) != n:
         raise ValueError(f"{len(y_np)} targets for {n} held-out rows")
-    prepared = []
-    for f, (xr, yr, xv, va) in enumerate(parts):
-        xr, yr, wr = _tensors(xr, yr, None if sample_weights is None else sample_weights[f])
-        scaler = _Scaler(xr)
-        xv = torch.as_tensor(np.asarray(xv), dtype=DTYPE) if not isinstance(xv, torch.Tensor) else xv.to(DTYPE)
-        prepared.append((scaler(xr), yr, wr, scaler(xv), np.asarray(va)))
     Cs = sorted(float(c) for c in Cs)
-    oof, path, best, _, _ = _walk_path(prepared, y_np, num_classes, Cs, max_iter, tol, None)
-    return Cs[best], oof[best], path
+    weights = [float(w) for w in extra_weights] if extras is not None else [None]
+    walks = []
+    for weight in weights:
+        prepared = []
+        for f, (xr, yr, xv, va) in enumerate(parts):
+            xr, yr, wr = _tensors(xr, yr, None if sample_weights is None else sample_weights[f])
+            if weight is not None:
+                xr, yr, wr = _with_extra(xr, yr, wr, _extra_tensors(extras[f], y_np.ndim == 2), weight)
+            scaler = _Scaler(xr)
+            xv = torch.as_tensor(np.asarray(xv), dtype=DTYPE) if not isinstance(xv, torch.Tensor) else xv.to(DTYPE)
+            prepared.append((scaler(xr), yr, wr, scaler(xv), np.asarray(va)))
+        walks.append((weight, _walk_path(prepared, y_np, num_classes, Cs, max_iter, tol, None)))
+    weight, (oof, path, best, _, _), _ = _best_weight(walks)
+    return Cs[best], oof[best], path, weight
 
 
 def select_and_fit(
@@ -322,6 +367,8 @@ def select_and_fit(
     Cs=DEFAULT_CS,
     sample_weight: np.ndarray | None = None,
     augment: tuple[np.ndarray | torch.Tensor, np.ndarray] | None = None,
+    extra: tuple[np.ndarray | torch.Tensor, np.ndarray] | None = None,
+    extra_weights=(1.0,),
     pos_weight: np.ndarray | None = None,
     max_iter: int = 100,
     tol: float = 1e-4,
@@ -341,7 +388,13 @@ def select_and_fit(
 
     ``augment``: extra training rows (features of augmented views) and the row of ``x`` each
     came from; a view trains only the folds whose training part holds its source row, so a
-    held-out row is never seen through one of its views."""
+    held-out row is never seen through one of its views.
+
+    ``extra``: rows (features, class indices; one label per row) that train every fold and
+    the final fit and are never scored, such as each class's name embedded as a text. Their
+    weight is chosen with C: each of ``extra_weights`` walks its own path, and the weight
+    whose best C scores best out-of-fold (accuracy, then log-loss) is kept; a weight of 0
+    leaves them out, so the data can refuse rows that mislead."""
     start = time.perf_counter()
     xt, yt, wt = _tensors(x, y, sample_weight)
     pos_weight = _check_targets(yt, num_classes, pos_weight)
@@ -358,18 +411,23 @@ def select_and_fit(
     def rows(index: np.ndarray):
         if augment is None:
             return xt[index], yt[index], wt[index]
-        extra = torch.as_tensor(np.flatnonzero(np.isin(src, index)))
-        return torch.cat([xt[index], xa[extra]]), torch.cat([yt[index], ya[extra]]), torch.cat([wt[index], wa[extra]])
+        views = torch.as_tensor(np.flatnonzero(np.isin(src, index)))
+        return torch.cat([xt[index], xa[views]]), torch.cat([yt[index], ya[views]]), torch.cat([wt[index], wa[views]])
 
-    prepared = []
-    for tr, va in folds:
-        xr, yr, wr = rows(tr)
-        scaler = _Scaler(xr)
-        prepared.append((scaler(xr), yr, wr, scaler(xt[va]), va))
-    oof, path, best, label_best, fold_params = _walk_path(prepared, y_np, num_classes, Cs, max_iter, tol, pos_weight)
+    extra_t = _extra_tensors(extra, multilabel)
+    walks = []
+    for weight in ([float(w) for w in extra_weights] if extra is not None else [0.0]):
+        prepared = []
+        for tr, va in folds:
+            xr, yr, wr = _with_extra(*rows(tr), extra_t, weight)
+            scaler = _Scaler(xr)
+            prepared.append((scaler(xr), yr, wr, scaler(xt[va]), va))
+        walks.append((weight, _walk_path(prepared, y_np, num_classes, Cs, max_iter, tol, pos_weight)))
+    weight, (oof, path, best, label_best, fold_params), weight_scores = _best_weight(walks) if extra is not None \
+        else (None, walks[0][1], None)
     # the final fit on every row starts from the folds' solutions at the chosen C, averaged
     # (each fold's standardisation is close to the whole set's): a few iterations, not a path
-    xr, yr, wr = rows(np.arange(len(y_np)))
+    xr, yr, wr = _with_extra(*rows(np.arange(len(y_np))), extra_t, weight or 0.0)
     scaler = _Scaler(xr)
     if multilabel:
         C = [Cs[int(b)] for b in label_best]
@@ -380,7 +438,7 @@ def select_and_fit(
         start_at = fold_params[best] if fold_params[best] is not None else None
         chosen_oof = oof[best]
     params = _solve(scaler(xr), yr, wr, num_classes, C, start_at, max_iter, tol, pos_weight)
-    weight, bias = scaler.unscale(params[:, :-1], params[:, -1])
+    head_weight, bias = scaler.unscale(params[:, :-1], params[:, -1])
     seconds = time.perf_counter() - start
     if multilabel:
         scores = {**_multilabel_scores(chosen_oof, y_np), "log_loss": _log_loss(chosen_oof, y_np)}
@@ -389,7 +447,8 @@ def select_and_fit(
                  num_classes, ", ".join(f"{c:.3g}" for c in C), len(folds), scores["log_loss"], scores["accuracy"],
                  scores["micro_f1"], len(y_np), seconds)
     else:
-        log.info("head: logistic regression, C = %.3g chosen by %d-fold cross-validation (out-of-fold accuracy %.4f, "
-                 "log-loss %.4f); refitted on %d rows in %.1fs", C, len(folds), path[best]["accuracy"],
+        extra_note = "" if extra is None else f", extra rows at weight {weight:g} (of {', '.join(f'{w:g}' for w in extra_weights)})"
+        log.info("head: logistic regression, C = %.3g%s chosen by %d-fold cross-validation (out-of-fold accuracy %.4f, "
+                 "log-loss %.4f); refitted on %d rows in %.1fs", C, extra_note, len(folds), path[best]["accuracy"],
                  path[best]["log_loss"], len(y_np), seconds)
-    return LinearFit(LinearSolution(weight, bias, C), chosen_oof, list(folds), path, seconds)
+    return LinearFit(LinearSolution(head_weight, bias, C), chosen_oof, list(folds), path, seconds, weight, weight_scores)

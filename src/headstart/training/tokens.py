@@ -230,8 +230,10 @@ class TokenBackend:
 
     def __init__(self, model: nn.Module, ids: list[np.ndarray], texts: list[str], labels: np.ndarray, cfg: TrainConfig, *,
                  pad_id: int, device, precision: str, loss_fn: nn.Module, progress: bool, cache_parts: dict | None,
-                 max_length: int, eval_batch: int, phase2_recipe: str, val_source: str = ""):
+                 max_length: int, eval_batch: int, phase2_recipe: str, val_source: str = "",
+                 name_ids: list[np.ndarray] | None = None):
         self.ids, self.texts, self.labels, self.cfg = ids, texts, labels, cfg
+        self.name_ids = name_ids  # the class names' token ids, one per class (None: not used)
         self.pad_id, self.device, self.precision, self.loss_fn = pad_id, device, precision, loss_fn
         self.progress, self.cache_parts, self.max_length = progress, cache_parts, max_length
         self.eval_batch, self.phase2_recipe, self.val_source = eval_batch, phase2_recipe, val_source
@@ -286,8 +288,23 @@ class TokenBackend:
         ids = [self.ids[i] for i in rows]
         return run_batches(embed, ids, self.pad_id, self.eval_batch, self.device, self.precision, progress, desc), np.asarray(rows)
 
+    def name_features(self, model: nn.Module) -> tuple[torch.Tensor, np.ndarray] | None:
+        """Each class's name embedded by the model's (possibly tuned) encoder as a text, and
+        the class it names: one more training row per class for a solved head (None: the
+        names are not used)."""
+        if self.name_ids is None:
+            return None
+        model.to(self.device).eval()
+
+        def embed(batch):
+            return model.embed(batch["input_ids"], batch["attention_mask"])
+
+        x = run_batches(embed, self.name_ids, self.pad_id, self.eval_batch, self.device, self.precision)
+        return x, np.arange(len(self.name_ids))
+
     def contrast(self, model: nn.Module, rows: np.ndarray, steps: int, *, checkpoints: set[int], on_checkpoint,
-                 deadline: float | None, phase: str = "contrastive", keep_weights: bool = True) -> Contrasted:
+                 deadline: float | None, phase: str = "contrastive", keep_weights: bool = True,
+                 with_names: bool = False) -> Contrasted:
         """Contrastive steps on the encoder (its token-embedding matrix kept as pretrained:
         :func:`freeze_token_embeddings`; no dropout: :func:`without_dropout`) over
         class-balanced batches of ``rows`` (AdamW at ``backbone_lr``, linear warmup over the
@@ -310,7 +327,10 @@ class TokenBackend:
         checkpoints' values, and a resumed run continues after the saved step (the batches are
         drawn up front from the seed, nothing else is random: it ends with the same weights).
         A finished tuning is replayed from its record: its weights (saved only with
-        ``keep_weights``), its checkpoints' values and its times."""
+        ``keep_weights``), its checkpoints' values and its times.
+
+        ``with_names``: each class's name (:meth:`name_features`) is one more row of its class
+        in the sampler's draw, so the tuning keeps names and examples together."""
         import time
 
         from .checkpoint import STEP_SAVE_SECONDS, begin_phase, resume_running
@@ -330,7 +350,10 @@ class TokenBackend:
         warmup = max(1, steps // 10)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
-        batches = balanced_batches(self.labels[rows], cfg.batch_size, steps, np.random.default_rng([cfg.seed, 17]))
+        ids, labels = [self.ids[r] for r in rows], self.labels[rows]
+        if with_names and self.name_ids is not None:
+            ids, labels = ids + list(self.name_ids), np.concatenate([labels, np.arange(len(self.name_ids))])
+        batches = balanced_batches(labels, cfg.batch_size, steps, np.random.default_rng([cfg.seed, 17]))
         seconds: list[float] = []
         at: dict = {}
         first, before, stopped = 1, 0.0, False  # before: the wall seconds of the steps resumed from a save
@@ -350,11 +373,11 @@ class TokenBackend:
                     shared = len(index) >= distributed.world().size
                     mine = distributed.local_part(index) if shared else index
                     model.train()
-                    z = embed_in_parts(model.embed, [self.ids[rows[i]] for i in mine], self.pad_id, self.device,
+                    z = embed_in_parts(model.embed, [ids[i] for i in mine], self.pad_id, self.device,
                                        self.precision, attention)
                     if shared:
                         z, index = distributed.gather_batch(z.float(), len(index)), distributed.dealt_order(index)
-                    loss = pair_cosine_loss(z, torch.as_tensor(self.labels[rows[index]], device=self.device))
+                    loss = pair_cosine_loss(z, torch.as_tensor(labels[index], device=self.device))
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     if shared:

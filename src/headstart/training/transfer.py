@@ -62,6 +62,11 @@ CPU_TIME_BUDGET = 600.0
 # most this many folds (every row is scored once out-of-fold when all of them run: the time
 # budget or auto's stop for futility can end them sooner), at 60% of five folds' cost.
 CONTRASTIVE_FOLDS = 3
+# Transformer text with one label per row: each class's name, embedded as a text, is one more
+# training row of its class for a solved head, at the weight from this grid (relative to a
+# labelled row's 1) that scores best out-of-fold with the head's C; 0 leaves the names out
+# when they mislead. The names never count among the scored rows.
+NAME_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0)
 
 
 class Backend(TypingProtocol):
@@ -254,6 +259,10 @@ class Transfer:
         self.data_rows = np.arange(n_data)
         self.tried: list[dict] = []
         self.history: list[EpochRecord] = []
+        # the class names as training rows of a solved head (probe_features), their chosen weight
+        self.names: tuple[torch.Tensor, np.ndarray] | None = None
+        self.name_weight: float | None = None
+        self.name_weights_tried: list[float] = []
         self.given_val = n_val > 0
         # The protocol: a given validation set, a holdout split of the data, or k-fold CV on all of it.
         plan = plan_validation(self.labels, classes, n_data=n_data, n_val=n_val, val_split=cfg.val_split,
@@ -313,6 +322,26 @@ class Transfer:
         self.feats = {int(r): i for i, r in enumerate(rows)}  # item -> feature row
         self.x = feats
         self.aug = self.backend.augmented(self.model, self.train_rows) if self.cfg.cache_views > 1 else None
+        self.names = self._names(self.model)
+
+    def _names(self, model: nn.Module) -> tuple[torch.Tensor, np.ndarray] | None:
+        """The class names embedded by ``model`` as training rows of a solved linear head, with
+        their classes (None: the backend has none, several labels per row, or hidden layers)."""
+        embed = getattr(self.backend, "name_features", None)
+        if embed is None or self.objective.multi_label or not _is_linear(self.model.head):
+            return None
+        return embed(model)
+
+    def _with_names(self, x: torch.Tensor, y: np.ndarray, names, weight: float | None) -> tuple[torch.Tensor, np.ndarray, dict]:
+        """Training features and classes with ``names`` appended at ``weight`` (none at 0 or
+        None), and the solver's per-row weights for them (:meth:`_weights`)."""
+        weights = self._weights(y)
+        if names is None or not weight:
+            return x, y, weights
+        xn, yn = names
+        per_row = weights.get("sample_weight", np.ones(len(y)))
+        return (torch.cat([x, xn.to(x.dtype)]), np.concatenate([y, yn]),
+                {"sample_weight": np.concatenate([per_row, np.full(len(yn), float(weight))])})
 
     def _x(self, rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """Features of the given items that decoded, and those items."""
@@ -336,8 +365,13 @@ class Transfer:
         if folds is None and self.objective.counts(y, self.k).max() < 2:  # one row per class: nothing to cross-validate C on
             from .solver import fit_logistic
 
-            log.info("head: one training row per class, so C cannot be cross-validated: C = %g", SINGLE_ROW_C)
-            fit = LinearFit(fit_logistic(x, y, self.k, C=SINGLE_ROW_C, **self._weights(y)), None)
+            # nor the names' weight: a name counts as one more example
+            weight = 1.0 if self.names is not None else None
+            log.info("head: one training row per class, so C cannot be cross-validated: C = %g%s", SINGLE_ROW_C,
+                     "" if weight is None else ", each class's name one more row at weight 1")
+            xs, ys, weights = self._with_names(x, y, self.names, weight)
+            fit = LinearFit(fit_logistic(xs, ys, self.k, C=SINGLE_ROW_C, **weights), None, extra_weight=weight,
+                            extra_path=None if weight is None else [{"weight": weight}])
             return _broadcast_fit(fit), ok
         if folds is None:
             folds = kfold(y, fold_count(y, self.cfg.folds), self.cfg.seed)
@@ -352,9 +386,15 @@ class Transfer:
             pos = {int(r): i for i, r in enumerate(ok)}
             augment = (xa[torch.as_tensor(np.flatnonzero(keep))], np.asarray([pos[int(s)] for s in src[keep]]))
         fit = None
+        names = {} if self.names is None else {"extra": self.names, "extra_weights": NAME_WEIGHTS}
         if distributed.world().is_main:
-            fit = select_and_fit(x, y, self.k, folds=folds, augment=augment, **self._weights(y))
+            fit = select_and_fit(x, y, self.k, folds=folds, augment=augment, **self._weights(y), **names)
         return _broadcast_fit(fit), ok
+
+    def _keep_names(self, fit: LinearFit) -> None:
+        """The class names' weight in the head that ``fit`` solved (the probe's)."""
+        self.name_weight = fit.extra_weight
+        self.name_weights_tried = [p["weight"] for p in fit.extra_path or []]
 
     def _sgd_head(self, head: nn.Module, train_rows: np.ndarray, eval_rows: np.ndarray | None, epochs: int,
                   phase: str) -> list[EpochRecord]:
@@ -380,16 +420,29 @@ class Transfer:
         if _is_linear(head):
             if C is None:
                 fit, _ = self.solve(train_rows, None)
+                self._keep_names(fit)
             else:
                 from .solver import fit_logistic
 
-                x, y = self._with_views(train_rows)
-                fit = _broadcast_fit(LinearFit(fit_logistic(x, y, self.k, C=C, **self._weights(y)), None))
+                x, y, weights = self._with_names(*self._with_views(train_rows), self.names, self.name_weight)
+                fit = _broadcast_fit(LinearFit(fit_logistic(x, y, self.k, C=C, **weights), None))
             _set_linear(head, fit.solution.weight, fit.solution.bias)
-            return {"kind": "logistic regression (L-BFGS)", "C": fit.solution.C, "path": fit.path}
+            return {"kind": "logistic regression (L-BFGS)", "C": fit.solution.C, "path": fit.path, **self._names_info()}
         epochs = getattr(self, "head_epochs_chosen", None) or self.cfg.head_epochs or self.cfg.epochs
         self.history += self._sgd_head(head, train_rows, None, epochs, "head refit")
         return {"kind": "minibatch", "epochs": epochs}
+
+    def _tune_names(self) -> bool:
+        """Whether the contrastive tuning draws the class names as rows of their classes: when
+        the probe's head, solved on the frozen encoder, kept them (a weight over 0 out-of-fold)."""
+        return bool(self.names is not None and self.name_weight)
+
+    def _names_info(self, weight: float | None = None) -> dict:
+        """What the head's description says of the class names: the weight they trained at."""
+        weight = self.name_weight if weight is None else weight
+        if self.names is None or weight is None:
+            return {}
+        return {"class_names": {"weight": weight, "weights_tried": self.name_weights_tried}}
 
     def probe(self) -> tuple[np.ndarray, np.ndarray, dict]:
         """Fit the probe's head on every training row. Returns the reported rows' logits
@@ -399,16 +452,19 @@ class Transfer:
         if _is_linear(head):
             if self.eval_rows is None:  # CV: out-of-fold logits of every row; the fit is on all of them
                 fit, ok = self.solve(self.train_rows, self.folds)
+                self._keep_names(fit)
                 _set_linear(head, fit.solution.weight, fit.solution.bias)
                 self.C = fit.solution.C
                 y = self.labels[ok]
                 self.protocol.fold_accuracy = [self._score(fit.oof_logits[va], y[va]) for _, va in fit.folds if len(va)]
-                return fit.oof_logits.astype(np.float32), ok, {"kind": "logistic regression (L-BFGS)", "C": self.C, "path": fit.path}
+                return fit.oof_logits.astype(np.float32), ok, {"kind": "logistic regression (L-BFGS)", "C": self.C, "path": fit.path,
+                                                               **self._names_info()}
             fit, _ = self.solve(self.train_rows, None)
+            self._keep_names(fit)
             _set_linear(head, fit.solution.weight, fit.solution.bias)
             self.C = fit.solution.C
             logits, ok = self._head_logits(head, self.eval_rows)
-            info = {"kind": "logistic regression (L-BFGS)", "C": self.C, "path": fit.path}
+            info = {"kind": "logistic regression (L-BFGS)", "C": self.C, "path": fit.path, **self._names_info()}
             if self.refit:
                 self.fit_head(head, np.concatenate([self.train_rows, self.eval_rows]), C=self.C)
             return logits, ok, info
@@ -480,7 +536,7 @@ class Transfer:
         rows where contrastive was wrong and contrastive on 23 the other way; without a time
         budget the third fold (155 s on 2 cores) was not tuned."""
         step = max(set.intersection(*(set(f) for f in per_fold)))
-        _, logits, _ = out_of_fold(step)
+        _, logits, _, _ = out_of_fold(step)
         rows = np.concatenate([f[step][3] for f in per_fold])
         so_far = self._against_probe(logits.astype(np.float32), rows, probe)
         if against_probe(so_far) != "worse":
@@ -681,28 +737,30 @@ class Transfer:
 
         solved: dict[tuple, tuple] = {}  # out_of_fold's results: a stop's verdict is the entry's score
 
-        def out_of_fold(step: int, C: float | None = None) -> tuple[float, np.ndarray, list[dict]]:
-            """The head's C (chosen on the held-out rows of the folds scored so far, each
-            embedded by an encoder that never saw them, unless given) and its out-of-fold logits
-            at ``step``, in the order of those folds' held-out rows; solved once per folds,
-            step and C."""
-            key = (len(per_fold), step, C)
+        def out_of_fold(step: int, C: float | None = None, weight: float | None = None) -> tuple[float, np.ndarray, list[dict], float | None]:
+            """The head's C and the class names' weight (chosen on the held-out rows of the folds
+            scored so far, each embedded by an encoder that never saw them, unless given) and
+            its out-of-fold logits at ``step``, in the order of those folds' held-out rows;
+            solved once per folds, step, C and weight."""
+            key = (len(per_fold), step, C, weight)
             if key not in solved:
-                solved[key] = solve_out_of_fold(step, C)
+                solved[key] = solve_out_of_fold(step, C, weight)
             return solved[key]
 
-        def solve_out_of_fold(step: int, C: float | None) -> tuple[float, np.ndarray, list[dict]]:
-            parts, weights, at = [], [], 0
+        def solve_out_of_fold(step: int, C: float | None, weight: float | None) -> tuple[float, np.ndarray, list[dict], float | None]:
+            parts, weights, names, at = [], [], [], 0
             for f in per_fold:
-                xt, ok, xv, okv = f[step]
+                xt, ok, xv, okv, xn = f[step]
                 parts.append((xt, self.labels[ok], xv, np.arange(at, at + len(okv))))
                 weights.append(self._weights(self.labels[ok]).get("sample_weight"))
+                names.append(None if xn is None else (xn, self.names[1]))
                 at += len(okv)
             y_held = self.labels[np.concatenate([f[step][3] for f in per_fold])]
-            C, logits, path = (select_on_fold_features(parts, at, y_held, self.k, Cs=[C] if C else DEFAULT_CS,
-                                                       sample_weights=None if weights[0] is None else weights)
-                               if distributed.world().is_main else (None, None, None))
-            return distributed.broadcast((C, logits, path))
+            extra = {} if names[0] is None else {"extras": names, "extra_weights": [weight] if weight is not None else NAME_WEIGHTS}
+            C, logits, path, weight = (select_on_fold_features(parts, at, y_held, self.k, Cs=[C] if C else DEFAULT_CS,
+                                                               sample_weights=None if weights[0] is None else weights, **extra)
+                                       if distributed.world().is_main else (None, None, None, None))
+            return distributed.broadcast((C, logits, path, weight))
 
         # auto stops the folds once the probe is clearly better on the rows scored so far, where
         # every fold's rows together would judge contrastive alone (rows_could_decide)
@@ -719,17 +777,19 @@ class Transfer:
             def checkpoint(step: int, model=model, tr=tr, va=va, name=name) -> tuple[torch.Tensor, ...]:
                 (xt, ok), (xv, okv) = self.backend.embed(model, tr), self.backend.embed(model, va)
                 log.info("%s: step %d of %d", name, step, steps)
-                return xt, torch.as_tensor(ok), xv, torch.as_tensor(okv)  # tensors: kept in the run's checkpoint
+                names = () if self.names is None else (self._names(model)[0],)  # by this fold's encoder
+                return (xt, torch.as_tensor(ok), xv, torch.as_tensor(okv), *names)  # tensors: kept in the run's checkpoint
 
             # only the first fold's weights can be needed again (refit_contrastive)
             tuned = self.backend.contrast(model, tr, steps, checkpoints=set(checkpoints), on_checkpoint=checkpoint,
-                                          deadline=deadline, phase=name, keep_weights=i == 0)
+                                          deadline=deadline, phase=name, keep_weights=i == 0, with_names=self._tune_names())
             step_seconds += tuned.seconds
             if not tuned.at:
                 break
             if i == 0:
                 first_model = model
-            per_fold.append({s: (xt, ok.numpy(), xv, okv.numpy()) for s, (xt, ok, xv, okv) in tuned.at.items()})
+            per_fold.append({s: (xt, ok.numpy(), xv, okv.numpy(), names[0] if names else None)
+                             for s, (xt, ok, xv, okv, *names) in tuned.at.items()})
             fold_seconds.append(tuned.wall)
             if may_stop and i + 1 < len(splits) and self._futile(held_out, out_of_fold, per_fold, probe, i):
                 stopped = i + 1
@@ -744,13 +804,16 @@ class Transfer:
         best = max(common)
         rows = np.concatenate([f[best][3] for f in per_fold])
         y = self.labels[rows]
-        C, logits, path = out_of_fold(best)
+        C, logits, path, name_weight = out_of_fold(best)
         logits = logits.astype(np.float32)
-        curve = {int(step): round(self._score(out_of_fold(step, C)[1] if step != best else logits, y), 4) for step in common}
-        log.info("contrastive: held-out accuracy %s at steps %s (head C = %.3g, chosen out-of-fold)",
-                 ", ".join(f"{a:.4f}" for a in curve.values()), ", ".join(map(str, curve)), C)
+        curve = {int(step): round(self._score(out_of_fold(step, C, name_weight)[1] if step != best else logits, y), 4)
+                 for step in common}
+        log.info("contrastive: held-out accuracy %s at steps %s (head C = %.3g%s, chosen out-of-fold)",
+                 ", ".join(f"{a:.4f}" for a in curve.values()), ", ".join(map(str, curve)), C,
+                 "" if name_weight is None else f", class names at weight {name_weight:g}")
         entry = {"recipe": "contrastive", "accuracy": self._score(logits, y), "n": int(len(rows)),
                  "folds": len(per_fold), "steps": best, "steps_planned": steps, "curve": curve, "C": C,
+                 **({} if name_weight is None else {"class_name_weight": name_weight}),
                  "seconds": round(time.perf_counter() - start, 1)}
         if n_folds is not None:
             entry["of_folds"] = n_folds
@@ -761,6 +824,7 @@ class Transfer:
         bounds = np.cumsum([0] + [len(f[best][3]) for f in per_fold])
         fold_accuracy = [self._score(logits[a:b], y[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
         return {"logits": logits, "rows": rows, "entry": entry, "steps": best, "fold_accuracy": fold_accuracy, "C": C,
+                "name_weight": name_weight,
                 "path": path, "fold_rows": splits[0][0], "first_model": first_model,
                 "step_seconds": float(np.mean(step_seconds)) if step_seconds else 0.0}
 
@@ -793,15 +857,17 @@ class Transfer:
             model = copy.deepcopy(pristine)
             log.info("contrastive: tuning on all %d labelled rows for %d steps", len(rows), steps)
             self.backend.contrast(model, rows, steps, checkpoints=set(), on_checkpoint=None, deadline=None,
-                                  phase="contrastive refit")
+                                  phase="contrastive refit", with_names=self._tune_names())
             self.refit_done = len(rows) > len(self.train_rows) or self.eval_rows is None
         x, ok = self.backend.embed(model, rows)
-        solution = fit_logistic(x, self.labels[ok], self.k, C=tried["C"], **self._weights(self.labels[ok])) \
-            if distributed.world().is_main else None
+        names = self._names(model)  # by the final encoder
+        x, y, weights = self._with_names(x, self.labels[ok], names, tried["name_weight"])
+        solution = fit_logistic(x, y, self.k, C=tried["C"], **weights) if distributed.world().is_main else None
         solution = distributed.broadcast(solution)
         _set_linear(model.head, solution.weight, solution.bias)
         self.contrastive_head = {"kind": "logistic regression (L-BFGS) on the tuned encoder's embeddings, C chosen "
-                                 "on the folds' held-out rows", "C": solution.C, "path": tried["path"]}
+                                 "on the folds' held-out rows", "C": solution.C, "path": tried["path"],
+                                 **self._names_info(tried["name_weight"])}
         return model
 
     # ------------------------------------------------------------------ unknown inputs
@@ -894,7 +960,8 @@ class Transfer:
             if recipe in ("auto", "linear-probe"):
                 self.tried.append({"recipe": "linear-probe", "accuracy": self._score(logits, self.labels[rows]),
                                    "n": int(len(rows)), "seconds": round(time.perf_counter() - self.start, 1),
-                                   "protocol": self.protocol.kind})
+                                   "protocol": self.protocol.kind,
+                                   **({} if self.name_weight is None else {"class_name_weight": self.name_weight})})
         final_model, final_recipe = self.model, "linear-probe"
         report = probe
         smallest = self._smallest_class()
