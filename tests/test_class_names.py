@@ -152,38 +152,3 @@ def test_the_report_says_how_the_names_trained(names, says):
     html = _tried_html([], {"kind": "logistic regression (L-BFGS)", "C": 0.1, "class_names": names})
     assert says in html
 
-
-def test_the_tuning_draws_each_name_as_one_more_row_of_its_class(monkeypatch):
-    """With ``with_names`` the sampler draws from the rows and the names together, a name
-    labelled with its class; without, the names are never embedded."""
-    from conftest import TinyEncoder, tiny_token_backend
-    from headstart.training import contrastive, tokens
-
-    backend = tiny_token_backend()
-    backend.name_ids = [np.array([18, 3], dtype=np.int32), np.array([19, 3], dtype=np.int32)]  # tokens no row has
-    seen, losses = [], []
-    real_embed, real_loss = tokens.embed_in_parts, contrastive.pair_cosine_loss
-
-    def embed(fn, seqs, *args, **kw):
-        seen.append([tuple(s) for s in seqs])
-        return real_embed(fn, seqs, *args, **kw)
-
-    def loss(z, labels):
-        losses.append(labels.tolist())
-        return real_loss(z, labels)
-
-    monkeypatch.setattr(tokens, "embed_in_parts", embed)
-    monkeypatch.setattr(contrastive, "pair_cosine_loss", loss)
-    rows = np.arange(16)
-    backend.contrast(TinyEncoder(), rows, 12, checkpoints=set(), on_checkpoint=None, deadline=None)
-    assert not any(s in batch for batch in seen for s in [(18, 3), (19, 3)])
-    seen.clear(), losses.clear()
-    backend.contrast(TinyEncoder(), rows, 12, checkpoints=set(), on_checkpoint=None, deadline=None, with_names=True)
-    names = {(18, 3): 0, (19, 3): 1}
-    drawn = [(batch, labels) for batch, labels in zip(seen, losses) if any(s in names for s in batch)]
-    assert drawn  # the names are drawn, and each with its own class
-    for batch, labels in drawn:
-        assert len(set(batch)) <= len(batch) and len(batch) == len(labels)
-        for s, y in zip(batch, labels):
-            if s in names:
-                assert y == names[s]

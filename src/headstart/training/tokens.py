@@ -303,8 +303,7 @@ class TokenBackend:
         return x, np.arange(len(self.name_ids))
 
     def contrast(self, model: nn.Module, rows: np.ndarray, steps: int, *, checkpoints: set[int], on_checkpoint,
-                 deadline: float | None, phase: str = "contrastive", keep_weights: bool = True,
-                 with_names: bool = False) -> Contrasted:
+                 deadline: float | None, phase: str = "contrastive", keep_weights: bool = True) -> Contrasted:
         """Contrastive steps on the encoder (its token-embedding matrix kept as pretrained:
         :func:`freeze_token_embeddings`; no dropout: :func:`without_dropout`) over
         class-balanced batches of ``rows`` (AdamW at ``backbone_lr``, linear warmup over the
@@ -327,10 +326,7 @@ class TokenBackend:
         checkpoints' values, and a resumed run continues after the saved step (the batches are
         drawn up front from the seed, nothing else is random: it ends with the same weights).
         A finished tuning is replayed from its record: its weights (saved only with
-        ``keep_weights``), its checkpoints' values and its times.
-
-        ``with_names``: each class's name (:meth:`name_features`) is one more row of its class
-        in the sampler's draw, so the tuning keeps names and examples together."""
+        ``keep_weights``), its checkpoints' values and its times."""
         import time
 
         from .checkpoint import STEP_SAVE_SECONDS, begin_phase, resume_running
@@ -351,8 +347,6 @@ class TokenBackend:
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
         ids, labels = [self.ids[r] for r in rows], self.labels[rows]
-        if with_names and self.name_ids is not None:
-            ids, labels = ids + list(self.name_ids), np.concatenate([labels, np.arange(len(self.name_ids))])
         batches = balanced_batches(labels, cfg.batch_size, steps, np.random.default_rng([cfg.seed, 17]))
         seconds: list[float] = []
         at: dict = {}

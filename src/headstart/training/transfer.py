@@ -357,9 +357,10 @@ class Transfer:
         keep = np.isin(src, ok)
         return torch.cat([x, xa[torch.as_tensor(np.flatnonzero(keep))]]), np.concatenate([self.labels[ok], self.labels[src[keep]]])
 
-    def solve(self, rows: np.ndarray, folds: list | None) -> tuple[LinearFit, np.ndarray]:
-        """Logistic regression on ``rows`` (C by k-fold CV over them, or over ``folds``),
-        refitted on all of them; returns the fit and the rows used."""
+    def solve(self, rows: np.ndarray, folds: list | None, name_weights=NAME_WEIGHTS) -> tuple[LinearFit, np.ndarray]:
+        """Logistic regression on ``rows`` (C by k-fold CV over them, or over ``folds``, with the
+        class names' weight among ``name_weights``), refitted on all of them; returns the fit
+        and the rows used."""
         x, ok = self._x(rows)
         y = self.labels[ok]
         if folds is None and self.objective.counts(y, self.k).max() < 2:  # one row per class: nothing to cross-validate C on
@@ -386,7 +387,7 @@ class Transfer:
             pos = {int(r): i for i, r in enumerate(ok)}
             augment = (xa[torch.as_tensor(np.flatnonzero(keep))], np.asarray([pos[int(s)] for s in src[keep]]))
         fit = None
-        names = {} if self.names is None else {"extra": self.names, "extra_weights": NAME_WEIGHTS}
+        names = {} if self.names is None else {"extra": self.names, "extra_weights": name_weights}
         if distributed.world().is_main:
             fit = select_and_fit(x, y, self.k, folds=folds, augment=augment, **self._weights(y), **names)
         return _broadcast_fit(fit), ok
@@ -431,11 +432,6 @@ class Transfer:
         epochs = getattr(self, "head_epochs_chosen", None) or self.cfg.head_epochs or self.cfg.epochs
         self.history += self._sgd_head(head, train_rows, None, epochs, "head refit")
         return {"kind": "minibatch", "epochs": epochs}
-
-    def _tune_names(self) -> bool:
-        """Whether the contrastive tuning draws the class names as rows of their classes: when
-        the probe's head, solved on the frozen encoder, kept them (a weight over 0 out-of-fold)."""
-        return bool(self.names is not None and self.name_weight)
 
     def _names_info(self, weight: float | None = None) -> dict:
         """What the head's description says of the class names: the weight they trained at."""
@@ -536,7 +532,7 @@ class Transfer:
         rows where contrastive was wrong and contrastive on 23 the other way; without a time
         budget the third fold (155 s on 2 cores) was not tuned."""
         step = max(set.intersection(*(set(f) for f in per_fold)))
-        _, logits, _, _ = out_of_fold(step)
+        _, logits, _ = out_of_fold(step)
         rows = np.concatenate([f[step][3] for f in per_fold])
         so_far = self._against_probe(logits.astype(np.float32), rows, probe)
         if against_probe(so_far) != "worse":
@@ -703,7 +699,8 @@ class Transfer:
         else:
             y = self.labels[self.train_rows]
             folds = kfold(y, fold_count(y, CONTRASTIVE_FOLDS), self.cfg.seed)  # cfg.folds is larger here
-            fit, ok = self.solve(self.train_rows, folds)
+            # the probe as chosen (its names' weight too), solved again on these folds
+            fit, ok = self.solve(self.train_rows, folds, name_weights=[self.name_weight or 0.0])
             splits, n_folds = [(self.train_rows[tr], self.train_rows[va]) for tr, va in folds], len(folds)
             probe = {"logits": fit.oof_logits.astype(np.float32), "rows": ok}
         if self._smallest_class() >= AUTO_MIN_PER_CLASS:  # judged on the first fold (CONTRASTIVE_FOLDS)
@@ -737,17 +734,19 @@ class Transfer:
 
         solved: dict[tuple, tuple] = {}  # out_of_fold's results: a stop's verdict is the entry's score
 
-        def out_of_fold(step: int, C: float | None = None, weight: float | None = None) -> tuple[float, np.ndarray, list[dict], float | None]:
-            """The head's C and the class names' weight (chosen on the held-out rows of the folds
-            scored so far, each embedded by an encoder that never saw them, unless given) and
-            its out-of-fold logits at ``step``, in the order of those folds' held-out rows;
-            solved once per folds, step, C and weight."""
-            key = (len(per_fold), step, C, weight)
+        def out_of_fold(step: int, C: float | None = None) -> tuple[float, np.ndarray, list[dict]]:
+            """The head's C (chosen on the held-out rows of the folds scored so far, each
+            embedded by an encoder that never saw them, unless given) and its out-of-fold logits
+            at ``step``, in the order of those folds' held-out rows; solved once per folds,
+            step and C. The class names (each fold's embedded by its encoder) train at the
+            weight the probe chose: choosing it again on every checkpoint's path would multiply
+            the solves, on 77 classes by minutes."""
+            key = (len(per_fold), step, C)
             if key not in solved:
-                solved[key] = solve_out_of_fold(step, C, weight)
+                solved[key] = solve_out_of_fold(step, C)
             return solved[key]
 
-        def solve_out_of_fold(step: int, C: float | None, weight: float | None) -> tuple[float, np.ndarray, list[dict], float | None]:
+        def solve_out_of_fold(step: int, C: float | None) -> tuple[float, np.ndarray, list[dict]]:
             parts, weights, names, at = [], [], [], 0
             for f in per_fold:
                 xt, ok, xv, okv, xn = f[step]
@@ -756,11 +755,11 @@ class Transfer:
                 names.append(None if xn is None else (xn, self.names[1]))
                 at += len(okv)
             y_held = self.labels[np.concatenate([f[step][3] for f in per_fold])]
-            extra = {} if names[0] is None else {"extras": names, "extra_weights": [weight] if weight is not None else NAME_WEIGHTS}
-            C, logits, path, weight = (select_on_fold_features(parts, at, y_held, self.k, Cs=[C] if C else DEFAULT_CS,
-                                                               sample_weights=None if weights[0] is None else weights, **extra)
-                                       if distributed.world().is_main else (None, None, None, None))
-            return distributed.broadcast((C, logits, path, weight))
+            extra = {} if names[0] is None else {"extras": names, "extra_weights": [self.name_weight or 0.0]}
+            C, logits, path, _ = (select_on_fold_features(parts, at, y_held, self.k, Cs=[C] if C else DEFAULT_CS,
+                                                          sample_weights=None if weights[0] is None else weights, **extra)
+                                  if distributed.world().is_main else (None, None, None, None))
+            return distributed.broadcast((C, logits, path))
 
         # auto stops the folds once the probe is clearly better on the rows scored so far, where
         # every fold's rows together would judge contrastive alone (rows_could_decide)
@@ -777,12 +776,12 @@ class Transfer:
             def checkpoint(step: int, model=model, tr=tr, va=va, name=name) -> tuple[torch.Tensor, ...]:
                 (xt, ok), (xv, okv) = self.backend.embed(model, tr), self.backend.embed(model, va)
                 log.info("%s: step %d of %d", name, step, steps)
-                names = () if self.names is None else (self._names(model)[0],)  # by this fold's encoder
+                names = () if not (self.names is not None and self.name_weight) else (self._names(model)[0],)  # by this fold's encoder
                 return (xt, torch.as_tensor(ok), xv, torch.as_tensor(okv), *names)  # tensors: kept in the run's checkpoint
 
             # only the first fold's weights can be needed again (refit_contrastive)
             tuned = self.backend.contrast(model, tr, steps, checkpoints=set(checkpoints), on_checkpoint=checkpoint,
-                                          deadline=deadline, phase=name, keep_weights=i == 0, with_names=self._tune_names())
+                                          deadline=deadline, phase=name, keep_weights=i == 0)
             step_seconds += tuned.seconds
             if not tuned.at:
                 break
@@ -804,10 +803,10 @@ class Transfer:
         best = max(common)
         rows = np.concatenate([f[best][3] for f in per_fold])
         y = self.labels[rows]
-        C, logits, path, name_weight = out_of_fold(best)
+        C, logits, path = out_of_fold(best)
+        name_weight = self.name_weight if self.names is not None else None
         logits = logits.astype(np.float32)
-        curve = {int(step): round(self._score(out_of_fold(step, C, name_weight)[1] if step != best else logits, y), 4)
-                 for step in common}
+        curve = {int(step): round(self._score(out_of_fold(step, C)[1] if step != best else logits, y), 4) for step in common}
         log.info("contrastive: held-out accuracy %s at steps %s (head C = %.3g%s, chosen out-of-fold)",
                  ", ".join(f"{a:.4f}" for a in curve.values()), ", ".join(map(str, curve)), C,
                  "" if name_weight is None else f", class names at weight {name_weight:g}")
@@ -857,7 +856,7 @@ class Transfer:
             model = copy.deepcopy(pristine)
             log.info("contrastive: tuning on all %d labelled rows for %d steps", len(rows), steps)
             self.backend.contrast(model, rows, steps, checkpoints=set(), on_checkpoint=None, deadline=None,
-                                  phase="contrastive refit", with_names=self._tune_names())
+                                  phase="contrastive refit")
             self.refit_done = len(rows) > len(self.train_rows) or self.eval_rows is None
         x, ok = self.backend.embed(model, rows)
         names = self._names(model)  # by the final encoder
