@@ -24,6 +24,9 @@ from headstart.training.solver import select_and_fit, select_on_fold_features
     (["c1", "c2", "other"], None),
     (["card_arrival", "CardArrival"], None),
     (["anger"], None),
+    (["положительный", "отрицательный"], ["положительный", "отрицательный"]),  # letters of any script
+    (["正面", "负面"], ["正面", "负面"]),
+    (["LABEL_١", "LABEL_٢"], None),  # digits of any script
 ])
 def test_names_are_read_as_texts_only_when_their_letters_tell_the_classes_apart(classes, texts):
     assert class_name_texts(classes) == texts

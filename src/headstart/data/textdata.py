@@ -66,7 +66,7 @@ def class_name_texts(classes: Sequence[str]) -> list[str] | None:
     same (``0``/``1``, ``LABEL_0``/``LABEL_1``, ``c1``/``c2``)."""
     import re
 
-    letters = [re.sub(r"[^a-z]", "", str(c).lower()) for c in classes]
+    letters = [re.sub(r"[\W\d_]", "", str(c).lower()) for c in classes]  # letters of any script
     if len(classes) < 2 or not all(letters) or len(set(letters)) < len(letters):
         return None
     texts = []
