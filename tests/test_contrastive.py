@@ -225,7 +225,7 @@ def test_auto_drops_contrastive_when_the_held_out_rows_favour_the_probe(tiny_ber
 
 @pytest.mark.parametrize("recipe, decide, score, tuned, stopped", [
     ("auto", True, {"wins": 0, "losses": 10}, [16], 1),  # clearly worse after fold 1, all folds' rows could decide: stop
-    ("auto", True, {"wins": 1, "losses": 1}, [16, 16, 16, 24], None),  # not clearly worse: every fold, then the refit
+    ("auto", True, {"wins": 1, "losses": 1}, [16, 16, 16], None),  # not clearly worse: every fold; level: no refit
     ("auto", False, {"wins": 0, "losses": 10}, [16, 16, 16], None),  # too few rows in all to decide: every fold is scored
     ("contrastive", True, {"wins": 0, "losses": 10}, [16, 16, 16, 24], None),  # asked for: never stopped, kept
 ])
@@ -245,7 +245,8 @@ def test_auto_stops_the_contrastive_folds_once_the_probe_is_clearly_better(tiny_
     assert tunings == tuned
     assert entry.get("stopped_after_fold") == stopped and entry["folds"] == (1 if stopped else 3) and entry["of_folds"] == 3
     assert entry["n"] == (8 if stopped else 24)  # the rows scored: fold 1's, or every row
-    assert clf.recipe_ == ("contrastive" if score["wins"] or recipe == "contrastive" else "linear-probe")
+    # level (1 vs 1) on rows as many as hundreds shows no sign of contrastive's lead: the probe
+    assert clf.recipe_ == ("contrastive" if recipe == "contrastive" else "linear-probe")
 
 
 def test_from_twenty_rows_per_class_auto_judges_contrastive_on_one_fold_instead_of_trying_full(tiny_bert, monkeypatch,
