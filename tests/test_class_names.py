@@ -82,6 +82,12 @@ def test_the_final_fit_holds_the_names_at_the_chosen_weight():
                            sample_weight=np.concatenate([np.ones(len(y)), np.full(4, 4.0)]))
     softmax = lambda z: np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)  # noqa: E731
     np.testing.assert_allclose(softmax(fit.solution.logits(x)), softmax(by_hand.logits(x)), atol=2e-3)
+    # fit_logistic appends them itself, at the weight given; at weight 0 it leaves them out
+    given = fit_logistic(x, y, 4, C=1.0, extra=(centres, np.arange(4)), extra_weight=4.0)
+    np.testing.assert_allclose(given.weight, by_hand.weight, atol=1e-5)
+    plain = fit_logistic(x, y, 4, C=1.0)
+    np.testing.assert_allclose(fit_logistic(x, y, 4, C=1.0, extra=(centres, np.arange(4)), extra_weight=0.0).weight,
+                               plain.weight)
 
 
 def test_fold_features_choose_the_names_weight_with_c():

@@ -226,11 +226,16 @@ def _check_targets(y: np.ndarray, num_classes: int, pos_weight) -> np.ndarray | 
 
 def fit_logistic(x: np.ndarray | torch.Tensor, y: np.ndarray, num_classes: int, *, C: float | list[float],
                  sample_weight: np.ndarray | None = None, pos_weight: np.ndarray | None = None,
+                 extra: tuple[np.ndarray | torch.Tensor, np.ndarray] | None = None, extra_weight: float | None = None,
                  max_iter: int = 200, tol: float = 1e-4) -> LinearSolution:
     """One multinomial logistic regression at a given ``C``; for an (n, K) 0/1 ``y``
     (multi-label, ``num_classes`` = K), K independent sigmoids, the positive term of label
-    k multiplied by ``pos_weight[k]`` (default 1), ``C`` one for all or one per label."""
+    k multiplied by ``pos_weight[k]`` (default 1), ``C`` one for all or one per label.
+    ``extra`` rows (features, class indices) train too, at ``extra_weight`` (none at 0 or
+    None), as in :func:`select_and_fit`."""
     xt, yt, wt = _tensors(x, y, sample_weight)
+    if extra_weight:
+        xt, yt, wt = _with_extra(xt, yt, wt, _extra_tensors(extra, yt.ndim == 2), extra_weight)
     pos_weight = _check_targets(yt, num_classes, pos_weight)
     scaler = _Scaler(xt)
     params = _solve(scaler(xt), yt, wt, num_classes, C, None, max_iter, tol, pos_weight)
@@ -341,16 +346,18 @@ def select_on_fold_features(parts: list[tuple[np.ndarray | torch.Tensor, np.ndar
         raise ValueError(f"{len(y_np)} targets for {n} held-out rows")
     Cs = sorted(float(c) for c in Cs)
     weights = [float(w) for w in extra_weights] if extras is not None else [None]
+    folds = [(*_tensors(xr, yr, None if sample_weights is None else sample_weights[f]),
+              torch.as_tensor(np.asarray(xv), dtype=DTYPE) if not isinstance(xv, torch.Tensor) else xv.to(DTYPE),
+              np.asarray(va), None if extras is None else _extra_tensors(extras[f], y_np.ndim == 2))
+             for f, (xr, yr, xv, va) in enumerate(parts)]
     walks = []
     for weight in weights:
         prepared = []
-        for f, (xr, yr, xv, va) in enumerate(parts):
-            xr, yr, wr = _tensors(xr, yr, None if sample_weights is None else sample_weights[f])
+        for xr, yr, wr, xv, va, extra in folds:
             if weight is not None:
-                xr, yr, wr = _with_extra(xr, yr, wr, _extra_tensors(extras[f], y_np.ndim == 2), weight)
+                xr, yr, wr = _with_extra(xr, yr, wr, extra, weight)
             scaler = _Scaler(xr)
-            xv = torch.as_tensor(np.asarray(xv), dtype=DTYPE) if not isinstance(xv, torch.Tensor) else xv.to(DTYPE)
-            prepared.append((scaler(xr), yr, wr, scaler(xv), np.asarray(va)))
+            prepared.append((scaler(xr), yr, wr, scaler(xv), va))
         walks.append((weight, _walk_path(prepared, y_np, num_classes, Cs, max_iter, tol, None)))
     weight, (oof, path, best, _, _), _ = _best_weight(walks)
     return Cs[best], oof[best], path, weight

@@ -280,13 +280,16 @@ class TokenBackend:
 
     def embed(self, model: nn.Module, rows: np.ndarray, progress: bool = False, desc: str = "") -> tuple[torch.Tensor, np.ndarray]:
         """Embeddings of ``rows`` by the model's (possibly tuned) encoder, never cached."""
+        return self._embed_ids(model, [self.ids[i] for i in rows], progress, desc), np.asarray(rows)
+
+    def _embed_ids(self, model: nn.Module, ids: list, progress: bool = False, desc: str = "") -> torch.Tensor:
+        """The model's encoder's embeddings of token-id sequences, in eval mode."""
         model.to(self.device).eval()
 
         def embed(batch):
             return model.embed(batch["input_ids"], batch["attention_mask"])
 
-        ids = [self.ids[i] for i in rows]
-        return run_batches(embed, ids, self.pad_id, self.eval_batch, self.device, self.precision, progress, desc), np.asarray(rows)
+        return run_batches(embed, ids, self.pad_id, self.eval_batch, self.device, self.precision, progress, desc)
 
     def name_features(self, model: nn.Module) -> tuple[torch.Tensor, np.ndarray] | None:
         """Each class's name embedded by the model's (possibly tuned) encoder as a text, and
@@ -294,13 +297,7 @@ class TokenBackend:
         names are not used)."""
         if self.name_ids is None:
             return None
-        model.to(self.device).eval()
-
-        def embed(batch):
-            return model.embed(batch["input_ids"], batch["attention_mask"])
-
-        x = run_batches(embed, self.name_ids, self.pad_id, self.eval_batch, self.device, self.precision)
-        return x, np.arange(len(self.name_ids))
+        return self._embed_ids(model, self.name_ids), np.arange(len(self.name_ids))
 
     def contrast(self, model: nn.Module, rows: np.ndarray, steps: int, *, checkpoints: set[int], on_checkpoint,
                  deadline: float | None, phase: str = "contrastive", keep_weights: bool = True) -> Contrasted:
@@ -346,8 +343,7 @@ class TokenBackend:
         warmup = max(1, steps // 10)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
-        ids, labels = [self.ids[r] for r in rows], self.labels[rows]
-        batches = balanced_batches(labels, cfg.batch_size, steps, np.random.default_rng([cfg.seed, 17]))
+        batches = balanced_batches(self.labels[rows], cfg.batch_size, steps, np.random.default_rng([cfg.seed, 17]))
         seconds: list[float] = []
         at: dict = {}
         first, before, stopped = 1, 0.0, False  # before: the wall seconds of the steps resumed from a save
@@ -367,11 +363,11 @@ class TokenBackend:
                     shared = len(index) >= distributed.world().size
                     mine = distributed.local_part(index) if shared else index
                     model.train()
-                    z = embed_in_parts(model.embed, [ids[i] for i in mine], self.pad_id, self.device,
+                    z = embed_in_parts(model.embed, [self.ids[rows[i]] for i in mine], self.pad_id, self.device,
                                        self.precision, attention)
                     if shared:
                         z, index = distributed.gather_batch(z.float(), len(index)), distributed.dealt_order(index)
-                    loss = pair_cosine_loss(z, torch.as_tensor(labels[index], device=self.device))
+                    loss = pair_cosine_loss(z, torch.as_tensor(self.labels[rows[index]], device=self.device))
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     if shared:

@@ -325,16 +325,10 @@ class Transfer:
             return None
         return embed(model)
 
-    def _with_names(self, x: torch.Tensor, y: np.ndarray, names, weight: float | None) -> tuple[torch.Tensor, np.ndarray, dict]:
-        """Training features and classes with ``names`` appended at ``weight`` (none at 0 or
-        None), and the solver's per-row weights for them (:meth:`_weights`)."""
-        weights = self._weights(y)
-        if names is None or not weight:
-            return x, y, weights
-        xn, yn = names
-        per_row = weights.get("sample_weight", np.ones(len(y)))
-        return (torch.cat([x, xn.to(x.dtype)]), np.concatenate([y, yn]),
-                {"sample_weight": np.concatenate([per_row, np.full(len(yn), float(weight))])})
+    def _solver_weights(self, y: np.ndarray, names, weight: float | None) -> dict:
+        """The solver's weights for training classes ``y`` (:meth:`_weights`) and the class
+        ``names`` as extra rows at ``weight`` (none at 0 or None)."""
+        return {**self._weights(y), **({"extra": names, "extra_weight": weight} if names is not None and weight else {})}
 
     def _x(self, rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """Features of the given items that decoded, and those items."""
@@ -363,8 +357,8 @@ class Transfer:
             weight = 1.0 if self.names is not None else None
             log.info("head: one training row per class, so C cannot be cross-validated: C = %g%s", SINGLE_ROW_C,
                      "" if weight is None else ", each class's name one more row at weight 1")
-            xs, ys, weights = self._with_names(x, y, self.names, weight)
-            fit = LinearFit(fit_logistic(xs, ys, self.k, C=SINGLE_ROW_C, **weights), None, extra_weight=weight,
+            fit = LinearFit(fit_logistic(x, y, self.k, C=SINGLE_ROW_C, **self._solver_weights(y, self.names, weight)),
+                            None, extra_weight=weight,
                             extra_path=None if weight is None else [{"weight": weight}])
             return _broadcast_fit(fit), ok
         if folds is None:
@@ -418,7 +412,8 @@ class Transfer:
             else:
                 from .solver import fit_logistic
 
-                x, y, weights = self._with_names(*self._with_views(train_rows), self.names, self.name_weight)
+                x, y = self._with_views(train_rows)
+                weights = self._solver_weights(y, self.names, self.name_weight)
                 fit = _broadcast_fit(LinearFit(fit_logistic(x, y, self.k, C=C, **weights), None))
             _set_linear(head, fit.solution.weight, fit.solution.bias)
             return {"kind": "logistic regression (L-BFGS)", "C": fit.solution.C, "path": fit.path, **self._names_info()}
@@ -853,7 +848,8 @@ class Transfer:
             self.refit_done = len(rows) > len(self.train_rows) or self.eval_rows is None
         x, ok = self.backend.embed(model, rows)
         names = self._names(model)  # by the final encoder
-        x, y, weights = self._with_names(x, self.labels[ok], names, tried["name_weight"])
+        y = self.labels[ok]
+        weights = self._solver_weights(y, names, tried["name_weight"])
         solution = fit_logistic(x, y, self.k, C=tried["C"], **weights) if distributed.world().is_main else None
         solution = distributed.broadcast(solution)
         _set_linear(model.head, solution.weight, solution.bias)
