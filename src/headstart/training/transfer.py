@@ -508,14 +508,15 @@ class Transfer:
     # ------------------------------------------------------------------ phase 2
 
     def _futile(self, held_out: int, out_of_fold, per_fold: list[dict], probe: dict, i: int) -> bool:
-        """Whether auto stops the contrastive folds after fold ``i``: the probe is clearly
-        better (:func:`against_probe`) on the rows the folds so far held out, scored at their
-        last common step. Asked only when all folds hold out ``held_out`` rows, more than the
-        floor under which rows never judge contrastive alone (:func:`rows_could_decide`): there
-        the doubt it is given on a few rows (:func:`keeps`) has no reason to wait for the other
-        folds. On that verdict (losses clearly over wins) :func:`keeps` drops it whichever of its
-        rules applies, so the entry it returns is dropped. A stop for futility, at the same
-        unadjusted bar after each fold. Measured on 77 banking intents with 8 rows each
+        """Whether auto stops the contrastive folds after fold ``i``, judged on the rows the
+        folds so far held out, scored at their last common step: the probe is clearly better
+        (:func:`against_probe`), or contrastive could not be kept even if the rows still to be
+        scored showed its typical lead (:data:`EXPECTED_LEAD` of them, net): its lead so far
+        plus that would not clear :func:`keeps`' bar on all ``held_out`` rows (half the typical
+        lead). Asked only when all folds hold out more rows than the floor under which rows
+        never judge contrastive alone (:func:`rows_could_decide`): under it the doubt
+        contrastive is given (:func:`keeps`) has no reason to wait for the other folds. Either
+        way the entry it returns is dropped. Measured on 77 banking intents with 8 rows each
         (docs/benchmarks.md): after two of the three folds the probe was right on 53 held-out
         rows where contrastive was wrong and contrastive on 23 the other way; without a time
         budget the third fold (155 s on 2 cores) was not tuned."""
@@ -523,11 +524,16 @@ class Transfer:
         _, logits, _ = out_of_fold(step)
         rows = np.concatenate([f[step][3] for f in per_fold])
         so_far = self._against_probe(logits.astype(np.float32), rows, probe)
-        if against_probe(so_far) != "worse":
+        net, rest, bar = so_far["wins"] - so_far["losses"], held_out - len(rows), EXPECTED_LEAD * held_out / 2
+        if against_probe(so_far) == "worse":
+            why = f"linear-probe is clearly better on the {len(rows)} rows held out so far"
+        elif net + EXPECTED_LEAD * rest <= bar:
+            why = (f"even a {EXPECTED_LEAD:.1%} lead on the {rest} rows still to be scored would not take it over "
+                   f"{bar:.1f} rows net, after {net:+d} on the {len(rows)} rows held out so far")
+        else:
             return False
-        log.info("auto: contrastive stopped after fold %d: linear-probe is clearly better on the %d rows held out "
-                 "so far, of %d in all folds (right where the other is wrong: %d vs %d)", i + 1, len(rows), held_out,
-                 so_far["losses"], so_far["wins"])
+        log.info("auto: contrastive stopped after fold %d: %s, of %d in all folds (right where the other is wrong: "
+                 "%d vs %d)", i + 1, why, held_out, so_far["losses"], so_far["wins"])
         return True
 
     def _against_probe(self, logits: np.ndarray, rows: np.ndarray, probe: dict) -> dict:
@@ -699,8 +705,8 @@ class Transfer:
         """The encoder tuned contrastively (:mod:`headstart.training.contrastive`), a head solved on its
         embeddings. Scored on held-out rows: under CV on as many of :meth:`_contrastive_splits`'
         folds as the time budget allows (the first always; only the first once the smallest class
-        has :data:`AUTO_MIN_PER_CLASS` rows; under ``auto``, none after a fold where the probe is
-        clearly better on the rows held out so far: :meth:`_futile`), each fold's encoder trained on the
+        has :data:`AUTO_MIN_PER_CLASS` rows; under ``auto``, none after a fold that leaves it no
+        chance to be kept: :meth:`_futile`), each fold's encoder trained on the
         fold's training part only, for the planned steps (or the most that every fold reached
         within the time budget). The held-out accuracy at 25, 50, 75 and 100% of the steps is
         recorded as ``curve``. Returns what it measured, with the held-out logits (None: over
