@@ -313,6 +313,23 @@ def _extra_tensors(extra, multilabel: bool):
     return xe, ye
 
 
+def _walk_weights(folds: list[tuple], weights: list[float | None], y_np: np.ndarray, num_classes: int, Cs: list[float],
+                  max_iter: int, tol: float, pos_weight) -> list[tuple[float | None, tuple]]:
+    """One regularisation path (:func:`_walk_path`) per weight of the extra rows, on folds
+    given as (training features, their targets, their weights, held-out features, the held-out
+    rows' indices, the extra rows or None); each fold standardised on its training rows with
+    the extra rows at that weight (none at 0 or None)."""
+    walks = []
+    for weight in weights:
+        prepared = []
+        for xr, yr, wr, xv, va, extra in folds:
+            xr, yr, wr = _with_extra(xr, yr, wr, extra, weight or 0.0)
+            scaler = _Scaler(xr)
+            prepared.append((scaler(xr), yr, wr, scaler(xv), va))
+        walks.append((weight, _walk_path(prepared, y_np, num_classes, Cs, max_iter, tol, pos_weight)))
+    return walks
+
+
 def _best_weight(walks: list[tuple[float, tuple]]) -> tuple[float, tuple, list[dict]]:
     """Among ``(weight, _walk_path's result)`` pairs, the weight whose best C scores best
     out-of-fold (accuracy, then log-loss; the earlier weight on a tie), its walk, and each
@@ -350,15 +367,7 @@ def select_on_fold_features(parts: list[tuple[np.ndarray | torch.Tensor, np.ndar
               torch.as_tensor(np.asarray(xv), dtype=DTYPE) if not isinstance(xv, torch.Tensor) else xv.to(DTYPE),
               np.asarray(va), None if extras is None else _extra_tensors(extras[f], y_np.ndim == 2))
              for f, (xr, yr, xv, va) in enumerate(parts)]
-    walks = []
-    for weight in weights:
-        prepared = []
-        for xr, yr, wr, xv, va, extra in folds:
-            if weight is not None:
-                xr, yr, wr = _with_extra(xr, yr, wr, extra, weight)
-            scaler = _Scaler(xr)
-            prepared.append((scaler(xr), yr, wr, scaler(xv), va))
-        walks.append((weight, _walk_path(prepared, y_np, num_classes, Cs, max_iter, tol, None)))
+    walks = _walk_weights(folds, weights, y_np, num_classes, Cs, max_iter, tol, None)
     weight, (oof, path, best, _, _), _ = _best_weight(walks)
     return Cs[best], oof[best], path, weight
 
@@ -422,14 +431,9 @@ def select_and_fit(
         return torch.cat([xt[index], xa[views]]), torch.cat([yt[index], ya[views]]), torch.cat([wt[index], wa[views]])
 
     extra_t = _extra_tensors(extra, multilabel)
-    walks = []
-    for weight in ([float(w) for w in extra_weights] if extra is not None else [0.0]):
-        prepared = []
-        for tr, va in folds:
-            xr, yr, wr = _with_extra(*rows(tr), extra_t, weight)
-            scaler = _Scaler(xr)
-            prepared.append((scaler(xr), yr, wr, scaler(xt[va]), va))
-        walks.append((weight, _walk_path(prepared, y_np, num_classes, Cs, max_iter, tol, pos_weight)))
+    walks = _walk_weights([(*rows(tr), xt[va], va, extra_t) for tr, va in folds],
+                          [float(w) for w in extra_weights] if extra is not None else [0.0],
+                          y_np, num_classes, Cs, max_iter, tol, pos_weight)
     weight, (oof, path, best, label_best, fold_params), weight_scores = _best_weight(walks) if extra is not None \
         else (None, walks[0][1], None)
     # the final fit on every row starts from the folds' solutions at the chosen C, averaged

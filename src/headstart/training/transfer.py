@@ -144,6 +144,13 @@ def rows_could_decide(n: int, lead: float = EXPECTED_LEAD) -> bool:
     return lead * n > SIGN_TEST_Z ** 2
 
 
+def lead_bar(n: int, lead: float = EXPECTED_LEAD) -> float:
+    """The rows net (right where the probe is wrong, less the other way) that a recipe of
+    :data:`GIVEN_THE_DOUBT` must be over on ``n`` held-out rows that decide alone
+    (:func:`keeps`): half its typical lead, where that count is nearer the lead than none."""
+    return lead * n / 2
+
+
 # The recipes kept unless the probe is clearly better, while the held-out rows could not show their lead.
 GIVEN_THE_DOUBT = ("contrastive", "prototype")
 
@@ -177,7 +184,7 @@ def keeps(recipe: str, entry: dict) -> bool:
     90.2% against 94.0% (docs/benchmarks.md)."""
     verdict = against_probe(entry)
     if rows_decide(recipe, entry):
-        return verdict == "better" or entry["wins"] - entry["losses"] > EXPECTED_LEAD * entry["n"] / 2
+        return verdict == "better" or entry["wins"] - entry["losses"] > lead_bar(entry["n"])
     return verdict != "worse" if recipe in GIVEN_THE_DOUBT else verdict == "better"
 
 
@@ -524,7 +531,7 @@ class Transfer:
         _, logits, _ = out_of_fold(step)
         rows = np.concatenate([f[step][3] for f in per_fold])
         so_far = self._against_probe(logits.astype(np.float32), rows, probe)
-        net, rest, bar = so_far["wins"] - so_far["losses"], held_out - len(rows), EXPECTED_LEAD * held_out / 2
+        net, rest, bar = so_far["wins"] - so_far["losses"], held_out - len(rows), lead_bar(held_out)
         if against_probe(so_far) == "worse":
             why = f"linear-probe is clearly better on the {len(rows)} rows held out so far"
         elif net + EXPECTED_LEAD * rest <= bar:
@@ -556,7 +563,7 @@ class Transfer:
         keep = asked or keeps(recipe, entry)
         if "wins" in entry:
             alone = (f"; enough rows to show a {EXPECTED_LEAD:.1%} lead, so they decide: kept if over "
-                     f"{EXPECTED_LEAD * entry['n'] / 2:.1f} rows net" if not asked and rows_decide(recipe, entry) else "")
+                     f"{lead_bar(entry['n']):.1f} rows net" if not asked and rows_decide(recipe, entry) else "")
             log.info("%s%s %.4f vs linear-probe %.4f on the same %d held-out rows (right where the other is wrong: "
                      "%d vs %d%s): keeping %s", "" if asked else "auto: ", recipe, entry["accuracy"], entry["probe_accuracy"],
                      entry["n"], entry["wins"], entry["losses"], alone, recipe if keep else "linear-probe")
@@ -798,7 +805,7 @@ class Transfer:
         rows = np.concatenate([f[best][3] for f in per_fold])
         y = self.labels[rows]
         C, logits, path = out_of_fold(best)
-        name_weight = self.name_weight if self.names is not None else None
+        name_weight = self.name_weight  # None without names
         logits = logits.astype(np.float32)
         curve = {int(step): round(self._score(out_of_fold(step, C)[1] if step != best else logits, y), 4) for step in common}
         log.info("contrastive: held-out accuracy %s at steps %s (head C = %.3g%s, chosen out-of-fold)",
