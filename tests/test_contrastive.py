@@ -27,6 +27,45 @@ def test_batches_respect_the_budget_and_never_repeat_a_row(counts):
         assert per.max() >= 2 and len(per) >= 2
 
 
+@pytest.mark.parametrize("with_names", [False, True])
+def test_fold_embeddings_solve_each_checkpoint_out_of_fold_once(with_names):
+    """The folds' embeddings, kept per checkpoint step: the held-out rows in fold order, the
+    head solved on them as select_on_fold_features solves it by hand, once per folds, step
+    and C; a step that not every fold reached is not common."""
+    from headstart.training.solver import select_on_fold_features
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 10)
+    splits = [(np.setdiff1d(np.arange(30), va), va) for va in (np.arange(0, 30, 2), np.arange(1, 30, 2))]
+    name_labels = np.arange(3)
+    folds = contrastive.FoldEmbeddings(labels, 3, lambda y: None, name_labels if with_names else None,
+                                       2.0 if with_names else None)
+    parts, extras = [], []
+    at = 0
+    for i, (tr, va) in enumerate(splits):
+        centres = rng.normal(size=(3, 6)) * 2
+        x = lambda rows: torch.as_tensor(centres[labels[rows]] + rng.normal(size=(len(rows), 6)), dtype=torch.float32)  # noqa: E731
+        names = (torch.as_tensor(centres, dtype=torch.float32),) if with_names else ()
+        steps = {4: (x(tr), torch.as_tensor(tr), x(va), torch.as_tensor(va), *names)}
+        if i == 0:
+            steps[2] = steps[4]  # only the first fold reached step 2
+        folds.add(steps)
+        parts.append((steps[4][0], labels[tr], steps[4][2], np.arange(at, at + len(va))))
+        extras.append((names[0], name_labels) if with_names else None)
+        at += len(va)
+    assert len(folds) == 2 and folds.steps() == [4]
+    assert np.array_equal(folds.held_out(4), np.concatenate([va for _, va in splits]))
+    assert folds.bounds(4).tolist() == [0, 15, 30]
+    C, logits, path = folds.out_of_fold(4)
+    kw = {"extras": extras, "extra_weights": [2.0]} if with_names else {}
+    C2, logits2, path2, _ = select_on_fold_features(parts, at, labels[folds.held_out(4)], 3, **kw)
+    assert C == C2 and np.allclose(logits, logits2) and len(path) == len(path2)
+    assert folds.out_of_fold(4) is folds.out_of_fold(4)  # solved once
+    other = 1e-4 if C != 1e-4 else 10.0
+    at_other = folds.out_of_fold(4, C=other)
+    assert at_other[0] == other and not np.allclose(at_other[1], logits)
+
+
 def test_the_step_budget_grows_with_rows_not_their_square():
     # rows that one batch holds: each row is in every batch, so PASSES steps
     assert step_budget(np.repeat([0, 1], 8), 32) == contrastive.PASSES
@@ -165,9 +204,9 @@ def test_the_saved_head_uses_the_c_chosen_on_held_out_rows(tiny_bert, few_steps,
     """After contrastive tuning the training rows are separable by construction, so C is chosen
     on the folds' held-out rows, each embedded by an encoder that never saw it, and the
     saved head is solved at that C (not by a cross-validation over the tuned rows)."""
-    from headstart.training import solver, transfer
+    from headstart.training import contrastive, solver, transfer
 
-    monkeypatch.setattr(transfer, "DEFAULT_CS", (0.001, 0.1, 10.0))
+    monkeypatch.setattr(contrastive, "DEFAULT_CS", (0.001, 0.1, 10.0))  # the grid the folds' head is chosen on
     texts, labels = make_texts(24)
     clf = TextClassifier(backbone=str(tiny_bert), recipe="contrastive", batch_size=8, backbone_lr=3e-3,
                          precision="fp32", folds=3).fit(texts, labels)

@@ -28,6 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import distributed
+from .solver import DEFAULT_CS, select_on_fold_features
+
 # Each training row takes part in about this many batches. (SetFit's default pairs put each
 # of 56 rows in about 96 pairs: every unique pair, the positives oversampled to the
 # negatives' count.)
@@ -100,3 +103,68 @@ def pair_cosine_loss(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Te
     if not parts:
         return z.sum() * 0.0
     return torch.stack(parts).mean()
+
+
+class FoldEmbeddings:
+    """What the contrastive folds' encoders made of their rows, kept per checkpoint step: the
+    embeddings of each fold's training rows and held-out rows (and of the class names when
+    they train with the head, each fold's embedded by its own encoder), and the head solved on
+    them out-of-fold (:meth:`out_of_fold`).
+
+    ``labels`` are every row's labels, ``k`` the classes, ``weights(y)`` the sample weights
+    for training labels ``y`` (None: unweighted), ``name_labels`` the class names' labels and
+    ``name_weight`` the weight the probe chose for them (None: no names)."""
+
+    def __init__(self, labels: np.ndarray, k: int, weights, name_labels: np.ndarray | None = None,
+                 name_weight: float | None = None):
+        self.labels, self.k, self.weights = labels, k, weights
+        self.name_labels, self.name_weight = name_labels, name_weight
+        self.folds: list[dict[int, tuple]] = []
+        self._solved: dict[tuple, tuple] = {}  # a stop's verdict is then the entry's score
+
+    def add(self, at: dict[int, tuple]) -> None:
+        """One fold's checkpoints: ``step -> (train embeddings, train rows, held-out embeddings,
+        held-out rows[, name embeddings])``, the rows as tensors (as a run's checkpoint keeps them)."""
+        self.folds.append({s: (xt, ok.numpy(), xv, okv.numpy(), names[0] if names else None)
+                           for s, (xt, ok, xv, okv, *names) in at.items()})
+
+    def __len__(self) -> int:
+        return len(self.folds)
+
+    def steps(self) -> list[int]:
+        """The checkpoint steps every fold reached."""
+        return sorted(set.intersection(*(set(f) for f in self.folds)))
+
+    def held_out(self, step: int) -> np.ndarray:
+        """The rows the folds held out, in :meth:`out_of_fold`'s order."""
+        return np.concatenate([f[step][3] for f in self.folds])
+
+    def bounds(self, step: int) -> np.ndarray:
+        """Where each fold's held-out rows start in :meth:`held_out` (and the end)."""
+        return np.cumsum([0] + [len(f[step][3]) for f in self.folds])
+
+    def out_of_fold(self, step: int, C: float | None = None) -> tuple[float, np.ndarray, list[dict]]:
+        """The head's C (chosen on the held-out rows of the folds so far, each embedded by an
+        encoder that never saw them, unless given), its out-of-fold logits at ``step`` in
+        :meth:`held_out`'s order, and the C path; solved once per folds, step and C. The class
+        names train at the weight the probe chose: choosing it again on every checkpoint's
+        path would multiply the solves, on 77 classes by minutes."""
+        key = (len(self.folds), step, C)
+        if key not in self._solved:
+            self._solved[key] = self._solve(step, C)
+        return self._solved[key]
+
+    def _solve(self, step: int, C: float | None) -> tuple[float, np.ndarray, list[dict]]:
+        parts, weights, names, at = [], [], [], 0
+        for f in self.folds:
+            xt, ok, xv, okv, xn = f[step]
+            parts.append((xt, self.labels[ok], xv, np.arange(at, at + len(okv))))
+            weights.append(self.weights(self.labels[ok]))
+            names.append(None if xn is None else (xn, self.name_labels))
+            at += len(okv)
+        y_held = self.labels[self.held_out(step)]
+        extra = {} if names[0] is None else {"extras": names, "extra_weights": [self.name_weight or 0.0]}
+        C, logits, path, _ = (select_on_fold_features(parts, at, y_held, self.k, Cs=[C] if C else DEFAULT_CS,
+                                                      sample_weights=None if weights[0] is None else weights, **extra)
+                              if distributed.world().is_main else (None, None, None, None))
+        return distributed.broadcast((C, logits, path))

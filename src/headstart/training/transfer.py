@@ -33,9 +33,10 @@ import torch
 from torch import nn
 
 from . import distributed
+from .contrastive import FoldEmbeddings, refit_steps, step_budget
 from ..config import TrainConfig
 from ..errors import DataError
-from .solver import DEFAULT_CS, LinearFit, select_and_fit
+from .solver import LinearFit, select_and_fit
 from ..data.splits import Protocol, fold_count, kfold, plan_validation
 from ..objectives import objective_for
 from .loop import EpochRecord, OverBudget, past_deadline, train_head
@@ -514,7 +515,7 @@ class Transfer:
 
     # ------------------------------------------------------------------ phase 2
 
-    def _futile(self, held_out: int, out_of_fold, per_fold: list[dict], probe: dict, i: int) -> bool:
+    def _futile(self, held_out: int, folds: FoldEmbeddings, probe: dict, i: int) -> bool:
         """Whether auto stops the contrastive folds after fold ``i``, judged on the rows the
         folds so far held out, scored at their last common step: the probe is clearly better
         (:func:`against_probe`), or contrastive could not be kept even if the rows still to be
@@ -527,9 +528,9 @@ class Transfer:
         (docs/benchmarks.md): after two of the three folds the probe was right on 53 held-out
         rows where contrastive was wrong and contrastive on 23 the other way; without a time
         budget the third fold (155 s on 2 cores) was not tuned."""
-        step = max(set.intersection(*(set(f) for f in per_fold)))
-        _, logits, _ = out_of_fold(step)
-        rows = np.concatenate([f[step][3] for f in per_fold])
+        step = folds.steps()[-1]
+        _, logits, _ = folds.out_of_fold(step)
+        rows = folds.held_out(step)
         so_far = self._against_probe(logits.astype(np.float32), rows, probe)
         net, rest, bar = so_far["wins"] - so_far["losses"], held_out - len(rows), lead_bar(held_out)
         if against_probe(so_far) == "worse":
@@ -718,8 +719,6 @@ class Transfer:
         within the time budget). The held-out accuracy at 25, 50, 75 and 100% of the steps is
         recorded as ``curve``. Returns what it measured, with the held-out logits (None: over
         budget)."""
-        from .contrastive import step_budget
-        from .solver import select_on_fold_features
 
         cfg = self.cfg
         start = time.perf_counter()
@@ -727,40 +726,11 @@ class Transfer:
         steps = step_budget(self.labels[splits[0][0]], cfg.batch_size)
         checkpoints = sorted({max(1, round(steps * f)) for f in (0.25, 0.5, 0.75, 1.0)})
         deadline = self.deadline if cfg.recipe == "auto" else None
-        # per fold and checkpoint: the embeddings of the fold's training rows and held-out rows
-        per_fold: list[dict[int, tuple[torch.Tensor, np.ndarray, torch.Tensor, np.ndarray]]] = []
+        folds = FoldEmbeddings(self.labels, self.k, lambda y: self._weights(y).get("sample_weight"),
+                               None if self.names is None else self.names[1], self.name_weight)
         fold_seconds: list[float] = []
         step_seconds: list[float] = []
         first_model = None
-
-        solved: dict[tuple, tuple] = {}  # out_of_fold's results: a stop's verdict is the entry's score
-
-        def out_of_fold(step: int, C: float | None = None) -> tuple[float, np.ndarray, list[dict]]:
-            """The head's C (chosen on the held-out rows of the folds scored so far, each
-            embedded by an encoder that never saw them, unless given) and its out-of-fold logits
-            at ``step``, in the order of those folds' held-out rows; solved once per folds,
-            step and C. The class names (each fold's embedded by its encoder) train at the
-            weight the probe chose: choosing it again on every checkpoint's path would multiply
-            the solves, on 77 classes by minutes."""
-            key = (len(per_fold), step, C)
-            if key not in solved:
-                solved[key] = solve_out_of_fold(step, C)
-            return solved[key]
-
-        def solve_out_of_fold(step: int, C: float | None) -> tuple[float, np.ndarray, list[dict]]:
-            parts, weights, names, at = [], [], [], 0
-            for f in per_fold:
-                xt, ok, xv, okv, xn = f[step]
-                parts.append((xt, self.labels[ok], xv, np.arange(at, at + len(okv))))
-                weights.append(self._weights(self.labels[ok]).get("sample_weight"))
-                names.append(None if xn is None else (xn, self.names[1]))
-                at += len(okv)
-            y_held = self.labels[np.concatenate([f[step][3] for f in per_fold])]
-            extra = {} if names[0] is None else {"extras": names, "extra_weights": [self.name_weight or 0.0]}
-            C, logits, path, _ = (select_on_fold_features(parts, at, y_held, self.k, Cs=[C] if C else DEFAULT_CS,
-                                                          sample_weights=None if weights[0] is None else weights, **extra)
-                                  if distributed.world().is_main else (None, None, None, None))
-            return distributed.broadcast((C, logits, path))
 
         # auto stops the folds once the probe is clearly better on the rows scored so far, where
         # every fold's rows together would judge contrastive alone (rows_could_decide)
@@ -788,31 +758,30 @@ class Transfer:
                 break
             if i == 0:
                 first_model = model
-            per_fold.append({s: (xt, ok.numpy(), xv, okv.numpy(), names[0] if names else None)
-                             for s, (xt, ok, xv, okv, *names) in tuned.at.items()})
+            folds.add(tuned.at)
             fold_seconds.append(tuned.wall)
-            if may_stop and i + 1 < len(splits) and self._futile(held_out, out_of_fold, per_fold, probe, i):
+            if may_stop and i + 1 < len(splits) and self._futile(held_out, folds, probe, i):
                 stopped = i + 1
                 break
-        if not per_fold:
+        if not folds:
             self.tried.append({"recipe": "contrastive", "skipped": "the time budget did not allow one checkpoint"})
             return None
-        common = sorted(set.intersection(*(set(s) for s in per_fold)))
+        common = folds.steps()
         # The planned steps, not the checkpoint a few dozen held-out rows favour: measured on
         # 8 rows per class, picking among the checkpoints by held-out accuracy chose fewer steps
         # and scored lower on test data more often than not (docs/recipes.md).
         best = max(common)
-        rows = np.concatenate([f[best][3] for f in per_fold])
+        rows = folds.held_out(best)
         y = self.labels[rows]
-        C, logits, path = out_of_fold(best)
+        C, logits, path = folds.out_of_fold(best)
         name_weight = self.name_weight  # None without names
         logits = logits.astype(np.float32)
-        curve = {int(step): round(self._score(out_of_fold(step, C)[1] if step != best else logits, y), 4) for step in common}
+        curve = {int(step): round(self._score(folds.out_of_fold(step, C)[1] if step != best else logits, y), 4) for step in common}
         log.info("contrastive: held-out accuracy %s at steps %s (head C = %.3g%s, chosen out-of-fold)",
                  ", ".join(f"{a:.4f}" for a in curve.values()), ", ".join(map(str, curve)), C,
                  "" if name_weight is None else f", class names at weight {name_weight:g}")
         entry = {"recipe": "contrastive", "accuracy": self._score(logits, y), "n": int(len(rows)),
-                 "folds": len(per_fold), "steps": best, "steps_planned": steps, "curve": curve, "C": C,
+                 "folds": len(folds), "steps": best, "steps_planned": steps, "curve": curve, "C": C,
                  **({} if name_weight is None else {"class_name_weight": name_weight}),
                  "seconds": round(time.perf_counter() - start, 1)}
         if n_folds is not None:
@@ -821,7 +790,7 @@ class Transfer:
             entry["stopped_after_fold"] = stopped
         if probe is not None:
             entry.update(self._against_probe(logits, rows, probe))
-        bounds = np.cumsum([0] + [len(f[best][3]) for f in per_fold])
+        bounds = folds.bounds(best)
         fold_accuracy = [self._score(logits[a:b], y[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
         return {"logits": logits, "rows": rows, "entry": entry, "steps": best, "fold_accuracy": fold_accuracy, "C": C,
                 "name_weight": name_weight,
@@ -837,7 +806,6 @@ class Transfer:
         final rows are the first split's training rows (a validation set, no refit), that
         split's encoder is the final one. When ``auto``'s time budget cannot hold the tuning,
         the first fold's encoder is kept and only its head is solved on every row."""
-        from .contrastive import refit_steps
         from .solver import fit_logistic
 
         rows = self._final_rows()
