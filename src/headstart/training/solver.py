@@ -432,7 +432,7 @@ def select_and_fit(
 
     extra_t = _extra_tensors(extra, multilabel)
     walks = _walk_weights([(*rows(tr), xt[va], va, extra_t) for tr, va in folds],
-                          [float(w) for w in extra_weights] if extra is not None else [0.0],
+                          [float(w) for w in extra_weights] if extra is not None else [None],
                           y_np, num_classes, Cs, max_iter, tol, pos_weight)
     weight, (oof, path, best, label_best, fold_params), weight_scores = _best_weight(walks) if extra is not None \
         else (None, walks[0][1], None)

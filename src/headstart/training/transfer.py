@@ -719,7 +719,6 @@ class Transfer:
         within the time budget). The held-out accuracy at 25, 50, 75 and 100% of the steps is
         recorded as ``curve``. Returns what it measured, with the held-out logits (None: over
         budget)."""
-
         cfg = self.cfg
         start = time.perf_counter()
         splits, probe, n_folds = self._contrastive_splits(probe)
@@ -732,8 +731,8 @@ class Transfer:
         step_seconds: list[float] = []
         first_model = None
 
-        # auto stops the folds once the probe is clearly better on the rows scored so far, where
-        # every fold's rows together would judge contrastive alone (rows_could_decide)
+        # auto stops the folds once they leave contrastive no chance to be kept (_futile), where
+        # every fold's rows together would judge it alone (rows_could_decide)
         held_out = sum(len(va) for _, va in splits)
         may_stop = cfg.recipe == "auto" and probe is not None and rows_could_decide(held_out)
         stopped = None
